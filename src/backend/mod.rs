@@ -1,0 +1,263 @@
+//! Storage: one concrete [`Backend`] over `Arc<dyn ObjectStore>` with repository verbs.
+//!
+//! All repository I/O goes through the `object_store` crate; there is no storage trait of
+//! our own. This module owns URL parsing, the mapping of object_store's errors to our
+//! [`ErrorKind`]s, retries of transient failures with backoff, and durability.
+//!
+//! Durability contract: when [`Backend::put`] returns `Ok`, the object is complete under
+//! its final name and survives a crash of this process; on a local path it has also been
+//! fsynced together with its directory, so it survives power loss. Objects are staged by
+//! object_store under a hidden name and linked or renamed into place, so a reader never
+//! sees a partial object.
+
+pub mod faulty;
+
+use crate::error::{Error, ErrorKind, Result};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How many times a transient failure is tried before giving up.
+const ATTEMPTS: u32 = 4;
+
+/// How a write treats an existing object of the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Fail with `AlreadyExists` if the name is taken.
+    Create,
+    /// The name is a content hash: an existing object is the same object, so succeed.
+    CreateIdempotent,
+    /// Replace whatever is there (only for local bookkeeping, never for repository data).
+    Overwrite,
+}
+
+/// A listed object: its key relative to the repository root, and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+}
+
+#[derive(Clone)]
+pub struct Backend {
+    store: Arc<dyn ObjectStore>,
+    /// The local directory, for plain paths and file:// URLs (fsync, existence checks).
+    local_root: Option<PathBuf>,
+    /// Where the repository is, for messages; never contains credentials.
+    location: String,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({})", self.location)
+    }
+}
+
+impl Backend {
+    /// Open the storage named by a URL: a plain path or `file://` URL.
+    /// `create` makes a missing local directory (for `init`).
+    pub fn from_url(url: &str, create: bool) -> Result<Self> {
+        if let Some((scheme, _)) = url.split_once("://") {
+            return match scheme {
+                "file" => Self::local(PathBuf::from(&url["file://".len()..]), create),
+                "memory" => Ok(Self::memory()),
+                _ => Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    format!("repository URL scheme {scheme}:// is not supported; use a local path or file:///path"),
+                )),
+            };
+        }
+        Self::local(PathBuf::from(url), create)
+    }
+
+    pub fn local(path: PathBuf, create: bool) -> Result<Self> {
+        if create {
+            std::fs::create_dir_all(&path).map_err(|e| Error::io("create repository directory", &path, e))?;
+        } else if !path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NoRepository,
+                format!("no repository at {}: the directory does not exist; run `cairn init` to create one", path.display()),
+            ));
+        }
+        let path = path.canonicalize().map_err(|e| Error::io("resolve", &path, e))?;
+        let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| Error::backend(format!("cannot open {}: {e}", path.display())))?;
+        Ok(Backend { store: Arc::new(store), location: path.display().to_string(), local_root: Some(path) })
+    }
+
+    pub fn memory() -> Self {
+        Self::from_store(Arc::new(InMemory::new()), "memory://")
+    }
+
+    /// Wrap any object store (tests use this with fault injection).
+    pub fn from_store(store: Arc<dyn ObjectStore>, location: &str) -> Self {
+        Backend { store, local_root: None, location: location.to_string() }
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn map_err(&self, key: &str, action: &str, err: object_store::Error) -> Error {
+        use object_store::Error as E;
+        let (kind, transient) = match &err {
+            E::NotFound { .. } => (ErrorKind::NotFound, false),
+            E::AlreadyExists { .. } | E::Precondition { .. } => (ErrorKind::AlreadyExists, false),
+            E::NotImplemented | E::NotSupported { .. } => (ErrorKind::Unsupported, false),
+            E::PermissionDenied { .. } | E::Unauthenticated { .. } => (ErrorKind::Backend, false),
+            _ => (ErrorKind::Backend, self.local_root.is_none()),
+        };
+        let mut text = err.to_string();
+        if text.contains("No space left") {
+            text.push_str("; the disk is full: free space and run again (nothing was committed)");
+        }
+        let error = Error::new(kind, format!("cannot {action} {key} in {}: {text}", self.location));
+        if transient {
+            error.transient()
+        } else {
+            error
+        }
+    }
+
+    /// Run `op` until it succeeds, fails permanently, or the attempts run out.
+    async fn retry<T, F, Fut>(&self, key: &str, action: &str, op: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = object_store::Result<T>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1.. {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let err = self.map_err(key, action, e);
+                    if !err.is_transient() || attempt >= ATTEMPTS {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = StorePath::from(key);
+        self.retry(key, "read", || async { self.store.get(&path).await?.bytes().await }).await
+    }
+
+    pub async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes> {
+        let path = StorePath::from(key);
+        let want = range.end - range.start;
+        let bytes = self.retry(key, "read", || self.store.get_range(&path, range.clone())).await?;
+        if bytes.len() as u64 != want {
+            return Err(Error::corrupt(format!("{key} is truncated: wanted {want} bytes at offset {}, got {}", range.start, bytes.len())));
+        }
+        Ok(bytes)
+    }
+
+    /// Store an object; see the module's durability contract.
+    pub async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<()> {
+        let path = StorePath::from(key);
+        let put_mode = match mode {
+            WriteMode::Overwrite => PutMode::Overwrite,
+            _ => PutMode::Create,
+        };
+        let payload = PutPayload::from_bytes(data);
+        let result = self
+            .retry(key, "write", || self.store.put_opts(&path, payload.clone(), PutOptions { mode: put_mode.clone(), ..Default::default() }))
+            .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && mode == WriteMode::CreateIdempotent => {}
+            Err(e) => return Err(e),
+        }
+        self.sync_local(key).await
+    }
+
+    /// fsync a local object and its directory so the write survives power loss.
+    async fn sync_local(&self, key: &str) -> Result<()> {
+        let Some(root) = &self.local_root else { return Ok(()) };
+        let file = root.join(key);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", &file, e))?;
+            if let Some(dir) = file.parent() {
+                std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", dir, e))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::backend(format!("sync task failed: {e}")))?
+    }
+
+    /// The size of an object, or `None` if it does not exist.
+    pub async fn head(&self, key: &str) -> Result<Option<u64>> {
+        let path = StorePath::from(key);
+        match self.retry(key, "inspect", || self.store.head(&path)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every object under `prefix` (a directory such as `index/`), recursively.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+        let path = StorePath::from(prefix.trim_end_matches('/'));
+        self.retry(prefix, "list", || async {
+            self.store
+                .list(Some(&path))
+                .map_ok(|meta| ObjectInfo { key: meta.location.to_string(), size: meta.size })
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let path = StorePath::from(key);
+        match self.retry(key, "delete", || self.store.delete(&path)).await {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Repository keys of each object type.
+pub mod keys {
+    use crate::id::{IndexId, KeyId, PackId, SnapshotId};
+
+    pub const CONFIG: &str = "config";
+    pub const KEYS: &str = "keys/";
+    pub const DATA: &str = "data/";
+    pub const INDEX: &str = "index/";
+    pub const SNAPSHOTS: &str = "snapshots/";
+
+    pub fn pack(id: &PackId) -> String {
+        let hex = id.to_hex();
+        format!("data/{}/{hex}", &hex[..2])
+    }
+    pub fn index(id: &IndexId) -> String {
+        format!("index/{id}")
+    }
+    pub fn snapshot(id: &SnapshotId) -> String {
+        format!("snapshots/{id}")
+    }
+    pub fn key(id: &KeyId) -> String {
+        format!("keys/{id}")
+    }
+    /// The last path component of a listed key.
+    pub fn name(key: &str) -> &str {
+        key.rsplit('/').next().unwrap_or(key)
+    }
+}

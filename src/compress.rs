@@ -1,0 +1,70 @@
+//! Blob compression: zstd, kept raw when compression does not shrink the data.
+//!
+//! A blob's plaintext (before sealing) is `flag (1) | payload`: flag 0 means the payload
+//! is the data itself, flag 1 means it is one zstd frame. Decompression is bounded by the
+//! raw length recorded in the index, so a hostile frame cannot make it allocate more.
+
+use crate::error::{Error, Result};
+
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+/// Encode `data` as a blob plaintext, compressing at `level` when that is smaller.
+pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
+    if level > 0 && data.len() >= 64 {
+        if let Ok(compressed) = zstd::bulk::compress(data, level) {
+            if compressed.len() + 16 < data.len() {
+                let mut out = Vec::with_capacity(compressed.len() + 1);
+                out.push(ZSTD);
+                out.extend_from_slice(&compressed);
+                return out;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(data.len() + 1);
+    out.push(RAW);
+    out.extend_from_slice(data);
+    out
+}
+
+/// Decode a blob plaintext whose data is `raw_len` bytes long.
+pub fn decode(mut plain: Vec<u8>, raw_len: usize) -> Result<Vec<u8>> {
+    match plain.first() {
+        Some(&RAW) if plain.len() == raw_len + 1 => {
+            plain.remove(0);
+            Ok(plain)
+        }
+        Some(&ZSTD) => {
+            let out = zstd::bulk::decompress(&plain[1..], raw_len)
+                .map_err(|e| Error::corrupt(format!("blob does not decompress: {e}")))?;
+            if out.len() != raw_len {
+                return Err(Error::corrupt(format!("blob decompresses to {} bytes, expected {raw_len}", out.len())));
+            }
+            Ok(out)
+        }
+        _ => Err(Error::corrupt("blob has an unknown compression flag or wrong length")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(data in proptest::collection::vec(any::<u8>(), 0..10_000), repeat in 1usize..20, level in 0i32..6) {
+            let data = data.repeat(repeat);
+            let encoded = encode(&data, level);
+            prop_assert!(encoded.len() <= data.len() + 1);
+            prop_assert_eq!(decode(encoded, data.len()).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn wrong_length_is_corrupt() {
+        let encoded = encode(&[7u8; 1000], 3);
+        assert!(decode(encoded, 999).is_err());
+        assert!(decode(vec![9, 1, 2], 2).is_err());
+    }
+}

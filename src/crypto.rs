@@ -1,0 +1,205 @@
+//! Keys, key derivation and authenticated encryption. Pure and synchronous.
+//!
+//! A repository has one [`MasterKey`]: 32 bytes of encryption key and 32 bytes of id key.
+//! Nothing is ever encrypted under the master encryption key directly: every pack and every
+//! object file has a random 16-byte salt, and its key is BLAKE3 `derive_key` of the master
+//! encryption key and that salt. A derived key therefore encrypts one pack (a bounded number
+//! of blobs, each with its own counter nonce) or one object, so AES-GCM's nonce and volume
+//! limits never bind. Blob ids are BLAKE3 keyed with the id key, so ids reveal nothing about
+//! content to someone without the key.
+//!
+//! Sealed bytes are `nonce (12) | ciphertext | tag (16)`. Any failure to open is the single
+//! error "authentication failed: wrong key or tampered data" (see docs/crypto.md).
+//! Fuzzed by `fuzz/fuzz_targets/sealed.rs`.
+
+use crate::error::{Error, ErrorKind, Result};
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+
+pub const NONCE_LEN: usize = 12;
+pub const TAG_LEN: usize = 16;
+pub const SALT_LEN: usize = 16;
+/// Bytes that sealing adds to a plaintext.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+const PACK_KEY_CONTEXT: &str = "cairn 2026-11-22 pack key v1";
+const OBJECT_KEY_CONTEXT: &str = "cairn 2026-11-22 object key v1";
+
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    getrandom::getrandom(&mut out).expect("the operating system's random source failed");
+    out
+}
+
+/// The repository master key. Never printed, never stored unwrapped except in a key file.
+#[derive(Clone)]
+pub struct MasterKey {
+    encrypt: [u8; 32],
+    id: [u8; 32],
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+impl MasterKey {
+    pub fn random() -> Self {
+        MasterKey { encrypt: random_bytes(), id: random_bytes() }
+    }
+
+    pub fn to_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(&self.encrypt);
+        out[32..].copy_from_slice(&self.id);
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() != 64 {
+            return Err(Error::corrupt("master key material must be 64 bytes"));
+        }
+        Ok(MasterKey {
+            encrypt: bytes[..32].try_into().unwrap(),
+            id: bytes[32..].try_into().unwrap(),
+        })
+    }
+
+    /// The id of a blob: BLAKE3 keyed with the id key over its plaintext.
+    pub fn blob_id(&self, plaintext: &[u8]) -> crate::id::BlobId {
+        crate::id::BlobId(*blake3::keyed_hash(&self.id, plaintext).as_bytes())
+    }
+
+    fn derive(&self, context: &str, salt: &[u8; SALT_LEN]) -> SealKey {
+        let mut material = [0u8; 32 + SALT_LEN];
+        material[..32].copy_from_slice(&self.encrypt);
+        material[32..].copy_from_slice(salt);
+        SealKey::new(&blake3::derive_key(context, &material))
+    }
+
+    /// The key for the blobs and header of the pack with this salt.
+    pub fn pack_key(&self, salt: &[u8; SALT_LEN]) -> SealKey {
+        self.derive(PACK_KEY_CONTEXT, salt)
+    }
+
+    /// The key for one object file (config, index, snapshot) with this salt.
+    pub fn object_key(&self, salt: &[u8; SALT_LEN]) -> SealKey {
+        self.derive(OBJECT_KEY_CONTEXT, salt)
+    }
+}
+
+/// An AES-256-GCM key ready to seal and open.
+pub struct SealKey(Aes256Gcm);
+
+impl SealKey {
+    pub fn new(key: &[u8; 32]) -> Self {
+        SealKey(Aes256Gcm::new(key.into()))
+    }
+
+    /// Encrypt `plaintext`, authenticating `aad` too; returns `nonce | ciphertext | tag`.
+    /// The caller guarantees that `nonce` is never reused under this key.
+    pub fn seal(&self, nonce: [u8; NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(plaintext.len() + SEAL_OVERHEAD);
+        out.extend_from_slice(&nonce);
+        let ciphertext = self
+            .0
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .expect("AES-GCM encryption cannot fail for in-memory buffers");
+        out.extend_from_slice(&ciphertext);
+        out
+    }
+
+    /// Decrypt sealed bytes, checking the tag over ciphertext and `aad`.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        if sealed.len() < SEAL_OVERHEAD {
+            return Err(auth_failed());
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        self.0
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .map_err(|_| auth_failed())
+    }
+}
+
+pub fn auth_failed() -> Error {
+    Error::new(ErrorKind::Corrupt, "authentication failed: wrong key or tampered data")
+}
+
+/// A counter nonce: unique per key as long as the counter is.
+pub fn counter_nonce(counter: u64) -> [u8; NONCE_LEN] {
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce[..8].copy_from_slice(&counter.to_le_bytes());
+    nonce
+}
+
+/// Argon2id cost parameters, stored in each key slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about 0.2 s on the reference machine (docs/crypto.md).
+    fn default() -> Self {
+        KdfParams { memory_kib: 64 * 1024, iterations: 3, parallelism: 1 }
+    }
+}
+
+/// Derive a 32-byte wrapping key from a password with Argon2id.
+pub fn derive_password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32]> {
+    let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
+        .map_err(|e| Error::invalid(format!("invalid key derivation parameters: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+    let mut out = [0u8; 32];
+    argon
+        .hash_password_into(password, salt, &mut out)
+        .map_err(|e| Error::invalid(format!("key derivation failed: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn seal_open_round_trip(data in proptest::collection::vec(any::<u8>(), 0..4096), aad in proptest::collection::vec(any::<u8>(), 0..64), counter: u64) {
+            let key = MasterKey::random().pack_key(&random_bytes());
+            let sealed = key.seal(counter_nonce(counter), &aad, &data);
+            prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            prop_assert_eq!(key.open(&aad, &sealed).unwrap(), data);
+        }
+
+        #[test]
+        fn any_flipped_bit_fails(data in proptest::collection::vec(any::<u8>(), 1..512), bit in 0usize..4096) {
+            let key = MasterKey::random().object_key(&random_bytes());
+            let mut sealed = key.seal(random_bytes(), b"aad", &data);
+            let bit = bit % (sealed.len() * 8);
+            sealed[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(key.open(b"aad", &sealed).is_err());
+        }
+    }
+
+    #[test]
+    fn wrong_aad_or_key_fails() {
+        let master = MasterKey::random();
+        let salt = random_bytes();
+        let sealed = master.pack_key(&salt).seal(counter_nonce(1), b"blob-a", b"hello");
+        assert!(master.pack_key(&salt).open(b"blob-b", &sealed).is_err());
+        assert!(master.object_key(&salt).open(b"blob-a", &sealed).is_err());
+        assert!(MasterKey::random().pack_key(&salt).open(b"blob-a", &sealed).is_err());
+    }
+
+    #[test]
+    fn blob_ids_are_keyed() {
+        let a = MasterKey::random();
+        let b = MasterKey::random();
+        assert_eq!(a.blob_id(b"x"), a.blob_id(b"x"));
+        assert_ne!(a.blob_id(b"x"), b.blob_id(b"x"));
+    }
+}

@@ -1,0 +1,29 @@
+//! cairn: deduplicating, encrypted backups for databases and services.
+//!
+//! Layers, imports pointing downward only (docs/architecture.md):
+//!
+//! ```text
+//! ops  ->  {repo, source, backend}  ->  {pack, index, snapshot, catalog, object}
+//!      ->  {crypto, chunker, compress, id, wire}  ->  error
+//! ```
+//!
+//! The `cairn` binary (src/cli) is the only place that prints or picks exit codes.
+
+pub mod backend;
+pub mod catalog;
+pub mod chunker;
+pub mod compress;
+pub mod crypto;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod object;
+pub mod ops;
+pub mod pack;
+pub mod progress;
+pub mod repo;
+pub mod snapshot;
+pub mod source;
+pub mod wire;
+
+pub use error::{Error, ErrorKind, Result};

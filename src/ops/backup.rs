@@ -1,0 +1,155 @@
+//! `cairn backup`: read a source, store what is new, then commit one snapshot.
+//!
+//! Every variant has the same shape: start a [`Saver`], run the source's producer on a
+//! blocking thread, finish the saver (all packs and index files durable), and only then
+//! write the snapshot. If the producer fails (a command exits non-zero, the user
+//! interrupts), the saver is still finished so the data that did land is indexed and the
+//! next run reuses it, but no snapshot is written.
+
+use super::Cancel;
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use crate::progress::Progress;
+use crate::repo::saver::{Saver, SaverStats};
+use crate::repo::{Repository, SnapshotFilter};
+use crate::snapshot::{Content, SnapshotFile, SnapshotStats, SNAPSHOT_VERSION};
+use crate::source::files::{self, FilesOptions};
+use crate::source::stream;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Settings common to every backup.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub name: String,
+    /// Source kind recorded in the snapshot (`stdin`, `files`, `pg`, ...).
+    pub kind: String,
+    pub tags: Vec<String>,
+    /// Record this time instead of now (importing old dated backups).
+    pub time: Option<jiff::Timestamp>,
+    pub meta: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupResult {
+    pub id: SnapshotId,
+    pub snapshot: SnapshotFile,
+    /// Source data that could not be read; the snapshot omits it (exit code 3).
+    pub warnings: Vec<String>,
+}
+
+/// What a producer made: a stream's content or a tree's root.
+pub enum Root {
+    Content(Content),
+    Tree(crate::id::BlobId, Vec<String>),
+}
+
+/// Run `producer` against a saver and commit a snapshot of what it produced.
+async fn run<F>(repo: &Repository, options: &BackupOptions, parent: Option<SnapshotId>, producer: F) -> Result<BackupResult>
+where
+    F: FnOnce(&Saver, &mut SnapshotStats, &mut Vec<String>) -> Result<Root>,
+{
+    let started = Instant::now();
+    let time = options.time.unwrap_or_else(jiff::Timestamp::now);
+    let saver = Saver::start(repo, &tokio::runtime::Handle::current());
+    let mut stats = SnapshotStats::default();
+    let mut warnings = Vec::new();
+    let produced = tokio::task::block_in_place(|| producer(&saver, &mut stats, &mut warnings));
+    let finished: Result<SaverStats> = saver.finish().await;
+    let root = produced?;
+    let saved = finished?;
+    stats.added = saved.added_bytes;
+    stats.added_blobs = saved.added_blobs;
+    stats.warnings = warnings.len() as u64;
+    stats.duration_ms = started.elapsed().as_millis() as u64;
+    let (tree, content, paths) = match root {
+        Root::Content(c) => {
+            stats.size = c.size;
+            (None, Some(c), Vec::new())
+        }
+        Root::Tree(id, paths) => (Some(id), None, paths),
+    };
+    let snapshot = SnapshotFile {
+        version: SNAPSHOT_VERSION,
+        time,
+        host: crate::repo::hostname(),
+        user: crate::repo::username(),
+        kind: options.kind.clone(),
+        name: options.name.clone(),
+        tags: options.tags.clone(),
+        paths,
+        tree,
+        content,
+        parent,
+        stats,
+        meta: options.meta.clone(),
+        program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
+    };
+    let id = repo.save_snapshot(&snapshot).await?;
+    Ok(BackupResult { id, snapshot, warnings })
+}
+
+/// Back up a byte stream read to its end.
+pub async fn backup_stream<R: Read + Send>(repo: &Repository, reader: R, options: &BackupOptions, cancel: &Cancel, progress: &dyn Progress) -> Result<BackupResult> {
+    let params = repo.config().chunker;
+    run(repo, options, None, |saver, _, _| {
+        progress.begin("reading", None);
+        let content = stream::store_stream(saver, reader, params, cancel, progress)?;
+        progress.end();
+        Ok(Root::Content(content))
+    })
+    .await
+}
+
+/// Run `command` with `sh -c` and back up its standard output. Its standard error passes
+/// through. No snapshot is committed unless it exits with status 0.
+pub async fn backup_command(repo: &Repository, command: &str, options: &BackupOptions, cancel: &Cancel, progress: &dyn Progress) -> Result<BackupResult> {
+    let params = repo.config().chunker;
+    run(repo, options, None, |saver, _, _| {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::source(format!("cannot run producer `{command}`: {e}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        progress.begin("reading", None);
+        let stored = stream::store_stream(saver, stdout, params, cancel, progress);
+        progress.end();
+        if stored.is_err() {
+            let _ = child.kill();
+        }
+        let status = child.wait().map_err(|e| Error::source(format!("cannot wait for producer `{command}`: {e}")))?;
+        let content = stored?;
+        if !status.success() {
+            let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
+                (Some(code), _) => format!("exited with status {code}"),
+                (None, Some(signal)) => format!("was killed by signal {signal}"),
+                _ => "failed".to_string(),
+            };
+            return Err(Error::source(format!("producer `{command}` {how}; no snapshot was written")));
+        }
+        Ok(Root::Content(content))
+    })
+    .await
+}
+
+/// Back up file trees. Unchanged files are taken from the newest snapshot of the same
+/// name without being read.
+pub async fn backup_files(repo: &Repository, files: &FilesOptions, options: &BackupOptions, cancel: &Cancel, progress: &dyn Progress) -> Result<BackupResult> {
+    let filter = SnapshotFilter { name: Some(options.name.clone()), kind: Some(options.kind.clone()), ..Default::default() };
+    let parent = repo.catalog().snapshots()?.into_iter().filter(|(_, s)| filter.matches(s) && s.tree.is_some()).next_back();
+    let parent_id = parent.as_ref().map(|(id, _)| *id);
+    let parent_tree = parent.and_then(|(_, s)| s.tree);
+    let handle = tokio::runtime::Handle::current();
+    run(repo, options, parent_id, |saver, stats, warnings| {
+        let mut walker = files::Walker::new(repo, saver, &handle, files, cancel, progress, stats, warnings);
+        let tree = walker.run(parent_tree)?;
+        Ok(Root::Tree(tree, files.paths.iter().map(|p| p.display().to_string()).collect()))
+    })
+    .await
+}

@@ -1,0 +1,34 @@
+//! Operations: one file per command, each a short script of calls into the layers below.
+
+pub mod backup;
+pub mod check;
+pub mod restore;
+pub mod stats;
+
+use crate::error::{Error, Result};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A cancellation flag, set from a signal handler and polled by long operations.
+#[derive(Clone, Default, Debug)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// `Err(Cancelled)` once the flag is set.
+    pub fn check(&self) -> Result<()> {
+        if self.is_set() {
+            Err(Error::cancelled())
+        } else {
+            Ok(())
+        }
+    }
+}

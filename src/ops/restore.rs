@@ -1,0 +1,425 @@
+//! `cairn restore`: streams to a file or stdout, trees to a directory or a tar stream.
+//!
+//! Streams are read in order with several ranged reads in flight
+//! ([`crate::repo::load::read_content`]). Trees restore in three passes: plan (create
+//! directories, files of the right length and symlinks; group every needed blob by pack),
+//! data (each pack is fetched once, as few coalesced ranges; each blob is decrypted once
+//! and written with `pwrite` to every place it belongs), then metadata (modes, owners
+//! when root, mtimes; directories deepest first, so writing files does not disturb them).
+
+use crate::catalog::BlobLocation;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::progress::Progress;
+use crate::repo::load::{open_located, read_content, LeafWalker};
+use crate::repo::Repository;
+use crate::snapshot::{Content, Node, NodeKind};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// Packs fetched at once during a tree restore.
+const PACK_CONCURRENCY: usize = 4;
+/// Blobs in one pack closer than this are fetched in one range.
+const COALESCE_GAP: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Restore only these paths (as stored: `/etc/app` or `etc/app`) and what is below them.
+    pub includes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RestoreStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub bytes: u64,
+    pub warnings: Vec<String>,
+}
+
+/// Write a stream's data, in order, to `out`.
+pub async fn restore_stream<W: Write>(repo: &Repository, content: &Content, out: &mut W, progress: &dyn Progress) -> Result<u64> {
+    let mut blobs = std::pin::pin!(read_content(repo, content));
+    let mut written = 0u64;
+    progress.begin("restoring", Some(content.size));
+    while let Some(blob) = blobs.try_next().await? {
+        tokio::task::block_in_place(|| out.write_all(&blob)).map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
+        written += blob.len() as u64;
+        progress.advance(blob.len() as u64);
+    }
+    tokio::task::block_in_place(|| out.flush()).map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
+    progress.end();
+    if written != content.size {
+        return Err(Error::corrupt(format!("restored {written} bytes but the snapshot records {}", content.size)));
+    }
+    Ok(written)
+}
+
+/// Restore a stream into `path` through a temporary file beside it, renamed when complete.
+pub async fn restore_stream_to_file(repo: &Repository, content: &Content, path: &Path, progress: &dyn Progress) -> Result<u64> {
+    let tmp = sibling_temp(path);
+    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let result = async {
+        let mut writer = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+        let n = restore_stream(repo, content, &mut writer, progress).await?;
+        drop(writer);
+        file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        Ok(n)
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn sibling_temp(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".cairn-{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Normalised include paths: no leading or trailing slashes.
+fn includes(options: &RestoreOptions) -> Vec<Vec<u8>> {
+    options.includes.iter().map(|i| i.trim_matches('/').as_bytes().to_vec()).filter(|i| !i.is_empty()).collect()
+}
+
+/// Whether to restore `path` (relative, slash-separated) and whether to descend into it.
+fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
+    if includes.is_empty() {
+        return (true, true);
+    }
+    let inside = includes.iter().any(|i| path == &i[..] || (path.starts_with(i) && path.get(i.len()) == Some(&b'/')));
+    let ancestor = includes.iter().any(|i| i.starts_with(path) && i.get(path.len()) == Some(&b'/'));
+    (inside, inside || ancestor)
+}
+
+fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    if parent.is_empty() {
+        name.to_vec()
+    } else {
+        [parent, b"/", name].concat()
+    }
+}
+
+/// Reject names that could escape the target directory.
+fn safe_name(node: &Node) -> Result<Vec<u8>> {
+    let name = node.name_bytes();
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::corrupt(format!("tree holds an unsafe file name {:?}", node.name)));
+    }
+    Ok(name)
+}
+
+/// One place a blob's data goes.
+struct Target {
+    file: usize,
+    offset: u64,
+}
+
+#[derive(Default)]
+struct Plan {
+    files: Vec<PathBuf>,
+    blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
+    /// Nodes whose metadata is applied after the data, in creation order.
+    metadata: Vec<(PathBuf, Node)>,
+}
+
+/// Restore a tree into `target`, creating it if needed.
+pub async fn restore_tree_to_dir(repo: &Repository, root: &BlobId, target: &Path, options: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreStats> {
+    std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
+    let mut stats = RestoreStats::default();
+    let mut plan = Plan::default();
+    let includes = includes(options);
+    let mut stack = vec![(repo.load_tree(root).await?, target.to_path_buf(), Vec::new())];
+    while let Some((tree, dir, rel)) = stack.pop() {
+        for node in tree.nodes {
+            let name = safe_name(&node)?;
+            let rel_path = join(&rel, &name);
+            let (restore, descend) = selected(&includes, &rel_path);
+            if !descend {
+                continue;
+            }
+            let path = dir.join(std::ffi::OsStr::from_bytes(&name));
+            match node.kind {
+                NodeKind::Dir => {
+                    create_dir(&path)?;
+                    let subtree = node.subtree.ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", path.display())))?;
+                    stack.push((repo.load_tree(&subtree).await?, path.clone(), rel_path));
+                    if restore {
+                        stats.dirs += 1;
+                        plan.metadata.push((path, node));
+                    }
+                }
+                _ if !restore => {}
+                NodeKind::File => {
+                    plan_file(repo, &mut plan, &path, &node).await?;
+                    stats.files += 1;
+                    stats.bytes += node.size;
+                    plan.metadata.push((path, node));
+                }
+                NodeKind::Symlink => {
+                    let target_bytes = node.target_bytes().unwrap_or_default();
+                    let _ = std::fs::remove_file(&path);
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target_bytes), &path).map_err(|e| Error::io("create symlink", &path, e))?;
+                    stats.symlinks += 1;
+                    plan.metadata.push((path, node));
+                }
+                other => stats.warnings.push(format!("{}: {other:?} nodes are not restored", path.display())),
+            }
+        }
+    }
+    progress.begin("restoring", Some(stats.bytes));
+    write_data(repo, plan.files, plan.blobs, progress).await?;
+    progress.end();
+    apply_metadata(&plan.metadata, &mut stats.warnings);
+    Ok(stats)
+}
+
+fn create_dir(path: &Path) -> Result<()> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(Error::io("create directory", path, e)),
+    }
+}
+
+async fn plan_file(repo: &Repository, plan: &mut Plan, path: &Path, node: &Node) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
+    file.set_len(node.size).map_err(|e| Error::io("allocate", path, e))?;
+    let index = plan.files.len();
+    plan.files.push(path.to_path_buf());
+    let Some(content) = &node.content else { return Ok(()) };
+    let mut walker = LeafWalker::new(repo, content);
+    let mut offset = 0u64;
+    while let Some(entry) = walker.next().await? {
+        let target = Target { file: index, offset };
+        match plan.blobs.get_mut(&entry.0) {
+            Some((_, targets)) => targets.push(target),
+            None => {
+                plan.blobs.insert(entry.0, (repo.locate(&entry.0)?, vec![target]));
+            }
+        }
+        offset += entry.1;
+    }
+    if offset != node.size {
+        return Err(Error::corrupt(format!("{}: content holds {offset} bytes but the tree records {}", path.display(), node.size)));
+    }
+    Ok(())
+}
+
+/// Fetch each pack once and write every blob to all its targets.
+async fn write_data(repo: &Repository, files: Vec<PathBuf>, blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>, progress: &dyn Progress) -> Result<()> {
+    let mut by_pack: BTreeMap<PackId, Vec<(BlobLocation, Vec<Target>)>> = BTreeMap::new();
+    for (_, (location, targets)) in blobs {
+        by_pack.entry(location.pack).or_default().push((location, targets));
+    }
+    let files = std::sync::Arc::new(files);
+    let mut ranges = Vec::new();
+    for (pack, mut wanted) in by_pack {
+        wanted.sort_by_key(|(l, _)| l.entry.offset);
+        let mut current: Vec<(BlobLocation, Vec<Target>)> = Vec::new();
+        for item in wanted {
+            let split = current.last().is_some_and(|(last, _)| item.0.entry.offset > last.entry.end() + COALESCE_GAP);
+            if split {
+                ranges.push((pack, std::mem::take(&mut current)));
+            }
+            current.push(item);
+        }
+        if !current.is_empty() {
+            ranges.push((pack, current));
+        }
+    }
+    futures::stream::iter(ranges)
+        .map(|(pack, items)| {
+            let files = files.clone();
+            async move {
+                let start = items[0].0.entry.offset;
+                let end = items.iter().map(|(l, _)| l.entry.end()).max().unwrap();
+                let bytes = repo.backend().get_range(&crate::backend::keys::pack(&pack), start..end).await?;
+                let key = repo.key().clone();
+                tokio::task::spawn_blocking(move || write_range(&key, &files, start, &bytes, &items))
+                    .await
+                    .map_err(|e| Error::backend(format!("restore task failed: {e}")))?
+            }
+        })
+        .buffer_unordered(PACK_CONCURRENCY)
+        .try_for_each(|written| {
+            progress.advance(written);
+            async { Ok(()) }
+        })
+        .await
+}
+
+fn write_range(key: &crate::crypto::MasterKey, files: &[PathBuf], start: u64, bytes: &[u8], items: &[(BlobLocation, Vec<Target>)]) -> Result<u64> {
+    let mut open: HashMap<usize, std::fs::File> = HashMap::new();
+    let mut written = 0;
+    for (location, targets) in items {
+        let from = (location.entry.offset - start) as usize;
+        let data = open_located(key, location, &bytes[from..from + location.entry.length as usize])?;
+        for target in targets {
+            let path = &files[target.file];
+            let file = match open.entry(target.file) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?)
+                }
+            };
+            file.write_all_at(&data, target.offset).map_err(|e| Error::io("write", path, e))?;
+            written += data.len() as u64;
+        }
+    }
+    Ok(written)
+}
+
+fn apply_metadata(nodes: &[(PathBuf, Node)], warnings: &mut Vec<String>) {
+    let root = is_root();
+    // Files and links in order, then directories deepest first.
+    let (dirs, others): (Vec<_>, Vec<_>) = nodes.iter().partition(|(_, n)| n.kind == NodeKind::Dir);
+    for (path, node) in others.into_iter().chain(dirs.into_iter().rev()) {
+        if let Err(e) = set_metadata(path, node, root) {
+            warnings.push(format!("{}: cannot restore metadata: {e}", path.display()));
+        }
+    }
+}
+
+fn set_metadata(path: &Path, node: &Node, root: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mtime = filetime::FileTime::from_unix_time(node.mtime.div_euclid(1_000_000_000), node.mtime.rem_euclid(1_000_000_000) as u32);
+    if node.kind == NodeKind::Symlink {
+        if root {
+            std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+        }
+        return filetime::set_symlink_file_times(path, mtime, mtime);
+    }
+    if root {
+        std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
+    filetime::set_file_times(path, mtime, mtime)
+}
+
+pub fn is_root() -> bool {
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}
+
+/// Write a tree as a tar stream (GNU format) to `out`.
+pub async fn restore_tree_to_tar<W: Write + Send>(repo: &Repository, root: &BlobId, out: W, options: &RestoreOptions) -> Result<RestoreStats> {
+    let mut builder = tar::Builder::new(out);
+    let mut stats = RestoreStats::default();
+    let includes = includes(options);
+    let tar_err = |e: std::io::Error| Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}"));
+    // Depth-first, in stored (name) order: directories precede their contents.
+    let mut stack: Vec<(std::vec::IntoIter<Node>, Vec<u8>)> = vec![(repo.load_tree(root).await?.nodes.into_iter(), Vec::new())];
+    while let Some((iter, rel)) = stack.last_mut() {
+        let Some(node) = iter.next() else {
+            stack.pop();
+            continue;
+        };
+        let rel = rel.clone();
+        let name = safe_name(&node)?;
+        let rel_path = join(&rel, &name);
+        let (restore, descend) = selected(&includes, &rel_path);
+        if !descend {
+            continue;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(node.mode);
+        header.set_uid(node.uid.into());
+        header.set_gid(node.gid.into());
+        header.set_mtime(node.mtime.div_euclid(1_000_000_000).max(0) as u64);
+        header.set_size(0);
+        let path = std::ffi::OsStr::from_bytes(&rel_path);
+        match node.kind {
+            NodeKind::Dir => {
+                if restore {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), std::io::empty())).map_err(tar_err)?;
+                    stats.dirs += 1;
+                }
+                let subtree = node.subtree.ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", node.name)))?;
+                stack.push((repo.load_tree(&subtree).await?.nodes.into_iter(), rel_path));
+            }
+            _ if !restore => {}
+            NodeKind::File => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(node.size);
+                let content = node.content.clone().unwrap_or_default();
+                let mut data = Vec::with_capacity(node.size.min(64 << 20) as usize);
+                // Files larger than 64 MiB stream through a pipe thread to bound memory.
+                if node.size <= 64 << 20 {
+                    restore_stream(repo, &content, &mut data, &crate::progress::Silent).await?;
+                    tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), &data[..])).map_err(tar_err)?;
+                } else {
+                    append_large(repo, &content, &mut builder, &mut header, Path::new(path)).await?;
+                }
+                stats.files += 1;
+                stats.bytes += node.size;
+            }
+            NodeKind::Symlink => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                let target = node.target_bytes().unwrap_or_default();
+                tokio::task::block_in_place(|| builder.append_link(&mut header, Path::new(path), std::ffi::OsStr::from_bytes(&target))).map_err(tar_err)?;
+                stats.symlinks += 1;
+            }
+            other => stats.warnings.push(format!("{}: {other:?} nodes are not written to tar", node.name)),
+        }
+    }
+    tokio::task::block_in_place(|| builder.into_inner().and_then(|mut w| w.flush())).map_err(tar_err)?;
+    Ok(stats)
+}
+
+/// Append a large file: a scoped thread writes the tar entry from a bounded channel while
+/// this thread fetches blobs into it, so memory stays bounded by the channel.
+async fn append_large<W: Write + Send>(repo: &Repository, content: &Content, builder: &mut tar::Builder<W>, header: &mut tar::Header, path: &Path) -> Result<()> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let writer = scope.spawn(move || builder.append_data(header, path, ChannelReader { rx, buf: Vec::new(), pos: 0 }));
+            let fed = handle.block_on(async {
+                let mut blobs = std::pin::pin!(read_content(repo, content));
+                while let Some(blob) = blobs.try_next().await? {
+                    if tx.send(blob).is_err() {
+                        break;
+                    }
+                }
+                Ok::<_, Error>(())
+            });
+            drop(tx);
+            let appended = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("tar writer panicked")));
+            fed?;
+            appended.map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}")))
+        })
+    })
+}
+
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(buf) => {
+                    self.buf = buf;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+

@@ -1,0 +1,273 @@
+//! An open repository: storage, master key, config and catalog, and the verbs on them.
+//!
+//! `Repository::init` writes key slots first and the config last, so a repository exists
+//! (for `open`) only once it can be opened. `Repository::open` unlocks the master key from a
+//! key file or by trying each key slot with the password, decrypts the config, and refreshes
+//! the catalog. Saving goes through [`saver::Saver`]; reading through [`Repository::load_blob`]
+//! and [`load::ContentReader`].
+
+pub mod keys;
+pub mod load;
+pub mod saver;
+
+use crate::backend::{keys as objkeys, Backend, WriteMode};
+use crate::catalog::Catalog;
+use crate::chunker::ChunkerParams;
+use crate::crypto::{KdfParams, MasterKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{KeyId, RepoId, SnapshotId};
+use crate::object;
+use crate::snapshot::{SnapshotFile, Tree};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use keys::{KeyFile, KeySlotFile, Secret};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const DEFAULT_CHUNK_AVG: u32 = 1 << 20;
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+pub const DEFAULT_PACK_SIZE: u32 = 16 << 20;
+
+/// The repository config: fixed at init, encrypted under the master key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub id: RepoId,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    /// Target pack size in bytes.
+    pub pack_size: u32,
+    pub created: jiff::Timestamp,
+}
+
+/// Settings for `init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub chunk_avg: u32,
+    pub compression_level: i32,
+    pub pack_size: u32,
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunk_avg: DEFAULT_CHUNK_AVG,
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            pack_size: DEFAULT_PACK_SIZE,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+/// Where the catalog lives.
+#[derive(Debug, Clone)]
+pub enum CacheMode {
+    /// `<dir>/<repository id>/catalog.sqlite`.
+    Dir(PathBuf),
+    /// A private temporary catalog, gone when the repository is closed.
+    Temporary,
+}
+
+pub struct Repository {
+    backend: Backend,
+    key: MasterKey,
+    config: RepoConfig,
+    catalog: Arc<Catalog>,
+    /// The key slot that opened the repository, if a password did.
+    key_slot: Option<KeyId>,
+}
+
+impl Repository {
+    /// Create a new repository. Refuses if one exists at the location.
+    pub async fn init(backend: Backend, secret: &Secret, options: &InitOptions, cache: &CacheMode) -> Result<Self> {
+        if backend.head(objkeys::CONFIG).await?.is_some() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("a repository already exists at {}; refusing to overwrite it", backend.location()),
+            ));
+        }
+        if !(1..=22).contains(&options.compression_level) && options.compression_level != 0 {
+            return Err(Error::invalid(format!("compression level {} is out of range 0..=22", options.compression_level)));
+        }
+        if !(1 << 20..=256 << 20).contains(&options.pack_size) {
+            return Err(Error::invalid(format!("pack size {} is out of range 1 MiB..=256 MiB", options.pack_size)));
+        }
+        let seed = u64::from_le_bytes(crate::crypto::random_bytes());
+        let chunker = ChunkerParams::with_average(options.chunk_avg, seed);
+        chunker.validate().map_err(Error::invalid)?;
+        let key = MasterKey::random();
+        let config = RepoConfig {
+            version: FORMAT_VERSION,
+            id: RepoId::random(),
+            chunker,
+            compression_level: options.compression_level,
+            pack_size: options.pack_size,
+            created: jiff::Timestamp::now(),
+        };
+        let key_slot = match secret {
+            Secret::Password(password) => Some(keys::add_slot(&backend, &key, password.as_bytes(), options.kdf).await?),
+            Secret::KeyFile(path) => {
+                KeyFile { version: 1, repository: config.id, key: hex::encode(key.to_bytes()) }.write_new(path)?;
+                None
+            }
+        };
+        // The config is written last and only if absent: two racing inits cannot both win.
+        let sealed = object::seal(&key, object::CONFIG_MAGIC, &serde_json::to_vec(&config).expect("config serializes"));
+        backend.put(objkeys::CONFIG, sealed.into(), WriteMode::Create).await.map_err(|e| match e.kind() {
+            ErrorKind::AlreadyExists => Error::new(ErrorKind::AlreadyExists, format!("a repository already exists at {}", backend.location())),
+            _ => e,
+        })?;
+        let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
+        Ok(Repository { backend, key, config, catalog, key_slot })
+    }
+
+    /// Open an existing repository and refresh its catalog.
+    pub async fn open(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
+        let config_bytes = match backend.get(objkeys::CONFIG).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::NoRepository,
+                    format!("no repository at {}: there is no config object; check the URL or run `cairn init`", backend.location()),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let (key, key_slot) = keys::unlock(&backend, secret).await?;
+        let plain = object::open(&key, object::CONFIG_MAGIC, "config", &config_bytes).map_err(|e| match secret {
+            Secret::KeyFile(path) => Error::new(
+                ErrorKind::WrongPassword,
+                format!("key file {} does not open the repository at {}: wrong key file", path.display(), backend.location()),
+            ),
+            Secret::Password(_) => e,
+        })?;
+        let config: RepoConfig = serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("config is not valid: {e}")))?;
+        if config.version != FORMAT_VERSION {
+            return Err(Error::new(ErrorKind::Unsupported, format!("repository format version {} is not supported by this cairn", config.version)));
+        }
+        config.chunker.validate().map_err(|e| Error::corrupt(format!("config: {e}")))?;
+        let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
+        catalog.refresh(&backend, &key).await?;
+        Ok(Repository { backend, key, config, catalog, key_slot })
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+    pub fn key(&self) -> &MasterKey {
+        &self.key
+    }
+    pub fn config(&self) -> &RepoConfig {
+        &self.config
+    }
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+    pub fn key_slot(&self) -> Option<KeyId> {
+        self.key_slot
+    }
+
+    /// Write a snapshot manifest. Call only after the saver that stored its data finished:
+    /// a snapshot that exists must reference only indexed, durable blobs.
+    pub async fn save_snapshot(&self, snapshot: &SnapshotFile) -> Result<SnapshotId> {
+        let id = SnapshotId::random();
+        let json = serde_json::to_vec(snapshot).expect("snapshots serialize");
+        let sealed = object::seal(&self.key, object::SNAPSHOT_MAGIC, &json);
+        self.backend.put(&objkeys::snapshot(&id), sealed.into(), WriteMode::Create).await?;
+        self.catalog.add_snapshot(&id, snapshot)?;
+        Ok(id)
+    }
+
+    pub async fn load_tree(&self, id: &crate::id::BlobId) -> Result<Tree> {
+        Tree::decode(&self.load_blob(id).await?).map_err(|e| e.context(format!("tree {id}")))
+    }
+
+    /// Find one snapshot by `latest` or a unique id prefix (at least 8 hex characters),
+    /// among the snapshots that `filter` accepts.
+    pub fn find_snapshot(&self, spec: &str, filter: &SnapshotFilter) -> Result<(SnapshotId, SnapshotFile)> {
+        let snapshots = self.catalog.snapshots()?;
+        if spec == "latest" {
+            return snapshots.into_iter().filter(|(_, s)| filter.matches(s)).next_back().ok_or_else(|| {
+                Error::not_found(format!("no snapshot matches {}; list them with `cairn snapshots`", filter.describe()))
+            });
+        }
+        if spec.len() < 8 || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::invalid(format!("snapshot {spec:?} is neither `latest` nor an id prefix of at least 8 hex characters")));
+        }
+        let spec = spec.to_ascii_lowercase();
+        let mut matches = snapshots.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec));
+        match (matches.next(), matches.next()) {
+            (Some(found), None) => Ok(found),
+            (None, _) => Err(Error::not_found(format!("no snapshot with id prefix {spec}; list them with `cairn snapshots`"))),
+            (Some(_), Some(_)) => Err(Error::invalid(format!("snapshot id prefix {spec} is ambiguous; give more characters"))),
+        }
+    }
+}
+
+/// Read and decrypt one snapshot manifest.
+pub async fn read_snapshot(backend: &Backend, key: &MasterKey, id: &SnapshotId) -> Result<SnapshotFile> {
+    let name = objkeys::snapshot(id);
+    let bytes = backend.get(&name).await?;
+    let plain = object::open(key, object::SNAPSHOT_MAGIC, &name, &bytes)?;
+    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not a valid snapshot: {e}")))
+}
+
+fn catalog_path(cache: &CacheMode, id: &RepoId) -> Option<PathBuf> {
+    match cache {
+        CacheMode::Dir(dir) => Some(dir.join(id.to_hex()).join("catalog.sqlite")),
+        CacheMode::Temporary => None,
+    }
+}
+
+/// Which snapshots a command considers.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    pub name: Option<String>,
+    pub kind: Option<String>,
+    pub host: Option<String>,
+    pub tags: Vec<String>,
+}
+
+impl SnapshotFilter {
+    pub fn matches(&self, s: &SnapshotFile) -> bool {
+        self.name.as_ref().is_none_or(|n| &s.name == n)
+            && self.kind.as_ref().is_none_or(|k| &s.kind == k)
+            && self.host.as_ref().is_none_or(|h| &s.host == h)
+            && self.tags.iter().all(|t| s.tags.contains(t))
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = &self.name {
+            parts.push(format!("name {n:?}"));
+        }
+        if let Some(k) = &self.kind {
+            parts.push(format!("kind {k:?}"));
+        }
+        if let Some(h) = &self.host {
+            parts.push(format!("host {h:?}"));
+        }
+        for t in &self.tags {
+            parts.push(format!("tag {t:?}"));
+        }
+        if parts.is_empty() {
+            "(any snapshot)".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+pub fn username() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".to_string())
+}

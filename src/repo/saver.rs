@@ -1,0 +1,293 @@
+//! The write pipeline: new blobs in, durable packs and index files out.
+//!
+//! ```text
+//! producer thread ──(id, chunk)──▶ worker threads ──FinishedPack──▶ async uploader
+//!  chunk, hash, dedup               compress, seal, own pack          PUT (write-once),
+//!  (metadata blobs sealed inline                                       then index files
+//!   into one shared meta pack)
+//! ```
+//!
+//! Every worker fills its own data pack, so sealing needs no coordination and both cores
+//! stay busy; metadata blobs go to a separate pack so trees stay small and cacheable.
+//! Channels are bounded, so memory is bounded whatever the input size (docs/PERFORMANCE.md
+//! states the bound). Write order: a pack is listed in an index file only after its PUT
+//! returned (durable), and the caller writes its snapshot only after [`Saver::finish`],
+//! which returns once every pack and index file is durable. A crash at any point therefore
+//! leaves only unreferenced packs, which the next backup ignores and prune collects.
+
+use crate::backend::{keys, Backend, WriteMode};
+use crate::catalog::Catalog;
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, IndexId};
+use crate::index::{IndexFile, IndexPack};
+use crate::object;
+use crate::pack::{BlobKind, FinishedPack, PackWriter};
+use crate::snapshot::MetaSink;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Flush an index file once this many blobs are waiting, so a long backup that is killed
+/// still leaves most of its work indexed for the next run to reuse.
+const INDEX_FLUSH_BLOBS: usize = 50_000;
+/// Uploads in flight at once.
+const UPLOAD_CONCURRENCY: usize = 2;
+
+type Job = (BlobId, Vec<u8>);
+
+/// What a saver stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SaverStats {
+    pub added_bytes: u64,
+    pub added_blobs: u64,
+    pub packs: u64,
+    pub index_files: u64,
+}
+
+struct Shared {
+    key: MasterKey,
+    level: i32,
+    pack_size: usize,
+    catalog: Arc<Catalog>,
+    seen: Mutex<HashSet<BlobId>>,
+    meta_pack: Mutex<Option<PackWriter>>,
+    upload_tx: tokio::sync::mpsc::Sender<FinishedPack>,
+    added_bytes: AtomicU64,
+    added_blobs: AtomicU64,
+}
+
+impl Shared {
+    fn send_pack(&self, pack: FinishedPack) -> Result<()> {
+        self.upload_tx.blocking_send(pack).map_err(|_| Error::backend("the uploader stopped after an earlier error"))
+    }
+
+    fn account(&self, grew: usize) {
+        self.added_bytes.fetch_add(grew as u64, Ordering::Relaxed);
+        self.added_blobs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Stores blobs into packs. Use from plain threads, never from inside the async runtime.
+pub struct Saver {
+    shared: Arc<Shared>,
+    data_tx: Option<SyncSender<Job>>,
+    workers: Vec<JoinHandle<Result<()>>>,
+    uploader: Option<tokio::task::JoinHandle<Result<(u64, u64)>>>,
+}
+
+impl Saver {
+    /// Start workers and the uploader on `runtime`.
+    pub fn start(repo: &super::Repository, runtime: &tokio::runtime::Handle) -> Saver {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+        let (upload_tx, upload_rx) = tokio::sync::mpsc::channel(1);
+        let shared = Arc::new(Shared {
+            key: repo.key().clone(),
+            level: repo.config().compression_level,
+            pack_size: repo.config().pack_size as usize,
+            catalog: repo.catalog().clone(),
+            seen: Mutex::new(HashSet::new()),
+            meta_pack: Mutex::new(None),
+            upload_tx,
+            added_bytes: AtomicU64::new(0),
+            added_blobs: AtomicU64::new(0),
+        });
+        let uploader = runtime.spawn(upload_loop(repo.backend().clone(), repo.key().clone(), repo.catalog().clone(), upload_rx));
+        let (data_tx, data_rx) = sync_channel::<Job>(workers * 2);
+        let data_rx = Arc::new(Mutex::new(data_rx));
+        let workers = (0..workers)
+            .map(|i| {
+                let shared = shared.clone();
+                let rx = data_rx.clone();
+                std::thread::Builder::new()
+                    .name(format!("cairn-seal-{i}"))
+                    .spawn(move || seal_loop(&shared, &rx))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Saver { shared, data_tx: Some(data_tx), workers, uploader: Some(uploader) }
+    }
+
+    /// Claim `id` for this session: true if the repository lacks it and the caller must
+    /// store it now; false if it is indexed or already on its way.
+    pub fn claim(&self, id: &BlobId) -> Result<bool> {
+        let mut seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(id) || self.shared.catalog.contains(id)? {
+            return Ok(false);
+        }
+        seen.insert(*id);
+        Ok(true)
+    }
+
+    /// Queue a data blob that [`Saver::claim`] returned true for.
+    pub fn save_data(&self, id: BlobId, data: Vec<u8>) -> Result<()> {
+        let tx = self.data_tx.as_ref().expect("save after finish");
+        tx.send((id, data)).map_err(|_| Error::backend("the pack workers stopped after an earlier error"))
+    }
+
+    /// Hash, deduplicate and queue a data blob; returns its id.
+    pub fn save_chunk(&self, data: Vec<u8>) -> Result<BlobId> {
+        let id = self.shared.key.blob_id(&data);
+        if self.claim(&id)? {
+            self.save_data(id, data)?;
+        }
+        Ok(id)
+    }
+
+    pub fn key(&self) -> &MasterKey {
+        &self.shared.key
+    }
+
+    /// Bytes and blobs stored so far.
+    pub fn added(&self) -> (u64, u64) {
+        (self.shared.added_bytes.load(Ordering::Relaxed), self.shared.added_blobs.load(Ordering::Relaxed))
+    }
+
+    /// Flush every pack, wait for every upload and index file. After `Ok`, everything
+    /// saved is durable and indexed, and a snapshot referencing it may be written.
+    pub async fn finish(mut self) -> Result<SaverStats> {
+        drop(self.data_tx.take());
+        let workers = std::mem::take(&mut self.workers);
+        let shared = self.shared.clone();
+        let worker_result = tokio::task::spawn_blocking(move || {
+            let mut first_err = None;
+            for w in workers {
+                let r = w.join().unwrap_or_else(|_| Err(Error::backend("a pack worker panicked")));
+                if let Err(e) = r {
+                    first_err.get_or_insert(e);
+                }
+            }
+            let meta = shared.meta_pack.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(pack) = meta.filter(|p| !p.is_empty()) {
+                if let Err(e) = shared.send_pack(pack.finish()) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+        .await
+        .map_err(|e| Error::backend(format!("worker join failed: {e}")))?;
+        let uploader = self.uploader.take().expect("finish runs once");
+        let (added_bytes, added_blobs) = self.added();
+        // Closing the channel lets the uploader write its last index file and stop.
+        drop(self);
+        let upload_result = uploader.await.map_err(|e| Error::backend(format!("uploader failed: {e}")))?;
+        let (packs, index_files) = upload_result?;
+        worker_result?;
+        Ok(SaverStats { added_bytes, added_blobs, packs, index_files })
+    }
+}
+
+impl MetaSink for Saver {
+    fn save_meta(&self, bytes: Vec<u8>) -> Result<BlobId> {
+        let id = self.shared.key.blob_id(&bytes);
+        if !self.claim(&id)? {
+            return Ok(id);
+        }
+        let full = {
+            let mut slot = self.shared.meta_pack.lock().unwrap_or_else(|p| p.into_inner());
+            let pack = slot.get_or_insert_with(|| PackWriter::new(&self.shared.key, 1 << 20));
+            let grew = pack.add(BlobKind::Meta, id, &bytes, self.shared.level);
+            self.shared.account(grew);
+            if pack.size() >= self.shared.pack_size {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        if let Some(pack) = full {
+            self.shared.send_pack(pack.finish())?;
+        }
+        Ok(id)
+    }
+}
+
+fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
+    let mut pack: Option<PackWriter> = None;
+    loop {
+        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+        let Ok((id, data)) = job else { break };
+        let writer = pack.get_or_insert_with(|| PackWriter::new(&shared.key, shared.pack_size + (1 << 20)));
+        let grew = writer.add(BlobKind::Data, id, &data, shared.level);
+        shared.account(grew);
+        if writer.size() >= shared.pack_size {
+            shared.send_pack(pack.take().unwrap().finish())?;
+        }
+    }
+    if let Some(writer) = pack.filter(|p| !p.is_empty()) {
+        shared.send_pack(writer.finish())?;
+    }
+    Ok(())
+}
+
+/// Upload packs as they come, and write an index file for the durable ones every
+/// [`INDEX_FLUSH_BLOBS`] blobs and at the end. Returns (packs, index files) written.
+async fn upload_loop(
+    backend: Backend,
+    key: MasterKey,
+    catalog: Arc<Catalog>,
+    mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
+) -> Result<(u64, u64)> {
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut durable: Vec<IndexPack> = Vec::new();
+    let (mut packs, mut index_files) = (0u64, 0u64);
+    let mut failure: Option<Error> = None;
+    loop {
+        tokio::select! {
+            pack = rx.recv(), if in_flight.len() < UPLOAD_CONCURRENCY && failure.is_none() => {
+                let Some(pack) = pack else { break };
+                let backend = backend.clone();
+                in_flight.spawn(async move {
+                    let FinishedPack { id, salt, bytes, entries } = pack;
+                    let size = bytes.len() as u64;
+                    backend.put(&keys::pack(&id), bytes.into(), WriteMode::CreateIdempotent).await?;
+                    Ok::<_, Error>(IndexPack { id, salt, size, blobs: entries })
+                });
+            }
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                match done.map_err(|e| Error::backend(format!("upload task failed: {e}"))).and_then(|r| r) {
+                    Ok(pack) => {
+                        packs += 1;
+                        durable.push(pack);
+                        if durable.iter().map(|p| p.blobs.len()).sum::<usize>() >= INDEX_FLUSH_BLOBS {
+                            write_index(&backend, &key, &catalog, std::mem::take(&mut durable)).await?;
+                            index_files += 1;
+                        }
+                    }
+                    Err(e) => { failure.get_or_insert(e); }
+                }
+            }
+            else => break,
+        }
+        if failure.is_some() && in_flight.is_empty() {
+            break;
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        match done.map_err(|e| Error::backend(format!("upload task failed: {e}"))).and_then(|r| r) {
+            Ok(pack) => durable.push(pack),
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    // Index what did land even after a failure: the next backup reuses it.
+    if !durable.is_empty() {
+        write_index(&backend, &key, &catalog, durable).await?;
+        index_files += 1;
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((packs, index_files)),
+    }
+}
+
+async fn write_index(backend: &Backend, key: &MasterKey, catalog: &Catalog, packs: Vec<IndexPack>) -> Result<()> {
+    let file = IndexFile { packs };
+    let id = IndexId::random();
+    let sealed = object::seal(key, object::INDEX_MAGIC, &file.encode());
+    backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
+    catalog.add_index(&id, &file)
+}
