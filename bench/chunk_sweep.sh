@@ -109,7 +109,7 @@ run_setting() {
   local n f secs rss total=0 maxrss=0 bytes=0
   for ((n = 1; n <= NIGHTS; n++)); do
     f=$(night_file "$n")
-    read -r secs rss < <(timed sh -c 'cat "$1" | "$2" backup stdin --name nightly --repo "$3" --cache-dir "$4"' \
+    read -r secs rss < <(timed bash -o pipefail -c 'cat "$1" | "$2" backup stdin --name nightly --repo "$3" --cache-dir "$4"' \
       _ "$f" "$CAIRN_BIN" "$repo" "$cache")
     [[ -n "${secs:-}" ]] || return 1
     total=$(awk -v a="$total" -v b="$secs" 'BEGIN {print a + b}')
@@ -123,7 +123,7 @@ run_setting() {
     { warn "$size z$level: could not read 'added' from cairn snapshots --json"; last_added=NA; mean_added=NA; }
   f=$(night_file "$NIGHTS")
   local rsecs verify=FAIL
-  read -r rsecs _ < <(timed sh -c '"$1" restore latest --name nightly --stdout --repo "$2" --cache-dir "$3" >"$4"' \
+  read -r rsecs _ < <(timed bash -o pipefail -c '"$1" restore latest --name nightly --stdout --repo "$2" --cache-dir "$3" >"$4"' \
     _ "$CAIRN_BIN" "$repo" "$cache" "$dir/restore.sql") || rsecs=FAIL
   if cmp -s "$f" "$dir/restore.sql"; then verify=OK; else warn "$size z$level: RESTORE OF LAST NIGHT DIFFERS"; fi
   rm -f "$dir/restore.sql"

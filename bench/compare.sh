@@ -476,6 +476,12 @@ main() {
       bad=$(grep FAIL "$CHECKS_TSV" | cut -f1,2 | tr '\t\n' ': ' || true)
       echo "**FAILURES:** aborted parts: ${failed[*]:-none}; failed restore checks: ${bad:-none}"
     fi
+    local sf
+    for sf in "$RUN/cairn/stats-tree.json" "$RUN/cairn/stats-nightly.json"; do
+      if [[ " ${ran[*]} " == *" cairn "* && -s "$sf" ]]; then
+        printf '\n```\n%s\n```\n' "$(cat "$sf")"
+      fi
+    done
     echo
     echo "Total benchmark time: $((SECONDS - t0)) s"
   } >"$RESULTS"

@@ -1,0 +1,116 @@
+//! `cairn backup stdin|files`
+
+use super::context::Context;
+use super::output::{bytes, print_json, Bar};
+use super::Outcome;
+use cairn::ops::backup::{self, BackupOptions, BackupResult};
+use cairn::source::files::FilesOptions;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum BackupCommand {
+    /// Back up standard input, or the output of --command
+    Stdin(StdinArgs),
+    /// Back up files and directories
+    Files(FilesArgs),
+}
+
+#[derive(Args)]
+pub struct CommonArgs {
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Record this time (RFC 3339, e.g. 2026-01-31T02:00:00Z) instead of now
+    #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
+    time: Option<jiff::Timestamp>,
+}
+
+#[derive(Args)]
+pub struct StdinArgs {
+    /// Snapshot name: snapshots of one name form a series
+    #[arg(long)]
+    name: String,
+    /// Source kind recorded in the snapshot (e.g. pg for a pg_dump stream)
+    #[arg(long, default_value = "stdin")]
+    kind: String,
+    /// Run this shell command and back up its output; no snapshot unless it exits 0
+    #[arg(long, value_name = "CMD")]
+    command: Option<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Args)]
+pub struct FilesArgs {
+    /// Files and directories to back up
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Snapshot name [default: the paths, comma-separated]
+    #[arg(long)]
+    name: Option<String>,
+    /// Skip paths matching this glob (repeatable); without '/' it matches file names
+    #[arg(long = "exclude", value_name = "GLOB")]
+    excludes: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse::<jiff::Timestamp>().map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-31T02:00:00Z: {e}"))
+}
+
+pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
+    let repo = ctx.open().await?;
+    let progress = Bar::new(ctx.progress_enabled());
+    let result = match command {
+        BackupCommand::Stdin(args) => {
+            let options = BackupOptions { name: args.name, kind: args.kind, tags: args.common.tags, time: args.common.time, meta: Default::default() };
+            match &args.command {
+                Some(cmd) => backup::backup_command(&repo, cmd, &options, &ctx.cancel, progress.as_ref()).await?,
+                None => backup::backup_stream(&repo, std::io::stdin(), &options, &ctx.cancel, progress.as_ref()).await?,
+            }
+        }
+        BackupCommand::Files(args) => {
+            let absolute: Vec<PathBuf> = args.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
+            let name = args.name.unwrap_or_else(|| absolute.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","));
+            let options = BackupOptions { name, kind: "files".into(), tags: args.common.tags, time: args.common.time, meta: Default::default() };
+            let mut skip = Vec::new();
+            if let Some(root) = repo.backend().location().strip_prefix("").map(PathBuf::from).filter(|p| p.is_absolute()) {
+                skip.push(root);
+            }
+            if let cairn::repo::CacheMode::Dir(dir) = ctx.cache_mode() {
+                skip.push(dir);
+            }
+            let files = FilesOptions { paths: absolute, excludes: args.excludes, skip };
+            backup::backup_files(&repo, &files, &options, &ctx.cancel, progress.as_ref()).await?
+        }
+    };
+    report(ctx, &result);
+    Ok(if result.warnings.is_empty() { 0 } else { 3 })
+}
+
+fn report(ctx: &Context, result: &BackupResult) {
+    for warning in &result.warnings {
+        eprintln!("cairn: warning: {warning}");
+    }
+    let s = &result.snapshot.stats;
+    if ctx.args.json {
+        print_json(&serde_json::json!({
+            "id": result.id, "time": result.snapshot.time, "kind": result.snapshot.kind, "name": result.snapshot.name,
+            "size": s.size, "added": s.added, "added_blobs": s.added_blobs, "files": s.files, "dirs": s.dirs,
+            "unchanged_files": s.unchanged_files, "warnings": result.warnings, "duration_ms": s.duration_ms,
+        }));
+        return;
+    }
+    let secs = s.duration_ms as f64 / 1000.0;
+    let mut line = format!("snapshot {} saved: {} read, {} added", result.id.short(), bytes(s.size), bytes(s.added));
+    if result.snapshot.is_tree() {
+        line.push_str(&format!(", {} files ({} unchanged), {} dirs", s.files, s.unchanged_files, s.dirs));
+    }
+    line.push_str(&format!(" in {secs:.1}s"));
+    if !result.warnings.is_empty() {
+        line.push_str(&format!("; {} items could not be read (see warnings)", result.warnings.len()));
+    }
+    ctx.info(line);
+}

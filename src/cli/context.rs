@@ -1,0 +1,209 @@
+//! Global options and opening the repository they name.
+//!
+//! The repository URL comes from `--repo` / `CAIRN_REPO`; without either, cairn uses the
+//! embedded default: `<data dir>/cairn/repository`, unlocked by the key file
+//! `<config dir>/cairn/default-repository.key`, both created on first use.
+//! The secret comes from, in order: `--key-file` / `CAIRN_KEY_FILE`, `--password-command`
+//! / `CAIRN_PASSWORD_COMMAND`, `--password-file` / `CAIRN_PASSWORD_FILE`, `CAIRN_PASSWORD`.
+
+use anyhow::{anyhow, Context as _};
+use cairn::backend::Backend;
+use cairn::ops::Cancel;
+use cairn::repo::{CacheMode, InitOptions, Repository, Secret};
+use clap::Args;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// Repository location: a local path or file:///path
+    #[arg(long, global = true, env = "CAIRN_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line)
+    #[arg(long, global = true, env = "CAIRN_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use its output as the password
+    #[arg(long, global = true, env = "CAIRN_PASSWORD_COMMAND", value_name = "CMD")]
+    pub password_command: Option<String>,
+    /// Unlock with a key file instead of a password (0600; opens in milliseconds)
+    #[arg(long, global = true, env = "CAIRN_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Directory for the local catalog cache [default: the user's cache dir]
+    #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Use a temporary catalog instead of the cache directory
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors and warnings
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Print more detail
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+pub struct Context {
+    pub args: GlobalArgs,
+    pub cancel: Cancel,
+}
+
+fn home() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute()).unwrap_or_else(|| home().join(fallback))
+}
+
+pub fn default_repository() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("cairn").join("repository")
+}
+
+pub fn default_key_file() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("cairn").join("default-repository.key")
+}
+
+impl Context {
+    pub fn new(args: GlobalArgs) -> Self {
+        Context { args, cancel: Cancel::new() }
+    }
+
+    /// Ctrl-C and SIGTERM set the cancel flag; a second Ctrl-C exits at once.
+    pub fn watch_signals(&self) {
+        let cancel = self.cancel.clone();
+        tokio::spawn(async move {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                if cancel.is_set() {
+                    eprintln!("cairn: interrupted again; exiting without cleanup");
+                    std::process::exit(130);
+                }
+                eprintln!("cairn: interrupted; stopping (nothing will be committed)");
+                cancel.set();
+            }
+        });
+    }
+
+    pub fn cache_mode(&self) -> CacheMode {
+        if self.args.no_cache {
+            return CacheMode::Temporary;
+        }
+        CacheMode::Dir(self.args.cache_dir.clone().unwrap_or_else(|| xdg("XDG_CACHE_HOME", ".cache").join("cairn")))
+    }
+
+    /// Whether to draw progress bars: only on a terminal, never with --json or --quiet.
+    pub fn progress_enabled(&self) -> bool {
+        !self.args.json && !self.args.quiet && std::io::stderr().is_terminal()
+    }
+
+    pub fn info(&self, message: impl std::fmt::Display) {
+        if !self.args.quiet {
+            eprintln!("{message}");
+        }
+    }
+
+    /// The repository URL, and whether it is the embedded default.
+    pub fn repo_url(&self) -> (String, bool) {
+        match &self.args.repo {
+            Some(url) => (url.clone(), false),
+            None => (default_repository().display().to_string(), true),
+        }
+    }
+
+    /// The secret from the options, or `None` if none was given.
+    pub fn secret(&self) -> anyhow::Result<Option<Secret>> {
+        if let Some(path) = &self.args.key_file {
+            return Ok(Some(Secret::KeyFile(path.clone())));
+        }
+        if let Some(command) = &self.args.password_command {
+            return Ok(Some(Secret::Password(password_from_command(command)?)));
+        }
+        if let Some(path) = &self.args.password_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+            return Ok(Some(Secret::Password(first_line(&text))));
+        }
+        if let Ok(password) = std::env::var("CAIRN_PASSWORD") {
+            return Ok(Some(Secret::Password(password)));
+        }
+        Ok(None)
+    }
+
+    fn secret_or_default(&self, is_default: bool) -> anyhow::Result<Secret> {
+        match self.secret()? {
+            Some(secret) => Ok(secret),
+            None if is_default => Ok(Secret::KeyFile(default_key_file())),
+            None => Err(anyhow!(
+                "no password given for {}: set CAIRN_PASSWORD, --password-file, --password-command or --key-file",
+                self.repo_url().0
+            )),
+        }
+    }
+
+    /// Open the repository; the embedded default is created on first use.
+    pub async fn open(&self) -> anyhow::Result<Repository> {
+        let (url, is_default) = self.repo_url();
+        let secret = self.secret_or_default(is_default)?;
+        if is_default && !Path::new(&url).join("config").exists() {
+            return Ok(self.create_default(&url, &secret).await?);
+        }
+        let backend = Backend::from_url(&url, false)?;
+        Ok(Repository::open(backend, &secret, &self.cache_mode()).await?)
+    }
+
+    async fn create_default(&self, url: &str, secret: &Secret) -> anyhow::Result<Repository> {
+        let backend = Backend::from_url(url, true)?;
+        let repo = Repository::init(backend, secret, &InitOptions::default(), &self.cache_mode()).await?;
+        if let Secret::KeyFile(path) = secret {
+            eprintln!(
+                "cairn: created the default repository at {url}\n\
+                 cairn: its key is in {} (mode 0600); keep a copy somewhere safe: losing that file loses these backups",
+                path.display()
+            );
+        }
+        Ok(repo)
+    }
+}
+
+fn first_line(text: &str) -> String {
+    text.lines().next().unwrap_or("").to_string()
+}
+
+pub fn password_from_command(command: &str) -> anyhow::Result<String> {
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run password command `{command}`"))?;
+    if !output.status.success() {
+        return Err(anyhow!("password command `{command}` failed with {}", output.status));
+    }
+    Ok(first_line(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// A usage-style error for a bad argument value, exit code 2.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(super::Exit { code: 2, message: message.into() })
+}
+
+/// Parse sizes such as `1MiB`, `512KiB`, `4096`.
+pub fn parse_size(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size like 1MiB or 4096"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    u32::try_from(n * mult).map_err(|_| format!("{text:?} is too large"))
+}

@@ -1,0 +1,57 @@
+//! `cairn init`
+
+use super::context::{parse_size, Context};
+use super::Outcome;
+use cairn::backend::Backend;
+use cairn::crypto::KdfParams;
+use cairn::repo::{InitOptions, Repository, Secret, DEFAULT_CHUNK_AVG, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE};
+use clap::Args;
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Average chunk size (fixed for the repository's life)
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_CHUNK_AVG, value_name = "SIZE")]
+    chunk_avg: u32,
+    /// zstd level for new blobs, 0 to store raw
+    #[arg(long, default_value_t = DEFAULT_COMPRESSION_LEVEL, value_name = "N")]
+    compression_level: i32,
+    /// Target pack file size
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_PACK_SIZE, value_name = "SIZE")]
+    pack_size: u32,
+    /// Argon2id memory for the password's key slot, in MiB
+    #[arg(long, env = "CAIRN_KDF_MEMORY_MIB", default_value_t = 64, value_name = "MIB")]
+    kdf_memory_mib: u32,
+    /// Argon2id passes for the password's key slot
+    #[arg(long, env = "CAIRN_KDF_ITERATIONS", default_value_t = 3, value_name = "N")]
+    kdf_iterations: u32,
+}
+
+pub fn kdf_params(memory_mib: u32, iterations: u32) -> KdfParams {
+    KdfParams { memory_kib: memory_mib.saturating_mul(1024), iterations, parallelism: 1 }
+}
+
+pub async fn run(ctx: &Context, args: InitArgs) -> Outcome {
+    let (url, is_default) = ctx.repo_url();
+    let secret = match ctx.secret()? {
+        Some(secret) => secret,
+        None if is_default => Secret::KeyFile(super::context::default_key_file()),
+        None => anyhow::bail!("no password given for the new repository at {url}: set CAIRN_PASSWORD, --password-file, --password-command or --key-file"),
+    };
+    let options = InitOptions {
+        chunk_avg: args.chunk_avg,
+        compression_level: args.compression_level,
+        pack_size: args.pack_size,
+        kdf: kdf_params(args.kdf_memory_mib, args.kdf_iterations),
+    };
+    let backend = Backend::from_url(&url, true)?;
+    let repo = Repository::init(backend, &secret, &options, &ctx.cache_mode()).await?;
+    if ctx.args.json {
+        super::output::print_json(&serde_json::json!({ "id": repo.config().id, "repository": repo.backend().location() }));
+    } else {
+        ctx.info(format!("created repository {} at {}", repo.config().id.short(), repo.backend().location()));
+        if let Secret::KeyFile(path) = &secret {
+            ctx.info(format!("its key is in {}; keep a copy somewhere safe: losing that file loses these backups", path.display()));
+        }
+    }
+    Ok(0)
+}

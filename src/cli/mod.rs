@@ -1,0 +1,127 @@
+//! The `cairn` command line: clap definitions, dispatch, output and exit codes.
+//!
+//! This is the only place that prints or chooses exit codes (docs/errors.md):
+//! 0 ok, 1 fatal, 2 usage, 3 snapshot written but some source data unreadable,
+//! 10 no repository, 11 lock conflict, 12 wrong password, 13 integrity damage found,
+//! 130 interrupted.
+
+mod backup;
+mod cat;
+mod check;
+mod context;
+mod init;
+mod key;
+mod output;
+mod restore;
+mod snapshots;
+mod stats;
+
+use cairn::ErrorKind;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+pub use context::{Context, GlobalArgs};
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Deduplicating, encrypted backups for databases and services", long_about = None)]
+#[command(after_help = "With no --repo and no CAIRN_REPO, cairn uses (and on first use creates) a local repository \
+under the user's data directory, unlocked by a key file in the user's config directory.\n\n\
+Exit codes: 0 ok, 1 fatal error, 2 usage, 3 snapshot written but some source data unreadable, \
+10 no repository, 11 lock conflict, 12 wrong password, 13 integrity damage found, 130 interrupted.")]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new repository
+    Init(init::InitArgs),
+    /// Manage the passwords (key slots) that open the repository
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Back up a stream or file trees
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
+    /// List snapshots
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Restore a snapshot to a directory, a file, stdout or a tar stream
+    Restore(restore::RestoreArgs),
+    /// Verify the repository's structure and, optionally, every byte of data
+    Check(check::CheckArgs),
+    /// Show what the repository holds and how well it deduplicates
+    Stats,
+    /// Print a decrypted repository object as JSON, for debugging
+    Cat(cat::CatArgs),
+}
+
+/// An error the CLI reports with a specific exit code.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// What a command reports back: 0, or 3 for "done, with unreadable source data", or 13.
+pub type Outcome = anyhow::Result<u8>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cairn: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        let ctx = Context::new(cli.global);
+        ctx.watch_signals();
+        run(&ctx, cli.command).await
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let code = exit_code(&err);
+            eprintln!("cairn: error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn run(ctx: &Context, command: Command) -> Outcome {
+    match command {
+        Command::Init(args) => init::run(ctx, args).await,
+        Command::Key(cmd) => key::run(ctx, cmd).await,
+        Command::Backup(cmd) => backup::run(ctx, cmd).await,
+        Command::Snapshots(args) => snapshots::run(ctx, args).await,
+        Command::Restore(args) => restore::run(ctx, args).await,
+        Command::Check(args) => check::run(ctx, args).await,
+        Command::Stats => stats::run(ctx).await,
+        Command::Cat(args) => cat::run(ctx, args).await,
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(exit) = err.downcast_ref::<Exit>() {
+        return exit.code;
+    }
+    match err.downcast_ref::<cairn::Error>().map(|e| e.kind()) {
+        Some(ErrorKind::NoRepository) => 10,
+        Some(ErrorKind::Locked) => 11,
+        Some(ErrorKind::WrongPassword) => 12,
+        Some(ErrorKind::Corrupt) => 13,
+        Some(ErrorKind::Cancelled) => 130,
+        _ => 1,
+    }
+}

@@ -1,0 +1,76 @@
+//! `cairn restore`
+
+use super::context::{usage, Context};
+use super::output::{bytes, print_json, Bar};
+use super::snapshots::FilterArgs;
+use super::Outcome;
+use cairn::ops::restore::{self, RestoreOptions};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "tar"])))]
+pub struct RestoreArgs {
+    /// `latest` or a snapshot id prefix of at least 8 hex characters
+    snapshot: String,
+    /// Restore a tree into this directory, or a stream into this file
+    #[arg(long, value_name = "PATH")]
+    to: Option<PathBuf>,
+    /// Write a stream snapshot to standard output
+    #[arg(long)]
+    stdout: bool,
+    /// Write a tree snapshot as a tar stream to FILE, or to stdout with `-`
+    #[arg(long, value_name = "FILE")]
+    tar: Option<PathBuf>,
+    /// Restore only this path of a tree snapshot and what is below it (repeatable)
+    #[arg(long = "include", value_name = "PATH")]
+    includes: Vec<String>,
+    #[command(flatten)]
+    filter: FilterArgs,
+}
+
+pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
+    let repo = ctx.open().await?;
+    let (id, snapshot) = repo.find_snapshot(&args.snapshot, &args.filter.filter())?;
+    let progress = Bar::new(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
+    let options = RestoreOptions { includes: args.includes };
+    if let Some(content) = &snapshot.content {
+        let written = if args.stdout {
+            let mut out = std::io::stdout().lock();
+            restore::restore_stream(&repo, content, &mut out, progress.as_ref()).await?
+        } else if let Some(path) = &args.to {
+            if path.is_dir() {
+                return Err(usage(format!("{} is a directory; snapshot {} is a stream: give a file path to --to", path.display(), id.short())));
+            }
+            restore::restore_stream_to_file(&repo, content, path, progress.as_ref()).await?
+        } else {
+            return Err(usage(format!("snapshot {} is a stream ({}): restore it with --to FILE or --stdout", id.short(), snapshot.kind)));
+        };
+        if !args.stdout {
+            ctx.info(format!("restored snapshot {}: {}", id.short(), bytes(written)));
+        }
+        return Ok(0);
+    }
+    let root = snapshot.tree.ok_or_else(|| usage(format!("snapshot {} has neither content nor tree", id.short())))?;
+    let stats = if let Some(dir) = &args.to {
+        restore::restore_tree_to_dir(&repo, &root, dir, &options, progress.as_ref()).await?
+    } else if let Some(tar) = &args.tar {
+        if tar.as_os_str() == "-" {
+            restore::restore_tree_to_tar(&repo, &root, std::io::BufWriter::new(std::io::stdout()), &options).await?
+        } else {
+            let file = std::fs::File::create(tar).map_err(|e| cairn::Error::io("create", tar, e))?;
+            restore::restore_tree_to_tar(&repo, &root, std::io::BufWriter::new(file), &options).await?
+        }
+    } else {
+        return Err(usage(format!("snapshot {} is a file tree: restore it with --to DIR or --tar FILE", id.short())));
+    };
+    for warning in &stats.warnings {
+        eprintln!("cairn: warning: {warning}");
+    }
+    if ctx.args.json {
+        print_json(&stats);
+    } else if args.tar.as_deref() != Some(std::path::Path::new("-")) {
+        ctx.info(format!("restored snapshot {}: {} files, {} dirs, {} symlinks, {}", id.short(), stats.files, stats.dirs, stats.symlinks, bytes(stats.bytes)));
+    }
+    Ok(if stats.warnings.is_empty() { 0 } else { 3 })
+}
