@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2016  # single-quoted bash -c bodies are intended
 # chunk_sweep.sh — choose cairn's default chunk size and zstd level.
 #
 # For every (average chunk size, zstd level) pair: a fresh repository

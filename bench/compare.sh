@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2002,SC2016  # the `cat file | tool` pipes are deliberate; single-quoted bash -c bodies
 # compare.sh — cairn vs restic vs borgbackup on the same generated data.
 #
 # For each tool (fresh repositories, same order of steps):

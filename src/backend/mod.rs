@@ -174,13 +174,16 @@ impl Backend {
             WriteMode::Overwrite => PutMode::Overwrite,
             _ => PutMode::Create,
         };
-        let payload = PutPayload::from_bytes(data);
+        let payload = PutPayload::from_bytes(data.clone());
         let result = self
             .retry(key, "write", || self.store.put_opts(&path, payload.clone(), PutOptions { mode: put_mode.clone(), ..Default::default() }))
             .await;
         match result {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists && mode == WriteMode::CreateIdempotent => {}
+            // A write that landed but whose reply was lost is retried and finds itself:
+            // identical bytes under the name mean the write succeeded.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && self.get(key).await.is_ok_and(|existing| existing == data) => {}
             Err(e) => return Err(e),
         }
         self.sync_local(key).await

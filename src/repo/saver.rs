@@ -30,9 +30,12 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Flush an index file once this many blobs are waiting, so a long backup that is killed
-/// still leaves most of its work indexed for the next run to reuse.
+/// Write an index file once this many blobs or packs are durable but unindexed, or this
+/// long after the last one, so a long backup that is killed still leaves most of its work
+/// indexed for the next run to reuse, while index files stay few.
 const INDEX_FLUSH_BLOBS: usize = 50_000;
+const INDEX_FLUSH_PACKS: usize = 32;
+const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Uploads in flight at once.
 const UPLOAD_CONCURRENCY: usize = 2;
 
@@ -233,6 +236,7 @@ async fn upload_loop(
     let mut in_flight = tokio::task::JoinSet::new();
     let mut durable: Vec<IndexPack> = Vec::new();
     let (mut packs, mut index_files) = (0u64, 0u64);
+    let mut last_flush = std::time::Instant::now();
     let mut failure: Option<Error> = None;
     loop {
         tokio::select! {
@@ -251,9 +255,11 @@ async fn upload_loop(
                     Ok(pack) => {
                         packs += 1;
                         durable.push(pack);
-                        if durable.iter().map(|p| p.blobs.len()).sum::<usize>() >= INDEX_FLUSH_BLOBS {
+                        let blobs: usize = durable.iter().map(|p| p.blobs.len()).sum();
+                        if blobs >= INDEX_FLUSH_BLOBS || durable.len() >= INDEX_FLUSH_PACKS || last_flush.elapsed() >= INDEX_FLUSH_INTERVAL {
                             write_index(&backend, &key, &catalog, std::mem::take(&mut durable)).await?;
                             index_files += 1;
+                            last_flush = std::time::Instant::now();
                         }
                     }
                     Err(e) => { failure.get_or_insert(e); }

@@ -1,0 +1,143 @@
+//! File trees: metadata, unchanged files, unreadable files, includes, excludes, tar.
+
+use crate::harness::{noise, Env};
+use predicates::prelude::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("etc/app/conf.d")).unwrap();
+    std::fs::create_dir_all(root.join("logs")).unwrap();
+    std::fs::write(root.join("etc/app/app.toml"), "port = 8080\n").unwrap();
+    std::fs::write(root.join("etc/app/conf.d/secret.env"), "TOKEN=abc\n").unwrap();
+    std::fs::write(root.join("big.bin"), noise(5 << 20, 9)).unwrap();
+    std::fs::write(root.join("empty"), "").unwrap();
+    std::fs::write(root.join("logs/app.log"), "line\n".repeat(1000)).unwrap();
+    std::fs::write(root.join("docker-compose.yml"), "services: {}\n").unwrap();
+    std::os::unix::fs::symlink("etc/app/app.toml", root.join("current.toml")).unwrap();
+    std::fs::set_permissions(root.join("etc/app/conf.d/secret.env"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(root.join("etc/app/conf.d"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let old = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
+    filetime::set_file_mtime(root.join("etc/app/app.toml"), old).unwrap();
+}
+
+fn restored(target: &Path, source: &Path) -> PathBuf {
+    target.join(source.strip_prefix("/").unwrap())
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    let ma = std::fs::symlink_metadata(a).unwrap();
+    let mb = std::fs::symlink_metadata(b).unwrap();
+    assert_eq!(ma.file_type(), mb.file_type(), "{}", b.display());
+    if !ma.file_type().is_symlink() {
+        assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {}", b.display());
+        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "owner of {}", b.display());
+    }
+    if ma.is_file() {
+        assert_eq!(std::fs::read(a).unwrap(), std::fs::read(b).unwrap(), "content of {}", b.display());
+        assert_eq!((ma.mtime(), ma.mtime_nsec()), (mb.mtime(), mb.mtime_nsec()), "mtime of {}", b.display());
+    }
+    if ma.file_type().is_symlink() {
+        assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap());
+    }
+    if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(a), names(b), "entries of {}", b.display());
+        for name in names(a) {
+            assert_same(&a.join(&name), &b.join(&name));
+        }
+        assert_eq!(ma.mtime(), mb.mtime(), "mtime of directory {}", b.display());
+    }
+}
+
+#[test]
+fn tree_round_trip_with_metadata_and_unchanged_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let first = env.cmd().args(["--json", "backup", "files", "--name", "cfg"]).arg(&src).assert().success();
+    let first: serde_json::Value = serde_json::from_slice(&first.get_output().stdout).unwrap();
+    assert_eq!(first["files"], 6);
+    let target = env.path("out");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
+    assert_same(&src, &restored(&target, &src));
+
+    std::fs::write(src.join("logs/app.log"), "line\n".repeat(1001)).unwrap();
+    let second = env.cmd().args(["--json", "backup", "files", "--name", "cfg"]).arg(&src).assert().success();
+    let second: serde_json::Value = serde_json::from_slice(&second.get_output().stdout).unwrap();
+    assert_eq!(second["unchanged_files"], 5, "{second}");
+    assert!(second["added"].as_u64().unwrap() < 64 * 1024, "{second}");
+    let target2 = env.path("out2");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&target2).assert().success();
+    assert_same(&src, &restored(&target2, &src));
+    env.check_read_data();
+}
+
+#[test]
+fn several_paths_include_and_exclude() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    let app = src.join("etc/app");
+    let compose = src.join("docker-compose.yml");
+    env.cmd().args(["backup", "files", "--name", "config", "--exclude", "*.env"]).arg(&app).arg(&compose).assert().success();
+    let all = env.path("all");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&all).assert().success();
+    assert!(restored(&all, &app).join("app.toml").exists());
+    assert!(restored(&all, &compose).exists());
+    assert!(!restored(&all, &app).join("conf.d/secret.env").exists(), "excluded file was stored");
+    assert!(!restored(&all, &src).join("big.bin").exists());
+
+    let one = env.path("one");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&one).arg("--include").arg(&compose).assert().success();
+    assert!(restored(&one, &compose).exists());
+    assert!(!restored(&one, &app).exists(), "--include restored more than asked");
+}
+
+#[test]
+fn unreadable_file_is_a_warning_with_exit_3() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    // Even root cannot read this write-only sysctl file.
+    let unreadable = Path::new("/proc/sys/vm/compact_memory");
+    let out = env.cmd().args(["backup", "files", "--name", "w"]).arg(&src).arg(unreadable).assert().code(3);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("warning") && stderr.contains("compact_memory"), "{stderr}");
+    assert_eq!(env.snapshots().len(), 1, "the snapshot is still written");
+    let target = env.path("out");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
+    assert!(restored(&target, &src).join("big.bin").exists());
+    env.cmd().args(["backup", "files", "--name", "w"]).arg(env.path("does-not-exist")).assert().code(1).stderr(predicate::str::contains("does-not-exist"));
+}
+
+#[test]
+fn tar_output_lists_every_member() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    env.cmd().args(["backup", "files", "--name", "t"]).arg(&src).assert().success();
+    let tar_path = env.path("out.tar");
+    env.cmd().args(["restore", "latest", "--tar"]).arg(&tar_path).assert().success();
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar_path).unwrap());
+    let mut seen = std::collections::BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        seen.insert(path, (entry.header().entry_type(), data));
+    }
+    let base = src.strip_prefix("/").unwrap().display().to_string();
+    assert_eq!(seen[&format!("{base}/big.bin")].1, noise(5 << 20, 9));
+    assert_eq!(seen[&format!("{base}/etc/app/app.toml")].1, b"port = 8080\n");
+    assert!(seen[&format!("{base}/current.toml")].0.is_symlink());
+    assert!(seen[&format!("{base}/etc/app/conf.d")].0.is_dir());
+    // The same through stdout.
+    let out = env.cmd().args(["restore", "latest", "--tar", "-"]).assert().success();
+    assert_eq!(out.get_output().stdout, std::fs::read(&tar_path).unwrap());
+}
