@@ -13,7 +13,7 @@
 //! Fuzzed by `fuzz/fuzz_targets/sealed.rs`.
 
 use crate::error::{Error, ErrorKind, Result};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
 pub const NONCE_LEN: usize = 12;
@@ -110,6 +110,19 @@ impl SealKey {
         out
     }
 
+    /// Seal `plaintext` and append `nonce | ciphertext | tag` to `out`, encrypting in place
+    /// in `out`'s buffer (no temporary allocation).
+    pub fn seal_into(&self, nonce: [u8; NONCE_LEN], aad: &[u8], plaintext: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(plaintext);
+        let tag = self
+            .0
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[start..])
+            .expect("AES-GCM encryption cannot fail for in-memory buffers");
+        out.extend_from_slice(&tag);
+    }
+
     /// Decrypt sealed bytes, checking the tag over ciphertext and `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         if sealed.len() < SEAL_OVERHEAD {
@@ -172,6 +185,9 @@ mod tests {
             let key = MasterKey::random().pack_key(&random_bytes());
             let sealed = key.seal(counter_nonce(counter), &aad, &data);
             prop_assert_eq!(sealed.len(), data.len() + SEAL_OVERHEAD);
+            let mut appended = b"prefix".to_vec();
+            key.seal_into(counter_nonce(counter), &aad, &data, &mut appended);
+            prop_assert_eq!(&appended[6..], &sealed[..]);
             prop_assert_eq!(key.open(&aad, &sealed).unwrap(), data);
         }
 

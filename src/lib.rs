@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! cairn: deduplicating, encrypted backups for databases and services.
 //!
 //! Layers, imports pointing downward only (docs/architecture.md):

@@ -46,7 +46,18 @@ pub fn open(key: &MasterKey, magic: &[u8; 8], name: &str, bytes: &[u8]) -> Resul
         .object_key(&salt)
         .open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..])
         .map_err(|e| e.context(name))?;
-    zstd::bulk::decompress(&compressed, MAX_PLAIN).map_err(|e| Error::corrupt(format!("{name} does not decompress: {e}")))
+    decompress_bounded(&compressed, MAX_PLAIN).map_err(|e| Error::corrupt(format!("{name} does not decompress: {e}")))
+}
+
+/// Decompress one zstd frame, refusing output beyond `limit` without reserving it upfront.
+fn decompress_bounded(compressed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(compressed)?.take(limit as u64 + 1).read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(std::io::Error::other(format!("output exceeds {limit} bytes")));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -117,19 +117,17 @@ impl PackWriter {
     /// Compress (at `level`, when it helps), seal and append one blob.
     /// Returns the number of bytes the pack grew by.
     pub fn add(&mut self, kind: BlobKind, id: BlobId, data: &[u8], level: i32) -> usize {
-        let plain = compress::encode(data, level);
+        self.add_encoded(kind, id, &compress::encode(data, level), data.len())
+    }
+
+    /// Seal and append a blob already encoded by [`compress::encode`] from `raw_len` bytes.
+    pub fn add_encoded(&mut self, kind: BlobKind, id: BlobId, plain: &[u8], raw_len: usize) -> usize {
         let nonce = crypto::counter_nonce(self.entries.len() as u64);
-        let sealed = self.key.seal(nonce, id.as_bytes(), &plain);
-        let entry = PackEntry {
-            kind,
-            id,
-            offset: self.buf.len() as u64,
-            length: sealed.len() as u32,
-            raw_length: data.len() as u32,
-        };
-        self.buf.extend_from_slice(&sealed);
-        self.entries.push(entry);
-        sealed.len()
+        let offset = self.buf.len();
+        self.key.seal_into(nonce, id.as_bytes(), plain, &mut self.buf);
+        let length = self.buf.len() - offset;
+        self.entries.push(PackEntry { kind, id, offset: offset as u64, length: length as u32, raw_length: raw_len as u32 });
+        length
     }
 
     pub fn size(&self) -> usize {

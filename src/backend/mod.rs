@@ -100,6 +100,11 @@ impl Backend {
         Backend { store, local_root: None, location: location.to_string() }
     }
 
+    /// Whether this is a local directory (one disk: no gain from parallel writes).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
+    }
+
     pub fn location(&self) -> &str {
         &self.location
     }

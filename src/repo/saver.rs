@@ -7,10 +7,11 @@
 //!   into one shared meta pack)
 //! ```
 //!
-//! Every worker fills its own data pack, so sealing needs no coordination and both cores
-//! stay busy; metadata blobs go to a separate pack so trees stay small and cacheable.
-//! Channels are bounded, so memory is bounded whatever the input size (docs/PERFORMANCE.md
-//! states the bound). Write order: a pack is listed in an index file only after its PUT
+//! Workers compress in parallel (the expensive step), then seal and append into one shared
+//! data pack under a lock (AES-GCM is an order of magnitude faster than zstd), so only one
+//! data pack is being filled at a time; metadata blobs go to a separate pack so trees stay
+//! small and cacheable. Channels are bounded and local disks get one upload at a time, so
+//! memory is bounded whatever the input size (docs/PERFORMANCE.md states the bound). Write order: a pack is listed in an index file only after its PUT
 //! returned (durable), and the caller writes its snapshot only after [`Saver::finish`],
 //! which returns once every pack and index file is durable. A crash at any point therefore
 //! leaves only unreferenced packs, which the next backup ignores and prune collects.
@@ -36,8 +37,9 @@ use std::thread::JoinHandle;
 const INDEX_FLUSH_BLOBS: usize = 50_000;
 const INDEX_FLUSH_PACKS: usize = 32;
 const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-/// Uploads in flight at once.
-const UPLOAD_CONCURRENCY: usize = 2;
+/// Uploads in flight at once: parallel writes to one local disk only add memory.
+const UPLOAD_CONCURRENCY_LOCAL: usize = 1;
+const UPLOAD_CONCURRENCY_REMOTE: usize = 4;
 
 type Job = (BlobId, Vec<u8>);
 
@@ -54,8 +56,12 @@ struct Shared {
     key: MasterKey,
     level: i32,
     pack_size: usize,
+    /// Buffer to reserve per pack: the target plus one largest blob and its header
+    /// entry, so filling a pack never reallocates (and never doubles) its buffer.
+    pack_capacity: usize,
     catalog: Arc<Catalog>,
     seen: Mutex<HashSet<BlobId>>,
+    data_pack: Mutex<Option<PackWriter>>,
     meta_pack: Mutex<Option<PackWriter>>,
     upload_tx: tokio::sync::mpsc::Sender<FinishedPack>,
     added_bytes: AtomicU64,
@@ -90,8 +96,10 @@ impl Saver {
             key: repo.key().clone(),
             level: repo.config().compression_level,
             pack_size: repo.config().pack_size as usize,
+            pack_capacity: (repo.config().pack_size + repo.config().chunker.max_size) as usize + (256 << 10),
             catalog: repo.catalog().clone(),
             seen: Mutex::new(HashSet::new()),
+            data_pack: Mutex::new(None),
             meta_pack: Mutex::new(None),
             upload_tx,
             added_bytes: AtomicU64::new(0),
@@ -162,10 +170,12 @@ impl Saver {
                     first_err.get_or_insert(e);
                 }
             }
-            let meta = shared.meta_pack.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Some(pack) = meta.filter(|p| !p.is_empty()) {
-                if let Err(e) = shared.send_pack(pack.finish()) {
-                    first_err.get_or_insert(e);
+            for slot in [&shared.data_pack, &shared.meta_pack] {
+                let pack = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(pack) = pack.filter(|p| !p.is_empty()) {
+                    if let Err(e) = shared.send_pack(pack.finish()) {
+                        first_err.get_or_insert(e);
+                    }
                 }
             }
             first_err.map_or(Ok(()), Err)
@@ -208,19 +218,25 @@ impl MetaSink for Saver {
 }
 
 fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
-    let mut pack: Option<PackWriter> = None;
     loop {
         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
         let Ok((id, data)) = job else { break };
-        let writer = pack.get_or_insert_with(|| PackWriter::new(&shared.key, shared.pack_size + (1 << 20)));
-        let grew = writer.add(BlobKind::Data, id, &data, shared.level);
-        shared.account(grew);
-        if writer.size() >= shared.pack_size {
-            shared.send_pack(pack.take().unwrap().finish())?;
+        let plain = crate::compress::encode(&data, shared.level);
+        let raw_len = data.len();
+        drop(data);
+        let full = {
+            let mut slot = shared.data_pack.lock().unwrap_or_else(|p| p.into_inner());
+            let writer = slot.get_or_insert_with(|| PackWriter::new(&shared.key, shared.pack_capacity));
+            shared.account(writer.add_encoded(BlobKind::Data, id, &plain, raw_len));
+            if writer.size() >= shared.pack_size {
+                slot.take()
+            } else {
+                None
+            }
+        };
+        if let Some(writer) = full {
+            shared.send_pack(writer.finish())?;
         }
-    }
-    if let Some(writer) = pack.filter(|p| !p.is_empty()) {
-        shared.send_pack(writer.finish())?;
     }
     Ok(())
 }
@@ -233,6 +249,7 @@ async fn upload_loop(
     catalog: Arc<Catalog>,
     mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
 ) -> Result<(u64, u64)> {
+    let concurrency = if backend.is_local() { UPLOAD_CONCURRENCY_LOCAL } else { UPLOAD_CONCURRENCY_REMOTE };
     let mut in_flight = tokio::task::JoinSet::new();
     let mut durable: Vec<IndexPack> = Vec::new();
     let (mut packs, mut index_files) = (0u64, 0u64);
@@ -240,7 +257,7 @@ async fn upload_loop(
     let mut failure: Option<Error> = None;
     loop {
         tokio::select! {
-            pack = rx.recv(), if in_flight.len() < UPLOAD_CONCURRENCY && failure.is_none() => {
+            pack = rx.recv(), if in_flight.len() < concurrency && failure.is_none() => {
                 let Some(pack) = pack else { break };
                 let backend = backend.clone();
                 in_flight.spawn(async move {
