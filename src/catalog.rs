@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, json TEXT NOT NULL);
 #[derive(Debug, Clone, Copy)]
 pub struct BlobLocation {
     pub pack: PackId,
+    /// Size of the whole pack.
+    pub pack_size: u64,
     pub salt: [u8; SALT_LEN],
     pub entry: PackEntry,
 }
@@ -60,7 +62,11 @@ impl Catalog {
         let conn = match path {
             Some(path) => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| Error::io("create cache directory", dir, e))?;
+                    // The catalog holds decrypted snapshot manifests and the index: owner only.
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("create cache directory", dir, e))?;
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io("protect cache directory", dir, e))?;
                 }
                 let conn = Connection::open(path)?;
                 conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -189,17 +195,26 @@ impl Catalog {
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE b.id = ?1",
+            "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length, p.size FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE b.id = ?1",
         )?;
         let row = stmt
             .query_row([&id.0[..]], |r| {
-                Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, u8>(2)?, r.get::<_, i64>(3)?, r.get::<_, u32>(4)?, r.get::<_, u32>(5)?))
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, u8>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
             })
             .optional()?;
-        let Some((pack, salt, kind, offset, length, raw_length)) = row else { return Ok(None) };
+        let Some((pack, salt, kind, offset, length, raw_length, pack_size)) = row else { return Ok(None) };
         let bad = || Error::corrupt(format!("catalog entry for blob {id} is malformed; delete the cache directory"));
         Ok(Some(BlobLocation {
             pack: PackId::from_slice(&pack).ok_or_else(bad)?,
+            pack_size: pack_size as u64,
             salt: salt.as_slice().try_into().map_err(|_| bad())?,
             entry: PackEntry { kind: BlobKind::from_u8(kind).ok_or_else(bad)?, id: *id, offset: offset as u64, length, raw_length },
         }))

@@ -69,6 +69,12 @@ pub struct Chunker<R> {
 impl<R: Read> Chunker<R> {
     /// `params` must have passed [`ChunkerParams::validate`].
     pub fn new(reader: R, params: ChunkerParams) -> Self {
+        Self::with_size_hint(reader, params, u64::MAX)
+    }
+
+    /// Like [`Chunker::new`], for input of about `size` bytes (a file): the buffer starts
+    /// no larger than the input and grows only if the input turns out longer.
+    pub fn with_size_hint(reader: R, params: ChunkerParams, size: u64) -> Self {
         let bits = v2020::logarithm2(params.avg_size);
         let level = Normalization::Level1.bits();
         let mask_s = v2020::MASKS[(bits + level) as usize];
@@ -77,7 +83,7 @@ impl<R: Read> Chunker<R> {
         let max = params.max_size as usize;
         Chunker {
             reader,
-            buf: vec![0; (2 * max).max(4 << 20)],
+            buf: vec![0; full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1))],
             start: 0,
             end: 0,
             eof: false,
@@ -101,15 +107,22 @@ impl<R: Read> Chunker<R> {
             self.end -= self.start;
             self.start = 0;
         }
-        while !self.eof && self.end < self.buf.len() {
-            match self.reader.read(&mut self.buf[self.end..]) {
-                Ok(0) => self.eof = true,
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        loop {
+            while !self.eof && self.end < self.buf.len() {
+                match self.reader.read(&mut self.buf[self.end..]) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => self.end += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
             }
+            if self.eof || self.buf.len() >= full_buffer(self.max) {
+                return Ok(());
+            }
+            // The input is longer than its size hint said: grow to the normal buffer, so
+            // a cut is never made with less than a maximum chunk in view.
+            self.buf.resize(full_buffer(self.max), 0);
         }
-        Ok(())
     }
 
     /// The next chunk, or `None` at the end of input.
@@ -138,6 +151,11 @@ impl<R: Read> Chunker<R> {
         self.start += len;
         Ok(Some(chunk))
     }
+}
+
+/// The buffer for input of unknown length: two maximum chunks, at least 4 MiB.
+fn full_buffer(max: usize) -> usize {
+    (2 * max).max(4 << 20)
 }
 
 impl<R: Read> Iterator for Chunker<R> {
@@ -195,6 +213,16 @@ mod tests {
             prop_assert!(shared * 100 >= data.len() * 85, "only {shared} of {} bytes in shared chunks", data.len());
             let prefix = before.iter().take_while(|c| { let end = before.iter().take_while(|d| !std::ptr::eq(*d, *c)).map(|d| d.len()).sum::<usize>() + c.len(); end <= at }).count();
             prop_assert_eq!(&before[..prefix], &after[..prefix]);
+        }
+    }
+
+    #[test]
+    fn wrong_size_hints_do_not_change_chunks() {
+        let data = pseudo_random(300_000, 4);
+        let expected = chunks(&data, params());
+        for hint in [0u64, 10, 5000, 299_999, 300_000, 10_000_000] {
+            let got = Chunker::with_size_hint(&data[..], params(), hint).collect::<io::Result<Vec<_>>>().unwrap();
+            assert_eq!(got, expected, "hint {hint}");
         }
     }
 

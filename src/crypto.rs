@@ -24,6 +24,7 @@ pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 const PACK_KEY_CONTEXT: &str = "cairn 2026-11-22 pack key v1";
 const OBJECT_KEY_CONTEXT: &str = "cairn 2026-11-22 object key v1";
+const PACK_NONCE_CONTEXT: &str = "cairn 2026-11-22 pack nonce v1";
 
 pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
@@ -83,6 +84,14 @@ impl MasterKey {
         self.derive(PACK_KEY_CONTEXT, salt)
     }
 
+    /// The key that turns blob counters of the pack with this salt into nonces.
+    pub fn pack_nonce_key(&self, salt: &[u8; SALT_LEN]) -> [u8; 32] {
+        let mut material = [0u8; 32 + SALT_LEN];
+        material[..32].copy_from_slice(&self.encrypt);
+        material[32..].copy_from_slice(salt);
+        blake3::derive_key(PACK_NONCE_CONTEXT, &material)
+    }
+
     /// The key for one object file (config, index, snapshot) with this salt.
     pub fn object_key(&self, salt: &[u8; SALT_LEN]) -> SealKey {
         self.derive(OBJECT_KEY_CONTEXT, salt)
@@ -137,6 +146,14 @@ impl SealKey {
 
 pub fn auth_failed() -> Error {
     Error::new(ErrorKind::Corrupt, "authentication failed: wrong key or tampered data")
+}
+
+/// The nonce for blob number `counter` of a pack: a keyed PRF of the counter, so nonces
+/// stored in clear do not reveal where blobs start (a plain counter would). Distinct
+/// counters collide with probability about n²/2⁹⁷ for n blobs in one pack.
+pub fn prf_nonce(nonce_key: &[u8; 32], counter: u64) -> [u8; NONCE_LEN] {
+    let hash = blake3::keyed_hash(nonce_key, &counter.to_le_bytes());
+    hash.as_bytes()[..NONCE_LEN].try_into().unwrap()
 }
 
 /// A counter nonce: unique per key as long as the counter is.

@@ -64,6 +64,14 @@ fn decompress_bounded(compressed: &[u8], limit: usize) -> std::io::Result<Vec<u8
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #[test]
+        fn open_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let key = MasterKey::from_bytes(&[7u8; 64]).unwrap();
+            let _ = open(&key, INDEX_MAGIC, "x", &bytes);
+        }
+    }
+
     #[test]
     fn round_trip_and_type_confusion() {
         let key = MasterKey::random();

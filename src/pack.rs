@@ -6,10 +6,11 @@
 //! magic "CAIRNpk1" (8) | salt (16) | blob 0 | blob 1 | ... | sealed header | header length u32 LE
 //! ```
 //!
-//! Every blob is `nonce | ciphertext | tag` under the pack key (master key + salt), with
-//! nonce = little-endian blob counter and the blob id as associated data; its plaintext is
-//! a [`crate::compress`] encoding. The header uses nonce counter `u64::MAX` and associated
-//! data `magic | salt | "header"`. Because the header is inside the pack, the index can
+//! Every blob is `nonce | ciphertext | tag` under the pack key (master key + salt), with the
+//! blob id as associated data; its plaintext is a [`crate::compress`] encoding. Nonces are
+//! a keyed PRF of the blob's position ([`crypto::prf_nonce`]), so the nonces stored in
+//! clear do not mark where blobs start. The header uses the PRF of `u64::MAX` and
+//! associated data `magic | salt | "header"`. Because the header is inside the pack, the index can
 //! always be rebuilt from the packs alone. A pack's name is the BLAKE3 hash of its bytes,
 //! so a retried upload writes the same name and storage corruption is detectable.
 //! Fuzzed by `fuzz/fuzz_targets/pack_header.rs`.
@@ -92,6 +93,7 @@ impl PackEntry {
 /// A pack being filled in memory.
 pub struct PackWriter {
     key: SealKey,
+    nonce_key: [u8; 32],
     salt: [u8; SALT_LEN],
     buf: Vec<u8>,
     entries: Vec<PackEntry>,
@@ -111,7 +113,7 @@ impl PackWriter {
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&salt);
-        PackWriter { key: master.pack_key(&salt), salt, buf, entries: Vec::new() }
+        PackWriter { key: master.pack_key(&salt), nonce_key: master.pack_nonce_key(&salt), salt, buf, entries: Vec::new() }
     }
 
     /// Compress (at `level`, when it helps), seal and append one blob.
@@ -122,7 +124,7 @@ impl PackWriter {
 
     /// Seal and append a blob already encoded by [`compress::encode`] from `raw_len` bytes.
     pub fn add_encoded(&mut self, kind: BlobKind, id: BlobId, plain: &[u8], raw_len: usize) -> usize {
-        let nonce = crypto::counter_nonce(self.entries.len() as u64);
+        let nonce = crypto::prf_nonce(&self.nonce_key, self.entries.len() as u64);
         let offset = self.buf.len();
         self.key.seal_into(nonce, id.as_bytes(), plain, &mut self.buf);
         let length = self.buf.len() - offset;
@@ -146,7 +148,7 @@ impl PackWriter {
         for entry in &self.entries {
             entry.encode(&mut header);
         }
-        let sealed = self.key.seal(crypto::counter_nonce(u64::MAX), &header_aad(&self.salt), &header);
+        let sealed = self.key.seal(crypto::prf_nonce(&self.nonce_key, u64::MAX), &header_aad(&self.salt), &header);
         self.buf.extend_from_slice(&sealed);
         put_u32(&mut self.buf, sealed.len() as u32);
         let id = PackId(*blake3::hash(&self.buf).as_bytes());
@@ -235,6 +237,20 @@ mod tests {
         #[test]
         fn header_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_header(&bytes);
+        }
+    }
+
+    #[test]
+    fn stored_nonces_do_not_reveal_blob_positions() {
+        let master = MasterKey::random();
+        let mut writer = PackWriter::new(&master, 0);
+        for i in 0..3u8 {
+            writer.add(BlobKind::Data, master.blob_id(&[i]), &[i; 100], 0);
+        }
+        let pack = writer.finish();
+        for (i, entry) in pack.entries.iter().enumerate() {
+            let nonce = &pack.bytes[entry.offset as usize..entry.offset as usize + crypto::NONCE_LEN];
+            assert_ne!(nonce, crypto::counter_nonce(i as u64), "blob {i} has a guessable nonce");
         }
     }
 

@@ -311,6 +311,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400)) {
+            let _ = decode_node(&bytes);
+            if let Ok(tree) = Tree::decode(&bytes) {
+                for node in &tree.nodes {
+                    let _ = (node.name_bytes(), node.target_bytes());
+                }
+            }
+            let _ = serde_json::from_slice::<SnapshotFile>(&bytes);
+        }
+    }
+
     #[test]
     fn node_round_trip_and_garbage() {
         let entries = vec![ContentEntry(BlobId([1; 32]), 5), ContentEntry(BlobId([2; 32]), 9)];

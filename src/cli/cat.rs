@@ -62,7 +62,7 @@ pub async fn run(ctx: &Context, args: CatArgs) -> Outcome {
         }
         What::Key => {
             let id = need_id()?;
-            let slots = cairn::repo::keys::list_slots(repo.backend()).await?;
+            let (slots, _) = cairn::repo::keys::list_slots(repo.backend()).await?;
             let (kid, slot) = slots.iter().find(|(k, _)| k.to_hex().starts_with(&id)).ok_or_else(|| usage(format!("no key slot {id}")))?;
             json!({"id": kid, "created": slot.created, "host": slot.host, "user": slot.user, "kdf": slot.kdf, "params": slot.params})
         }

@@ -71,7 +71,8 @@ impl Context {
         Context { args, cancel: Cancel::new() }
     }
 
-    /// Ctrl-C and SIGTERM set the cancel flag; a second Ctrl-C exits at once.
+    /// Ctrl-C and SIGTERM set the cancel flag; a second signal, or 5 s without the
+    /// operation stopping, exits at once with 130.
     pub fn watch_signals(&self) {
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
@@ -87,6 +88,13 @@ impl Context {
                 }
                 eprintln!("cairn: interrupted; stopping (nothing will be committed)");
                 cancel.set();
+                // Every write is crash-safe, so if the operation is stuck (say, reading a
+                // stdin whose producer is still alive), exiting is safe too.
+                tokio::spawn(async {
+                    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    eprintln!("cairn: still busy 5 s after the interrupt; exiting (the repository stays valid)");
+                    std::process::exit(130);
+                });
             }
         });
     }
@@ -148,13 +156,20 @@ impl Context {
 
     /// Open the repository; the embedded default is created on first use.
     pub async fn open(&self) -> anyhow::Result<Repository> {
+        let repo = self.open_unrefreshed().await?;
+        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        Ok(repo)
+    }
+
+    /// Open without loading the index into the catalog (for `check`).
+    pub async fn open_unrefreshed(&self) -> anyhow::Result<Repository> {
         let (url, is_default) = self.repo_url();
         let secret = self.secret_or_default(is_default)?;
         if is_default && !Path::new(&url).join("config").exists() {
             return Ok(self.create_default(&url, &secret).await?);
         }
         let backend = Backend::from_url(&url, false)?;
-        Ok(Repository::open(backend, &secret, &self.cache_mode()).await?)
+        Ok(Repository::open_unrefreshed(backend, &secret, &self.cache_mode()).await?)
     }
 
     async fn create_default(&self, url: &str, secret: &Secret) -> anyhow::Result<Repository> {

@@ -60,7 +60,7 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
     let backend = repo.backend();
     match command {
         KeyCommand::List => {
-            let slots = list_slots(backend).await?;
+            let (slots, _) = list_slots(backend).await?;
             if ctx.args.json {
                 let list: Vec<_> = slots
                     .iter()
@@ -79,7 +79,7 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
             ctx.info(format!("added key slot {}", id.short()));
         }
         KeyCommand::Remove { id } => {
-            let slots = list_slots(backend).await?;
+            let (slots, _) = list_slots(backend).await?;
             let matches: Vec<KeyId> = slots.iter().map(|(k, _)| *k).filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
             let target = match matches.as_slice() {
                 [one] => *one,

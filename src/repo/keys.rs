@@ -16,6 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const SLOT_AAD: &[u8] = b"cairn key slot v1";
+/// The most memory a key slot may ask Argon2id for (4 GiB).
+pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
 
 /// What unlocks the repository.
 #[derive(Clone)]
@@ -42,6 +44,15 @@ impl KeySlotFile {
         if slot.version != 1 || slot.kdf != "argon2id" {
             return Err(Error::corrupt(format!("key slot {name} has unsupported version {} or kdf {:?}", slot.version, slot.kdf)));
         }
+        // A slot is read from storage before anything is authenticated: refuse parameters
+        // that would make opening the repository exhaust memory or time.
+        let p = slot.params;
+        if !(8..=MAX_KDF_MEMORY_KIB).contains(&p.memory_kib) || !(1..=64).contains(&p.iterations) || !(1..=16).contains(&p.parallelism) {
+            return Err(Error::corrupt(format!(
+                "key slot {name} asks for argon2id m={} KiB t={} p={}, beyond the allowed 4 GiB, 64 passes, 16 lanes",
+                p.memory_kib, p.iterations, p.parallelism
+            )));
+        }
         Ok(slot)
     }
 
@@ -62,6 +73,12 @@ pub async fn add_slot(backend: &Backend, key: &MasterKey, password: &[u8], param
     if password.is_empty() {
         return Err(Error::invalid("the password is empty; give a non-empty password"));
     }
+    if !(8..=MAX_KDF_MEMORY_KIB).contains(&params.memory_kib) || !(1..=64).contains(&params.iterations) {
+        return Err(Error::invalid(format!(
+            "argon2id memory {} KiB or passes {} out of range: memory 8 KiB..=4 GiB, passes 1..=64",
+            params.memory_kib, params.iterations
+        )));
+    }
     let salt: [u8; 32] = crypto::random_bytes();
     let kek = SealKey::new(&derive_password_key(password, &salt, params)?);
     let slot = KeySlotFile {
@@ -80,25 +97,31 @@ pub async fn add_slot(backend: &Backend, key: &MasterKey, password: &[u8], param
     Ok(id)
 }
 
-/// All key slots, by id.
-pub async fn list_slots(backend: &Backend) -> Result<Vec<(KeyId, KeySlotFile)>> {
+/// All readable key slots, by id, and the problems of those that could not be parsed
+/// (a damaged or newer-format slot must not lock out the passwords of the others).
+pub async fn list_slots(backend: &Backend) -> Result<(Vec<(KeyId, KeySlotFile)>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for object in backend.list(objkeys::KEYS).await? {
         let name = objkeys::name(&object.key);
         let Ok(id) = KeyId::from_hex(name) else { continue };
         let bytes = backend.get(&object.key).await?;
-        out.push((id, KeySlotFile::parse(&object.key, &bytes)?));
+        match KeySlotFile::parse(&object.key, &bytes) {
+            Ok(slot) => out.push((id, slot)),
+            Err(e) => skipped.push(e.to_string()),
+        }
     }
     out.sort_by_key(|(_, s)| s.created);
-    Ok(out)
+    Ok((out, skipped))
 }
 
 /// Unlock the master key with a key file or by trying every slot with the password.
 pub async fn unlock(backend: &Backend, secret: &Secret) -> Result<(MasterKey, Option<KeyId>)> {
     match secret {
         Secret::KeyFile(path) => Ok((KeyFile::read(path)?.master_key()?, None)),
+
         Secret::Password(password) => {
-            let slots = list_slots(backend).await?;
+            let (slots, skipped) = list_slots(backend).await?;
             for (id, slot) in &slots {
                 let slot = slot.clone();
                 let password = password.clone();
@@ -109,10 +132,11 @@ pub async fn unlock(backend: &Backend, secret: &Secret) -> Result<(MasterKey, Op
                     return Ok((key, Some(*id)));
                 }
             }
-            Err(Error::new(
-                ErrorKind::WrongPassword,
-                format!("wrong password or no key slot matches ({} slots tried at {})", slots.len(), backend.location()),
-            ))
+            let mut message = format!("wrong password or no key slot matches ({} slots tried at {})", slots.len(), backend.location());
+            if !skipped.is_empty() {
+                message.push_str(&format!("; {} unreadable slots skipped: {}", skipped.len(), skipped.join("; ")));
+            }
+            Err(Error::new(ErrorKind::WrongPassword, message))
         }
     }
 }
@@ -159,5 +183,37 @@ impl KeyFile {
             .map_err(|e| Error::io("create key file", path, e))?;
         let json = serde_json::to_vec_pretty(self).expect("key files serialize");
         file.write_all(&json).and_then(|_| file.sync_all()).map_err(|e| Error::io("write key file", path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = KeySlotFile::parse("k", &bytes);
+            if let Ok(file) = KeyFile::parse(&bytes) {
+                let _ = file.master_key();
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_refused() {
+        let slot = |m: u32, t: u32| format!(r#"{{"version":1,"kdf":"argon2id","params":{{"memory_kib":{m},"iterations":{t},"parallelism":1}},"salt":"00","wrapped":"00","created":"2026-01-01T00:00:00Z","host":"h","user":"u"}}"#);
+        assert!(KeySlotFile::parse("k", slot(65536, 3).as_bytes()).is_ok());
+        assert!(KeySlotFile::parse("k", slot(u32::MAX, 3).as_bytes()).is_err());
+        assert!(KeySlotFile::parse("k", slot(65536, 1_000_000).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn key_file_round_trip() {
+        let key = MasterKey::random();
+        let file = KeyFile { version: 1, repository: RepoId::random(), key: hex::encode(key.to_bytes()) };
+        let parsed = KeyFile::parse(&serde_json::to_vec(&file).unwrap()).unwrap();
+        assert_eq!(parsed.master_key().unwrap().to_bytes(), key.to_bytes());
     }
 }

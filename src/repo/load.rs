@@ -11,7 +11,8 @@ use crate::backend::keys;
 use crate::catalog::BlobLocation;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
+use crate::pack::BlobKind;
 use crate::pack;
 use crate::snapshot::{decode_node, Content, ContentEntry};
 use futures::{Stream, StreamExt};
@@ -29,11 +30,53 @@ impl Repository {
         })
     }
 
-    /// Fetch, decrypt and verify one blob.
+    /// Fetch, decrypt and verify one blob. Metadata packs are fetched whole on first use
+    /// and kept in a bounded cache: a walk over thousands of trees costs a few reads.
     pub async fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
         let location = self.locate(id)?;
+        let range = location.entry.offset as usize..location.entry.end() as usize;
+        if location.entry.kind == BlobKind::Meta && location.pack_size <= MAX_CACHED_PACK {
+            let pack = match self.meta_cache.get(&location.pack) {
+                Some(bytes) => bytes,
+                None => {
+                    let bytes = self.backend().get(&keys::pack(&location.pack)).await?;
+                    if bytes.len() as u64 != location.pack_size {
+                        return Err(Error::corrupt(format!("pack {} has {} bytes, the index says {}", location.pack, bytes.len(), location.pack_size)));
+                    }
+                    self.meta_cache.insert(location.pack, bytes.clone());
+                    bytes
+                }
+            };
+            return open_located(self.key(), &location, &pack[range]);
+        }
         let sealed = self.backend().get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await?;
         open_located(self.key(), &location, &sealed)
+    }
+}
+
+/// Metadata packs at most this large are cached whole.
+const MAX_CACHED_PACK: u64 = 32 << 20;
+/// The cache holds at most this many bytes; past it, it starts over.
+const META_CACHE_BYTES: usize = 96 << 20;
+
+/// Whole metadata packs recently read, by id.
+#[derive(Default)]
+pub struct MetaCache(std::sync::Mutex<(std::collections::HashMap<PackId, bytes::Bytes>, usize)>);
+
+impl MetaCache {
+    fn get(&self, id: &PackId) -> Option<bytes::Bytes> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.get(id).cloned()
+    }
+
+    fn insert(&self, id: PackId, bytes: bytes::Bytes) {
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, total) = &mut *guard;
+        if *total + bytes.len() > META_CACHE_BYTES {
+            map.clear();
+            *total = 0;
+        }
+        *total += bytes.len();
+        map.insert(id, bytes);
     }
 }
 

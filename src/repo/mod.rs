@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub use keys::{KeyFile, KeySlotFile, Secret};
 
 pub const FORMAT_VERSION: u32 = 1;
-pub const DEFAULT_CHUNK_AVG: u32 = 1 << 20;
+pub const DEFAULT_CHUNK_AVG: u32 = 64 << 10;
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 pub const DEFAULT_PACK_SIZE: u32 = 16 << 20;
 
@@ -77,6 +77,7 @@ pub struct Repository {
     catalog: Arc<Catalog>,
     /// The key slot that opened the repository, if a password did.
     key_slot: Option<KeyId>,
+    meta_cache: load::MetaCache,
 }
 
 impl Repository {
@@ -120,11 +121,19 @@ impl Repository {
             _ => e,
         })?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        Ok(Repository { backend, key, config, catalog, key_slot })
+        Ok(Repository { backend, key, config, catalog, key_slot, meta_cache: Default::default() })
     }
 
     /// Open an existing repository and refresh its catalog.
     pub async fn open(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
+        let repo = Self::open_unrefreshed(backend, secret, cache).await?;
+        repo.catalog.refresh(&repo.backend, &repo.key).await?;
+        Ok(repo)
+    }
+
+    /// Open without reading the index into the catalog: for `check`, which trusts no
+    /// cache and must report a damaged index file rather than fail on it.
+    pub async fn open_unrefreshed(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
         let config_bytes = match backend.get(objkeys::CONFIG).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -144,13 +153,21 @@ impl Repository {
             Secret::Password(_) => e,
         })?;
         let config: RepoConfig = serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("config is not valid: {e}")))?;
+        if let Secret::KeyFile(path) = secret {
+            let file = KeyFile::read(path)?;
+            if file.repository != config.id {
+                return Err(Error::new(
+                    ErrorKind::WrongPassword,
+                    format!("key file {} belongs to repository {}, not {} at {}", path.display(), file.repository.short(), config.id.short(), backend.location()),
+                ));
+            }
+        }
         if config.version != FORMAT_VERSION {
             return Err(Error::new(ErrorKind::Unsupported, format!("repository format version {} is not supported by this cairn", config.version)));
         }
         config.chunker.validate().map_err(|e| Error::corrupt(format!("config: {e}")))?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        catalog.refresh(&backend, &key).await?;
-        Ok(Repository { backend, key, config, catalog, key_slot })
+        Ok(Repository { backend, key, config, catalog, key_slot, meta_cache: Default::default() })
     }
 
     pub fn backend(&self) -> &Backend {

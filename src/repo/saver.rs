@@ -60,7 +60,9 @@ struct Shared {
     /// entry, so filling a pack never reallocates (and never doubles) its buffer.
     pack_capacity: usize,
     catalog: Arc<Catalog>,
-    seen: Mutex<HashSet<BlobId>>,
+    /// Blobs claimed this session and not yet in the catalog. The uploader removes ids
+    /// once their index file is recorded in the catalog, so this stays bounded.
+    seen: Arc<Mutex<HashSet<BlobId>>>,
     data_pack: Mutex<Option<PackWriter>>,
     meta_pack: Mutex<Option<PackWriter>>,
     upload_tx: tokio::sync::mpsc::Sender<FinishedPack>,
@@ -98,14 +100,15 @@ impl Saver {
             pack_size: repo.config().pack_size as usize,
             pack_capacity: (repo.config().pack_size + repo.config().chunker.max_size) as usize + (256 << 10),
             catalog: repo.catalog().clone(),
-            seen: Mutex::new(HashSet::new()),
+            seen: Arc::new(Mutex::new(HashSet::new())),
             data_pack: Mutex::new(None),
             meta_pack: Mutex::new(None),
             upload_tx,
             added_bytes: AtomicU64::new(0),
             added_blobs: AtomicU64::new(0),
         });
-        let uploader = runtime.spawn(upload_loop(repo.backend().clone(), repo.key().clone(), repo.catalog().clone(), upload_rx));
+        let indexer = Indexer { backend: repo.backend().clone(), key: repo.key().clone(), catalog: repo.catalog().clone(), seen: shared.seen.clone() };
+        let uploader = runtime.spawn(upload_loop(indexer, upload_rx));
         let (data_tx, data_rx) = sync_channel::<Job>(workers * 2);
         let data_rx = Arc::new(Mutex::new(data_rx));
         let workers = (0..workers)
@@ -243,12 +246,8 @@ fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
 
 /// Upload packs as they come, and write an index file for the durable ones every
 /// [`INDEX_FLUSH_BLOBS`] blobs and at the end. Returns (packs, index files) written.
-async fn upload_loop(
-    backend: Backend,
-    key: MasterKey,
-    catalog: Arc<Catalog>,
-    mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
-) -> Result<(u64, u64)> {
+async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<FinishedPack>) -> Result<(u64, u64)> {
+    let backend = &indexer.backend;
     let concurrency = if backend.is_local() { UPLOAD_CONCURRENCY_LOCAL } else { UPLOAD_CONCURRENCY_REMOTE };
     let mut in_flight = tokio::task::JoinSet::new();
     let mut durable: Vec<IndexPack> = Vec::new();
@@ -274,7 +273,7 @@ async fn upload_loop(
                         durable.push(pack);
                         let blobs: usize = durable.iter().map(|p| p.blobs.len()).sum();
                         if blobs >= INDEX_FLUSH_BLOBS || durable.len() >= INDEX_FLUSH_PACKS || last_flush.elapsed() >= INDEX_FLUSH_INTERVAL {
-                            write_index(&backend, &key, &catalog, std::mem::take(&mut durable)).await?;
+                            indexer.write(std::mem::take(&mut durable)).await?;
                             index_files += 1;
                             last_flush = std::time::Instant::now();
                         }
@@ -298,7 +297,7 @@ async fn upload_loop(
     }
     // Index what did land even after a failure: the next backup reuses it.
     if !durable.is_empty() {
-        write_index(&backend, &key, &catalog, durable).await?;
+        indexer.write(durable).await?;
         index_files += 1;
     }
     match failure {
@@ -307,10 +306,26 @@ async fn upload_loop(
     }
 }
 
-async fn write_index(backend: &Backend, key: &MasterKey, catalog: &Catalog, packs: Vec<IndexPack>) -> Result<()> {
-    let file = IndexFile { packs };
-    let id = IndexId::random();
-    let sealed = object::seal(key, object::INDEX_MAGIC, &file.encode());
-    backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
-    catalog.add_index(&id, &file)
+/// Writes index files for durable packs and records them in the catalog.
+struct Indexer {
+    backend: Backend,
+    key: MasterKey,
+    catalog: Arc<Catalog>,
+    seen: Arc<Mutex<HashSet<BlobId>>>,
+}
+
+impl Indexer {
+    async fn write(&self, packs: Vec<IndexPack>) -> Result<()> {
+        let file = IndexFile { packs };
+        let id = IndexId::random();
+        let sealed = object::seal(&self.key, object::INDEX_MAGIC, &file.encode());
+        self.backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
+        self.catalog.add_index(&id, &file)?;
+        // Only now that the catalog answers for these blobs may the session forget them.
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        for blob in file.packs.iter().flat_map(|p| &p.blobs) {
+            seen.remove(&blob.id);
+        }
+        Ok(())
+    }
 }

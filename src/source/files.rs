@@ -216,7 +216,7 @@ impl<'a> Walker<'a> {
         }
         let file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e).with_kind(ErrorKind::Source))?;
         let mut builder = ContentBuilder::new();
-        for chunk in Chunker::new(file, self.repo.config().chunker) {
+        for chunk in Chunker::with_size_hint(file, self.repo.config().chunker, meta.len()) {
             self.cancel.check()?;
             let chunk = chunk.map_err(|e| Error::io("read", path, e).with_kind(ErrorKind::Source))?;
             let len = chunk.len() as u64;

@@ -58,3 +58,33 @@ fn kill_9_during_backup() {
     assert_eq!(env.restore_stdout("latest"), data);
     env.check_read_data();
 }
+
+#[test]
+fn interrupted_stdin_backup_commits_nothing() {
+    let env = Env::new();
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cairn"));
+    for (key, value) in env.cmd().get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    let mut child = cmd.args(["backup", "stdin", "--name", "int"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &noise(8 << 20, 5)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    // The producer keeps its end of the pipe open: cairn must still stop.
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "cairn did not stop after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(stdin);
+    assert_eq!(status.code(), Some(130));
+    assert!(env.snapshots().is_empty(), "an interrupted backup committed a snapshot");
+    env.check_read_data();
+}

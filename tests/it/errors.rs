@@ -103,3 +103,37 @@ fn disk_full_fails_cleanly_and_leaves_a_valid_repository() {
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(list.len(), 1, "no snapshot for the failed backup");
 }
+
+/// A file whose bytes equal a tree blob shares its id; check must not call that damage.
+#[test]
+fn data_equal_to_a_tree_blob_is_not_damage() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("b-empty")).unwrap();
+    std::fs::write(src.join("a.json"), r#"{"nodes":[]}"#).unwrap();
+    env.cmd().args(["backup", "files"]).arg(&src).assert().success();
+    env.check_read_data();
+}
+
+#[test]
+fn an_unreadable_key_slot_does_not_lock_out_the_others() {
+    let env = Env::new();
+    std::fs::write(env.repo.join("keys").join("0".repeat(64)), b"{ not a key slot").unwrap();
+    env.cmd().arg("snapshots").assert().success();
+    env.cmd()
+        .env("CAIRN_PASSWORD", "wrong")
+        .arg("snapshots")
+        .assert()
+        .code(12)
+        .stderr(predicate::str::contains("1 unreadable slots skipped"));
+}
+
+#[test]
+fn a_key_file_of_another_repository_is_refused() {
+    let one = Env::empty();
+    let key = one.path("one.key");
+    one.cmd().env_remove("CAIRN_PASSWORD").arg("--key-file").arg(&key).arg("init").assert().success();
+    one.cmd().env_remove("CAIRN_PASSWORD").arg("--key-file").arg(&key).args(["backup", "stdin", "--name", "k"]).write_stdin("x").assert().success();
+    let two = Env::new();
+    two.cmd().env_remove("CAIRN_PASSWORD").arg("--key-file").arg(&key).arg("snapshots").assert().code(12);
+}

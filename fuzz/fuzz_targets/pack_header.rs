@@ -1,0 +1,9 @@
+//! Pack headers and whole packs, as read from storage, never panic.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = cairn::pack::decode_header(data);
+    let key = cairn::crypto::MasterKey::from_bytes(&[7u8; 64]).unwrap();
+    let _ = cairn::pack::read_header(&key, "fuzz", data);
+});
