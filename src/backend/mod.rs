@@ -30,6 +30,10 @@ const ATTEMPTS: u32 = 4;
 /// How a write treats an existing object of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteMode {
+    /// Like `CreateIdempotent`, but on a local disk skip the fsync: the caller makes the
+    /// object durable later with [`Backend::sync`] (packs are synced in batches, just
+    /// before the index file that lists them).
+    CreateIdempotentUnsynced,
     /// Fail with `AlreadyExists` if the name is taken.
     Create,
     /// The name is a content hash: an existing object is the same object, so succeed.
@@ -179,28 +183,37 @@ impl Backend {
             WriteMode::Overwrite => PutMode::Overwrite,
             _ => PutMode::Create,
         };
+        let idempotent = matches!(mode, WriteMode::CreateIdempotent | WriteMode::CreateIdempotentUnsynced);
         let payload = PutPayload::from_bytes(data.clone());
         let result = self
             .retry(key, "write", || self.store.put_opts(&path, payload.clone(), PutOptions { mode: put_mode.clone(), ..Default::default() }))
             .await;
         match result {
             Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::AlreadyExists && mode == WriteMode::CreateIdempotent => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && idempotent => {}
             // A write that landed but whose reply was lost is retried and finds itself:
             // identical bytes under the name mean the write succeeded.
             Err(e) if e.kind() == ErrorKind::AlreadyExists && self.get(key).await.is_ok_and(|existing| existing == data) => {}
             Err(e) => return Err(e),
         }
-        self.sync_local(key).await
+        if mode == WriteMode::CreateIdempotentUnsynced {
+            return Ok(());
+        }
+        self.sync(&[key.to_string()]).await
     }
 
-    /// fsync a local object and its directory so the write survives power loss.
-    async fn sync_local(&self, key: &str) -> Result<()> {
+    /// Make objects durable: on a local disk fsync each file and each directory holding
+    /// one; object stores are durable once a PUT returns, so there it does nothing.
+    pub async fn sync(&self, keys: &[String]) -> Result<()> {
         let Some(root) = &self.local_root else { return Ok(()) };
-        let file = root.join(key);
+        let files: Vec<std::path::PathBuf> = keys.iter().map(|k| root.join(k)).collect();
         tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", &file, e))?;
-            if let Some(dir) = file.parent() {
+            let mut dirs = std::collections::BTreeSet::new();
+            for file in &files {
+                std::fs::File::open(file).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", file, e))?;
+                dirs.extend(file.parent().map(|d| d.to_path_buf()));
+            }
+            for dir in &dirs {
                 std::fs::File::open(dir).and_then(|f| f.sync_all()).map_err(|e| Error::io("sync", dir, e))?;
             }
             Ok(())
