@@ -50,30 +50,46 @@ fn main() {
     let key = MasterKey::random();
     let params = ChunkerParams::with_average(64 << 10, 42);
 
-    report("chunker (FastCDC, 64 KiB avg)", input.len(), best(|| {
-        let n = Chunker::new(&input[..], params).map(|c| c.unwrap().len()).sum::<usize>();
-        assert_eq!(n, input.len());
-    }));
-    report("blob id (keyed BLAKE3, 64 KiB)", input.len(), best(|| {
-        for chunk in input.chunks(64 << 10) {
-            std::hint::black_box(key.blob_id(chunk));
-        }
-    }));
-    for level in [1, 3] {
-        report(&format!("zstd level {level} (64 KiB blobs)"), input.len(), best(|| {
+    report(
+        "chunker (FastCDC, 64 KiB avg)",
+        input.len(),
+        best(|| {
+            let n = Chunker::new(&input[..], params).map(|c| c.unwrap().len()).sum::<usize>();
+            assert_eq!(n, input.len());
+        }),
+    );
+    report(
+        "blob id (keyed BLAKE3, 64 KiB)",
+        input.len(),
+        best(|| {
             for chunk in input.chunks(64 << 10) {
-                std::hint::black_box(cairn::compress::encode(chunk, level));
+                std::hint::black_box(key.blob_id(chunk));
             }
-        }));
+        }),
+    );
+    for level in [1, 3] {
+        report(
+            &format!("zstd level {level} (64 KiB blobs)"),
+            input.len(),
+            best(|| {
+                for chunk in input.chunks(64 << 10) {
+                    std::hint::black_box(cairn::compress::encode(chunk, level));
+                }
+            }),
+        );
     }
     let seal_key = key.pack_key(&[1; 16]);
-    report("AES-256-GCM seal (64 KiB)", input.len(), best(|| {
-        let mut out = Vec::with_capacity(input.len() + 1 << 20);
-        for (i, chunk) in input.chunks(64 << 10).enumerate() {
-            seal_key.seal_into(cairn::crypto::counter_nonce(i as u64), b"id", chunk, &mut out);
-        }
-        std::hint::black_box(out);
-    }));
+    report(
+        "AES-256-GCM seal (64 KiB)",
+        input.len(),
+        best(|| {
+            let mut out = Vec::with_capacity(input.len() + 1 << 20);
+            for (i, chunk) in input.chunks(64 << 10).enumerate() {
+                seal_key.seal_into(cairn::crypto::counter_nonce(i as u64), b"id", chunk, &mut out);
+            }
+            std::hint::black_box(out);
+        }),
+    );
 
     // Index lookups against a catalog of 2 million blobs.
     let catalog = Catalog::open(None).unwrap();
@@ -89,7 +105,17 @@ fn main() {
                     id: PackId(*blake3::hash(blobs[0].as_bytes()).as_bytes()),
                     salt: [0; 16],
                     size: 1 << 30,
-                    blobs: blobs.iter().enumerate().map(|(i, id)| PackEntry { kind: BlobKind::Data, id: *id, offset: 24 + i as u64 * 100, length: 100, raw_length: 70 }).collect(),
+                    blobs: blobs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, id)| PackEntry {
+                            kind: BlobKind::Data,
+                            id: *id,
+                            offset: 24 + i as u64 * 100,
+                            length: 100,
+                            raw_length: 70,
+                        })
+                        .collect(),
                 })
                 .collect(),
         };
@@ -108,11 +134,20 @@ fn main() {
     // The whole pipeline into an in-memory store.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
-        let options = cairn::repo::InitOptions { kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
-        let repo = cairn::repo::Repository::init(Backend::memory(), &cairn::repo::Secret::Password("b".into()), &options, &cairn::repo::CacheMode::Temporary)
-            .await
-            .unwrap();
-        let backup = cairn::ops::backup::BackupOptions { name: "bench".into(), kind: "stdin".into(), ..Default::default() };
+        let options = cairn::repo::InitOptions {
+            kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+            ..Default::default()
+        };
+        let repo = cairn::repo::Repository::init(
+            Backend::memory(),
+            &cairn::repo::Secret::Password("b".into()),
+            &options,
+            &cairn::repo::CacheMode::Temporary,
+        )
+        .await
+        .unwrap();
+        let backup =
+            cairn::ops::backup::BackupOptions { name: "bench".into(), kind: "stdin".into(), ..Default::default() };
         let cancel = cairn::ops::Cancel::new();
         let t = Instant::now();
         cairn::ops::backup::backup_stream(&repo, &input[..], &backup, &cancel, &cairn::progress::Silent).await.unwrap();
@@ -123,7 +158,14 @@ fn main() {
         let (_, snapshot) = repo.catalog().snapshots().unwrap().pop().unwrap();
         let t = Instant::now();
         let mut sink = std::io::sink();
-        cairn::ops::restore::restore_stream(&repo, snapshot.content.as_ref().unwrap(), &mut sink, &cairn::progress::Silent).await.unwrap();
+        cairn::ops::restore::restore_stream(
+            &repo,
+            snapshot.content.as_ref().unwrap(),
+            &mut sink,
+            &cairn::progress::Silent,
+        )
+        .await
+        .unwrap();
         report("pipeline: restore stream", input.len(), t.elapsed().as_secs_f64());
     });
 }

@@ -64,9 +64,14 @@ impl Catalog {
                 if let Some(dir) = path.parent() {
                     // The catalog holds decrypted snapshot manifests and the index: owner only.
                     use std::os::unix::fs::DirBuilderExt;
-                    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("create cache directory", dir, e))?;
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)
+                        .map_err(|e| Error::io("create cache directory", dir, e))?;
                     use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| Error::io("protect cache directory", dir, e))?;
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| Error::io("protect cache directory", dir, e))?;
                 }
                 let conn = Connection::open(path)?;
                 conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -99,8 +104,12 @@ impl Catalog {
     }
 
     async fn refresh_index(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
-        let listed: HashSet<IndexId> =
-            backend.list(keys::INDEX).await?.iter().filter_map(|o| IndexId::from_hex(keys::name(&o.key)).ok()).collect();
+        let listed: HashSet<IndexId> = backend
+            .list(keys::INDEX)
+            .await?
+            .iter()
+            .filter_map(|o| IndexId::from_hex(keys::name(&o.key)).ok())
+            .collect();
         let known = self.known_index_files()?;
         if !known.is_subset(&listed) {
             // An index file went away (prune consolidated it): start over.
@@ -125,7 +134,10 @@ impl Catalog {
     fn known_index_files(&self) -> Result<HashSet<IndexId>> {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT id FROM index_files")?;
-        let ids = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?.filter_map(|b| b.ok().and_then(|b| IndexId::from_slice(&b))).collect();
+        let ids = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .filter_map(|b| b.ok().and_then(|b| IndexId::from_slice(&b)))
+            .collect();
         Ok(ids)
     }
 
@@ -134,7 +146,8 @@ impl Catalog {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
-            let mut add_pack = tx.prepare_cached("INSERT OR IGNORE INTO packs (id, salt, size, kind) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut add_pack =
+                tx.prepare_cached("INSERT OR IGNORE INTO packs (id, salt, size, kind) VALUES (?1, ?2, ?3, ?4)")?;
             let mut pack_row = tx.prepare_cached("SELECT rowid FROM packs WHERE id = ?1")?;
             let mut add_blob = tx.prepare_cached(
                 "INSERT OR IGNORE INTO blobs (id, kind, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -144,7 +157,14 @@ impl Catalog {
                 add_pack.execute(params![&pack.id.0[..], &pack.salt[..], pack.size as i64, kind])?;
                 let row: i64 = pack_row.query_row([&pack.id.0[..]], |r| r.get(0))?;
                 for blob in &pack.blobs {
-                    add_blob.execute(params![&blob.id.0[..], blob.kind as u8, row, blob.offset as i64, blob.length, blob.raw_length])?;
+                    add_blob.execute(params![
+                        &blob.id.0[..],
+                        blob.kind as u8,
+                        row,
+                        blob.offset as i64,
+                        blob.length,
+                        blob.raw_length
+                    ])?;
                 }
             }
             tx.execute("INSERT OR IGNORE INTO index_files (id) VALUES (?1)", [&id.0[..]])?;
@@ -154,8 +174,12 @@ impl Catalog {
     }
 
     async fn refresh_snapshots(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
-        let listed: HashSet<SnapshotId> =
-            backend.list(keys::SNAPSHOTS).await?.iter().filter_map(|o| SnapshotId::from_hex(keys::name(&o.key)).ok()).collect();
+        let listed: HashSet<SnapshotId> = backend
+            .list(keys::SNAPSHOTS)
+            .await?
+            .iter()
+            .filter_map(|o| SnapshotId::from_hex(keys::name(&o.key)).ok())
+            .collect();
         let known: HashSet<SnapshotId> = self.snapshots()?.into_iter().map(|(id, _)| id).collect();
         for gone in known.difference(&listed) {
             self.conn().execute("DELETE FROM snapshots WHERE id = ?1", [&gone.0[..]])?;
@@ -183,9 +207,10 @@ impl Catalog {
         let mut out = Vec::new();
         for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?)))? {
             let (id, json) = row?;
-            let id = SnapshotId::from_slice(&id).ok_or_else(|| Error::corrupt("catalog holds a malformed snapshot id"))?;
-            let snap: SnapshotFile =
-                serde_json::from_str(&json).map_err(|e| Error::corrupt(format!("catalog entry for snapshot {id}: {e}")))?;
+            let id =
+                SnapshotId::from_slice(&id).ok_or_else(|| Error::corrupt("catalog holds a malformed snapshot id"))?;
+            let snap: SnapshotFile = serde_json::from_str(&json)
+                .map_err(|e| Error::corrupt(format!("catalog entry for snapshot {id}: {e}")))?;
             out.push((id, snap));
         }
         out.sort_by(|a, b| a.1.time.cmp(&b.1.time).then(a.0.cmp(&b.0)));
@@ -216,7 +241,13 @@ impl Catalog {
             pack: PackId::from_slice(&pack).ok_or_else(bad)?,
             pack_size: pack_size as u64,
             salt: salt.as_slice().try_into().map_err(|_| bad())?,
-            entry: PackEntry { kind: BlobKind::from_u8(kind).ok_or_else(bad)?, id: *id, offset: offset as u64, length, raw_length },
+            entry: PackEntry {
+                kind: BlobKind::from_u8(kind).ok_or_else(bad)?,
+                id: *id,
+                offset: offset as u64,
+                length,
+                raw_length,
+            },
         }))
     }
 
@@ -249,7 +280,13 @@ impl Catalog {
             "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE p.id = ?1 ORDER BY b.offset",
         )?;
         let rows = stmt.query_map([&pack.0[..]], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u8>(1)?, r.get::<_, i64>(2)?, r.get::<_, u32>(3)?, r.get::<_, u32>(4)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, u8>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, u32>(3)?,
+                r.get::<_, u32>(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -269,7 +306,8 @@ impl Catalog {
     pub fn totals(&self) -> Result<(u64, u64, u64)> {
         let conn = self.conn();
         let blobs: i64 = conn.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?;
-        let (packs, bytes): (i64, i64) = conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (packs, bytes): (i64, i64) =
+            conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok((blobs as u64, packs as u64, bytes as u64))
     }
 

@@ -23,7 +23,12 @@ pub struct ChunkerParams {
 impl ChunkerParams {
     /// Defaults chosen from the nightly-dump measurements in docs/PERFORMANCE.md.
     pub fn with_average(avg_size: u32, seed: u64) -> Self {
-        ChunkerParams { min_size: (avg_size / 4).max(64), avg_size, max_size: avg_size.saturating_mul(8).min(v2020::MAXIMUM_MAX), seed }
+        ChunkerParams {
+            min_size: (avg_size / 4).max(64),
+            avg_size,
+            max_size: avg_size.saturating_mul(8).min(v2020::MAXIMUM_MAX),
+            seed,
+        }
     }
 
     pub fn validate(&self) -> Result<(), String> {

@@ -61,10 +61,7 @@ impl MasterKey {
         if bytes.len() != 64 {
             return Err(Error::corrupt("master key material must be 64 bytes"));
         }
-        Ok(MasterKey {
-            encrypt: bytes[..32].try_into().unwrap(),
-            id: bytes[32..].try_into().unwrap(),
-        })
+        Ok(MasterKey { encrypt: bytes[..32].try_into().unwrap(), id: bytes[32..].try_into().unwrap() })
     }
 
     /// The id of a blob: BLAKE3 keyed with the id key over its plaintext.
@@ -138,9 +135,7 @@ impl SealKey {
             return Err(auth_failed());
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        self.0
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
-            .map_err(|_| auth_failed())
+        self.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad }).map_err(|_| auth_failed())
     }
 }
 

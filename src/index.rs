@@ -88,13 +88,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = PackEntry> {
-        (any::<[u8; 32]>(), 24u64..1000, 29u32..1000, any::<u32>(), any::<bool>()).prop_map(|(id, offset, length, raw_length, meta)| PackEntry {
-            kind: if meta { BlobKind::Meta } else { BlobKind::Data },
-            id: BlobId(id),
-            offset,
-            length,
-            raw_length,
-        })
+        (any::<[u8; 32]>(), 24u64..1000, 29u32..1000, any::<u32>(), any::<bool>()).prop_map(
+            |(id, offset, length, raw_length, meta)| PackEntry {
+                kind: if meta { BlobKind::Meta } else { BlobKind::Data },
+                id: BlobId(id),
+                offset,
+                length,
+                raw_length,
+            },
+        )
     }
 
     proptest! {

@@ -36,16 +36,20 @@ pub fn seal(key: &MasterKey, magic: &[u8; 8], plaintext: &[u8]) -> Vec<u8> {
 /// Open an object of the expected type; `name` is used in error messages.
 pub fn open(key: &MasterKey, magic: &[u8; 8], name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     if bytes.len() < HEADER_LEN + crypto::SEAL_OVERHEAD {
-        return Err(Error::corrupt(format!("{name} is truncated ({} bytes); restore it from a copy or remove it", bytes.len())));
+        return Err(Error::corrupt(format!(
+            "{name} is truncated ({} bytes); restore it from a copy or remove it",
+            bytes.len()
+        )));
     }
     if &bytes[..8] != magic {
-        return Err(Error::corrupt(format!("{name} does not start with {:?}: not a cairn object of this type or version", String::from_utf8_lossy(magic))));
+        return Err(Error::corrupt(format!(
+            "{name} does not start with {:?}: not a cairn object of this type or version",
+            String::from_utf8_lossy(magic)
+        )));
     }
     let salt: [u8; SALT_LEN] = bytes[8..HEADER_LEN].try_into().unwrap();
-    let compressed = key
-        .object_key(&salt)
-        .open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..])
-        .map_err(|e| e.context(name))?;
+    let compressed =
+        key.object_key(&salt).open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..]).map_err(|e| e.context(name))?;
     decompress_bounded(&compressed, MAX_PLAIN).map_err(|e| Error::corrupt(format!("{name} does not decompress: {e}")))
 }
 

@@ -80,7 +80,12 @@ impl PackEntry {
         let id = BlobId(r.array()?);
         let entry = PackEntry { kind, id, offset: r.u64()?, length: r.u32()?, raw_length: r.u32()? };
         if (entry.length as usize) < crypto::SEAL_OVERHEAD + 1 || entry.offset < PREFIX_LEN as u64 {
-            return Err(r.corrupt(format!("blob {} has impossible offset {} or length {}", entry.id.short(), entry.offset, entry.length)));
+            return Err(r.corrupt(format!(
+                "blob {} has impossible offset {} or length {}",
+                entry.id.short(),
+                entry.offset,
+                entry.length
+            )));
         }
         Ok(entry)
     }
@@ -113,7 +118,13 @@ impl PackWriter {
         let mut buf = Vec::with_capacity(capacity);
         buf.extend_from_slice(PACK_MAGIC);
         buf.extend_from_slice(&salt);
-        PackWriter { key: master.pack_key(&salt), nonce_key: master.pack_nonce_key(&salt), salt, buf, entries: Vec::new() }
+        PackWriter {
+            key: master.pack_key(&salt),
+            nonce_key: master.pack_nonce_key(&salt),
+            salt,
+            buf,
+            entries: Vec::new(),
+        }
     }
 
     /// Compress (at `level`, when it helps), seal and append one blob.
@@ -128,7 +139,13 @@ impl PackWriter {
         let offset = self.buf.len();
         self.key.seal_into(nonce, id.as_bytes(), plain, &mut self.buf);
         let length = self.buf.len() - offset;
-        self.entries.push(PackEntry { kind, id, offset: offset as u64, length: length as u32, raw_length: raw_len as u32 });
+        self.entries.push(PackEntry {
+            kind,
+            id,
+            offset: offset as u64,
+            length: length as u32,
+            raw_length: raw_len as u32,
+        });
         length
     }
 
@@ -267,6 +284,8 @@ mod tests {
         tampered[30] ^= 1;
         let (salt, entries) = read_header(&master, "p", &tampered).unwrap();
         let e = entries[0];
-        assert!(open_blob(&master, &master.pack_key(&salt), &e, &tampered[e.offset as usize..e.end() as usize]).is_err());
+        assert!(
+            open_blob(&master, &master.pack_key(&salt), &e, &tampered[e.offset as usize..e.end() as usize]).is_err()
+        );
     }
 }

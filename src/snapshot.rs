@@ -300,7 +300,9 @@ mod tests {
         for n in [0, 1, FANOUT - 1, FANOUT, FANOUT + 1, 3 * FANOUT + 7, FANOUT * FANOUT + 5] {
             let sink = MemSink::default();
             let mut b = ContentBuilder::new();
-            let input: Vec<ContentEntry> = (0..n as u64).map(|i| ContentEntry(BlobId(*blake3::hash(&i.to_le_bytes()).as_bytes()), i % 7 + 1)).collect();
+            let input: Vec<ContentEntry> = (0..n as u64)
+                .map(|i| ContentEntry(BlobId(*blake3::hash(&i.to_le_bytes()).as_bytes()), i % 7 + 1))
+                .collect();
             for e in &input {
                 b.push(e.0, e.1, &sink).unwrap();
             }
@@ -335,8 +337,21 @@ mod tests {
     #[test]
     fn tree_encoding_is_deterministic() {
         let node = Node {
-            name: "a".into(), name_raw: None, kind: NodeKind::File, mode: 0o644, uid: 1, gid: 1, mtime: 5, ctime: 6, inode: 7, size: 0,
-            content: Some(Content::default()), subtree: None, target: None, target_raw: None, rdev: None,
+            name: "a".into(),
+            name_raw: None,
+            kind: NodeKind::File,
+            mode: 0o644,
+            uid: 1,
+            gid: 1,
+            mtime: 5,
+            ctime: 6,
+            inode: 7,
+            size: 0,
+            content: Some(Content::default()),
+            subtree: None,
+            target: None,
+            target_raw: None,
+            rdev: None,
         };
         let tree = Tree { nodes: vec![node] };
         assert_eq!(tree.encode(), tree.clone().encode());

@@ -70,7 +70,12 @@ impl<'a> Reader<'a> {
 
     pub fn expect_end(&self) -> Result<()> {
         if self.remaining() != 0 {
-            return Err(Error::corrupt(format!("{} has {} unexpected trailing bytes at offset {}", self.what, self.remaining(), self.pos)));
+            return Err(Error::corrupt(format!(
+                "{} has {} unexpected trailing bytes at offset {}",
+                self.what,
+                self.remaining(),
+                self.pos
+            )));
         }
         Ok(())
     }

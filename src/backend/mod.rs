@@ -87,11 +87,15 @@ impl Backend {
         } else if !path.is_dir() {
             return Err(Error::new(
                 ErrorKind::NoRepository,
-                format!("no repository at {}: the directory does not exist; run `cairn init` to create one", path.display()),
+                format!(
+                    "no repository at {}: the directory does not exist; run `cairn init` to create one",
+                    path.display()
+                ),
             ));
         }
         let path = path.canonicalize().map_err(|e| Error::io("resolve", &path, e))?;
-        let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| Error::backend(format!("cannot open {}: {e}", path.display())))?;
+        let store = LocalFileSystem::new_with_prefix(&path)
+            .map_err(|e| Error::backend(format!("cannot open {}: {e}", path.display())))?;
         Ok(Backend { store: Arc::new(store), location: path.display().to_string(), local_root: Some(path) })
     }
 
@@ -171,7 +175,11 @@ impl Backend {
         let want = range.end - range.start;
         let bytes = self.retry(key, "read", || self.store.get_range(&path, range.clone())).await?;
         if bytes.len() as u64 != want {
-            return Err(Error::corrupt(format!("{key} is truncated: wanted {want} bytes at offset {}, got {}", range.start, bytes.len())));
+            return Err(Error::corrupt(format!(
+                "{key} is truncated: wanted {want} bytes at offset {}, got {}",
+                range.start,
+                bytes.len()
+            )));
         }
         Ok(bytes)
     }
@@ -186,14 +194,18 @@ impl Backend {
         let idempotent = matches!(mode, WriteMode::CreateIdempotent | WriteMode::CreateIdempotentUnsynced);
         let payload = PutPayload::from_bytes(data.clone());
         let result = self
-            .retry(key, "write", || self.store.put_opts(&path, payload.clone(), PutOptions { mode: put_mode.clone(), ..Default::default() }))
+            .retry(key, "write", || {
+                self.store.put_opts(&path, payload.clone(), PutOptions { mode: put_mode.clone(), ..Default::default() })
+            })
             .await;
         match result {
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::AlreadyExists && idempotent => {}
             // A write that landed but whose reply was lost is retried and finds itself:
             // identical bytes under the name mean the write succeeded.
-            Err(e) if e.kind() == ErrorKind::AlreadyExists && self.get(key).await.is_ok_and(|existing| existing == data) => {}
+            Err(e)
+                if e.kind() == ErrorKind::AlreadyExists
+                    && self.get(key).await.is_ok_and(|existing| existing == data) => {}
             Err(e) => return Err(e),
         }
         if mode == WriteMode::CreateIdempotentUnsynced {

@@ -57,7 +57,8 @@ pub struct FilesArgs {
 }
 
 fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
-    text.parse::<jiff::Timestamp>().map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-31T02:00:00Z: {e}"))
+    text.parse::<jiff::Timestamp>()
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-31T02:00:00Z: {e}"))
 }
 
 pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
@@ -65,18 +66,37 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
     let progress = Bar::new(ctx.progress_enabled());
     let result = match command {
         BackupCommand::Stdin(args) => {
-            let options = BackupOptions { name: args.name, kind: args.kind, tags: args.common.tags, time: args.common.time, meta: Default::default() };
+            let options = BackupOptions {
+                name: args.name,
+                kind: args.kind,
+                tags: args.common.tags,
+                time: args.common.time,
+                meta: Default::default(),
+            };
             match &args.command {
                 Some(cmd) => backup::backup_command(&repo, cmd, &options, &ctx.cancel, progress.as_ref()).await?,
-                None => backup::backup_stream(&repo, std::io::stdin(), &options, &ctx.cancel, progress.as_ref()).await?,
+                None => {
+                    backup::backup_stream(&repo, std::io::stdin(), &options, &ctx.cancel, progress.as_ref()).await?
+                }
             }
         }
         BackupCommand::Files(args) => {
-            let absolute: Vec<PathBuf> = args.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
-            let name = args.name.unwrap_or_else(|| absolute.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","));
-            let options = BackupOptions { name, kind: "files".into(), tags: args.common.tags, time: args.common.time, meta: Default::default() };
+            let absolute: Vec<PathBuf> =
+                args.paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
+            let name = args
+                .name
+                .unwrap_or_else(|| absolute.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(","));
+            let options = BackupOptions {
+                name,
+                kind: "files".into(),
+                tags: args.common.tags,
+                time: args.common.time,
+                meta: Default::default(),
+            };
             let mut skip = Vec::new();
-            if let Some(root) = repo.backend().location().strip_prefix("").map(PathBuf::from).filter(|p| p.is_absolute()) {
+            if let Some(root) =
+                repo.backend().location().strip_prefix("").map(PathBuf::from).filter(|p| p.is_absolute())
+            {
                 skip.push(root);
             }
             if let cairn::repo::CacheMode::Dir(dir) = ctx.cache_mode() {

@@ -46,7 +46,12 @@ pub async fn run(ctx: &Context, args: CatArgs) -> Outcome {
         What::Index => {
             let id = IndexId::from_hex(&need_id()?)?;
             let name = keys::index(&id);
-            let file = IndexFile::decode(&object::open(repo.key(), object::INDEX_MAGIC, &name, &repo.backend().get(&name).await?)?)?;
+            let file = IndexFile::decode(&object::open(
+                repo.key(),
+                object::INDEX_MAGIC,
+                &name,
+                &repo.backend().get(&name).await?,
+            )?)?;
             let packs: Vec<_> = file
                 .packs
                 .iter()
@@ -63,7 +68,10 @@ pub async fn run(ctx: &Context, args: CatArgs) -> Outcome {
         What::Key => {
             let id = need_id()?;
             let (slots, _) = cairn::repo::keys::list_slots(repo.backend()).await?;
-            let (kid, slot) = slots.iter().find(|(k, _)| k.to_hex().starts_with(&id)).ok_or_else(|| usage(format!("no key slot {id}")))?;
+            let (kid, slot) = slots
+                .iter()
+                .find(|(k, _)| k.to_hex().starts_with(&id))
+                .ok_or_else(|| usage(format!("no key slot {id}")))?;
             json!({"id": kid, "created": slot.created, "host": slot.host, "user": slot.user, "kdf": slot.kdf, "params": slot.params})
         }
         What::Tree => serde_json::to_value(repo.load_tree(&BlobId::from_hex(&need_id()?)?).await?)?,

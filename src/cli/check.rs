@@ -18,13 +18,17 @@ pub struct CheckArgs {
 
 fn parse_subset(text: &str) -> anyhow::Result<ReadData> {
     if let Some(pct) = text.strip_suffix('%') {
-        let p: f64 = pct.trim().parse().map_err(|_| usage(format!("--read-data-subset {text:?}: expected a percentage like 10%")))?;
+        let p: f64 = pct
+            .trim()
+            .parse()
+            .map_err(|_| usage(format!("--read-data-subset {text:?}: expected a percentage like 10%")))?;
         if !(0.0..=100.0).contains(&p) || p == 0.0 {
             return Err(usage(format!("--read-data-subset {text:?}: the percentage must be above 0 and at most 100")));
         }
         return Ok(ReadData::Percent(p));
     }
-    let (k, n) = text.split_once('/').ok_or_else(|| usage(format!("--read-data-subset {text:?}: expected PCT% or K/N")))?;
+    let (k, n) =
+        text.split_once('/').ok_or_else(|| usage(format!("--read-data-subset {text:?}: expected PCT% or K/N")))?;
     let (k, n): (u32, u32) = match (k.trim().parse(), n.trim().parse()) {
         (Ok(k), Ok(n)) if k >= 1 && k <= n && n <= 256 => (k, n),
         _ => return Err(usage(format!("--read-data-subset {text:?}: K/N needs 1 <= K <= N <= 256"))),
@@ -49,10 +53,18 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         }
         ctx.info(format!(
             "checked {} snapshots, {} index files, {} packs, {} blobs; read {} packs ({})",
-            report.snapshots, report.index_files, report.packs, report.blobs, report.packs_read, bytes(report.bytes_read)
+            report.snapshots,
+            report.index_files,
+            report.packs,
+            report.blobs,
+            report.packs_read,
+            bytes(report.bytes_read)
         ));
         if report.unindexed_packs > 0 {
-            ctx.info(format!("{} packs are not in any index (left by an interrupted backup; harmless)", report.unindexed_packs));
+            ctx.info(format!(
+                "{} packs are not in any index (left by an interrupted backup; harmless)",
+                report.unindexed_packs
+            ));
         }
         if report.is_ok() {
             ctx.info("no damage found");

@@ -76,7 +76,9 @@ impl Context {
     pub fn watch_signals(&self) {
         let cancel = self.cancel.clone();
         tokio::spawn(async move {
-            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
             loop {
                 tokio::select! {
                     _ = tokio::signal::ctrl_c() => {}
@@ -134,7 +136,8 @@ impl Context {
             return Ok(Some(Secret::Password(password_from_command(command)?)));
         }
         if let Some(path) = &self.args.password_file {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read password file {}", path.display()))?;
             return Ok(Some(Secret::Password(first_line(&text))));
         }
         if let Ok(password) = std::env::var("CAIRN_PASSWORD") {

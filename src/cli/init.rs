@@ -46,11 +46,16 @@ pub async fn run(ctx: &Context, args: InitArgs) -> Outcome {
     let backend = Backend::from_url(&url, true)?;
     let repo = Repository::init(backend, &secret, &options, &ctx.cache_mode()).await?;
     if ctx.args.json {
-        super::output::print_json(&serde_json::json!({ "id": repo.config().id, "repository": repo.backend().location() }));
+        super::output::print_json(
+            &serde_json::json!({ "id": repo.config().id, "repository": repo.backend().location() }),
+        );
     } else {
         ctx.info(format!("created repository {} at {}", repo.config().id.short(), repo.backend().location()));
         if let Secret::KeyFile(path) = &secret {
-            ctx.info(format!("its key is in {}; keep a copy somewhere safe: losing that file loses these backups", path.display()));
+            ctx.info(format!(
+                "its key is in {}; keep a copy somewhere safe: losing that file loses these backups",
+                path.display()
+            ));
         }
     }
     Ok(0)

@@ -47,11 +47,13 @@ impl NewPassword {
             return password_from_command(command);
         }
         if let Some(path) = &self.new_password_file {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read new password file {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read new password file {}", path.display()))?;
             return Ok(text.lines().next().unwrap_or("").to_string());
         }
-        std::env::var("CAIRN_NEW_PASSWORD")
-            .map_err(|_| anyhow!("no new password given: set CAIRN_NEW_PASSWORD, --new-password-file or --new-password-command"))
+        std::env::var("CAIRN_NEW_PASSWORD").map_err(|_| {
+            anyhow!("no new password given: set CAIRN_NEW_PASSWORD, --new-password-file or --new-password-command")
+        })
     }
 }
 
@@ -70,24 +72,42 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
             } else {
                 for (id, slot) in &slots {
                     let mark = if Some(*id) == repo.key_slot() { "*" } else { " " };
-                    println!("{mark} {}  {}  {}@{}  argon2id m={}MiB t={}", id.short(), slot.created, slot.user, slot.host, slot.params.memory_kib / 1024, slot.params.iterations);
+                    println!(
+                        "{mark} {}  {}  {}@{}  argon2id m={}MiB t={}",
+                        id.short(),
+                        slot.created,
+                        slot.user,
+                        slot.host,
+                        slot.params.memory_kib / 1024,
+                        slot.params.iterations
+                    );
                 }
             }
         }
         KeyCommand::Add(new) => {
-            let id = add_slot(backend, repo.key(), new.read()?.as_bytes(), kdf_params(new.kdf_memory_mib, new.kdf_iterations)).await?;
+            let id = add_slot(
+                backend,
+                repo.key(),
+                new.read()?.as_bytes(),
+                kdf_params(new.kdf_memory_mib, new.kdf_iterations),
+            )
+            .await?;
             ctx.info(format!("added key slot {}", id.short()));
         }
         KeyCommand::Remove { id } => {
             let (slots, _) = list_slots(backend).await?;
-            let matches: Vec<KeyId> = slots.iter().map(|(k, _)| *k).filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
+            let matches: Vec<KeyId> =
+                slots.iter().map(|(k, _)| *k).filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
             let target = match matches.as_slice() {
                 [one] => *one,
                 [] => bail!("no key slot with id prefix {id}; list them with `cairn key list`"),
                 _ => bail!("key slot id prefix {id} is ambiguous; give more characters"),
             };
             if Some(target) == repo.key_slot() {
-                bail!("key slot {} is the one that opened the repository; open with another password to remove it", target.short());
+                bail!(
+                    "key slot {} is the one that opened the repository; open with another password to remove it",
+                    target.short()
+                );
             }
             if slots.len() <= 1 && repo.key_slot().is_some() {
                 bail!("refusing to remove the last key slot");
@@ -96,8 +116,16 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
             ctx.info(format!("removed key slot {}", target.short()));
         }
         KeyCommand::Passwd(new) => {
-            let old = repo.key_slot().ok_or_else(|| anyhow!("the repository was opened with a key file; use `cairn key add` to add a password"))?;
-            let id = add_slot(backend, repo.key(), new.read()?.as_bytes(), kdf_params(new.kdf_memory_mib, new.kdf_iterations)).await?;
+            let old = repo.key_slot().ok_or_else(|| {
+                anyhow!("the repository was opened with a key file; use `cairn key add` to add a password")
+            })?;
+            let id = add_slot(
+                backend,
+                repo.key(),
+                new.read()?.as_bytes(),
+                kdf_params(new.kdf_memory_mib, new.kdf_iterations),
+            )
+            .await?;
             backend.delete(&objkeys::key(&old)).await?;
             ctx.info(format!("changed password: key slot {} replaces {}", id.short(), old.short()));
         }

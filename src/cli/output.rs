@@ -21,9 +21,11 @@ impl Progress for Bar {
     fn begin(&self, label: &str, total: Option<u64>) {
         let bar = match total {
             Some(t) => ProgressBar::new(t).with_style(
-                ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap(),
+                ProgressStyle::with_template("{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .unwrap(),
             ),
-            None => ProgressBar::new_spinner().with_style(ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}").unwrap()),
+            None => ProgressBar::new_spinner()
+                .with_style(ProgressStyle::with_template("{spinner} {msg} {bytes} {bytes_per_sec}").unwrap()),
         };
         bar.set_message(label.to_string());
         *self.0.lock().unwrap() = Some(bar);

@@ -32,7 +32,8 @@ pub struct RestoreArgs {
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     let repo = ctx.open().await?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot, &args.filter.filter())?;
-    let progress = Bar::new(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
+    let progress =
+        Bar::new(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
     let options = RestoreOptions { includes: args.includes };
     if let Some(content) = &snapshot.content {
         let written = if args.stdout {
@@ -40,11 +41,19 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
             restore::restore_stream(&repo, content, &mut out, progress.as_ref()).await?
         } else if let Some(path) = &args.to {
             if path.is_dir() {
-                return Err(usage(format!("{} is a directory; snapshot {} is a stream: give a file path to --to", path.display(), id.short())));
+                return Err(usage(format!(
+                    "{} is a directory; snapshot {} is a stream: give a file path to --to",
+                    path.display(),
+                    id.short()
+                )));
             }
             restore::restore_stream_to_file(&repo, content, path, progress.as_ref()).await?
         } else {
-            return Err(usage(format!("snapshot {} is a stream ({}): restore it with --to FILE or --stdout", id.short(), snapshot.kind)));
+            return Err(usage(format!(
+                "snapshot {} is a stream ({}): restore it with --to FILE or --stdout",
+                id.short(),
+                snapshot.kind
+            )));
         };
         if !args.stdout {
             ctx.info(format!("restored snapshot {}: {}", id.short(), bytes(written)));
@@ -70,7 +79,14 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     if ctx.args.json {
         print_json(&stats);
     } else if args.tar.as_deref() != Some(std::path::Path::new("-")) {
-        ctx.info(format!("restored snapshot {}: {} files, {} dirs, {} symlinks, {}", id.short(), stats.files, stats.dirs, stats.symlinks, bytes(stats.bytes)));
+        ctx.info(format!(
+            "restored snapshot {}: {} files, {} dirs, {} symlinks, {}",
+            id.short(),
+            stats.files,
+            stats.dirs,
+            stats.symlinks,
+            bytes(stats.bytes)
+        ));
     }
     Ok(if stats.warnings.is_empty() { 0 } else { 3 })
 }

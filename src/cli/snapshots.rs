@@ -30,7 +30,12 @@ pub struct FilterArgs {
 
 impl FilterArgs {
     pub fn filter(&self) -> SnapshotFilter {
-        SnapshotFilter { name: self.name.clone(), kind: self.kind.clone(), host: self.host.clone(), tags: self.tags.clone() }
+        SnapshotFilter {
+            name: self.name.clone(),
+            kind: self.kind.clone(),
+            host: self.host.clone(),
+            tags: self.tags.clone(),
+        }
     }
 }
 
@@ -52,10 +57,22 @@ pub async fn run(ctx: &Context, args: SnapshotsArgs) -> Outcome {
         print_json(&list);
         return Ok(0);
     }
-    println!("{:<8}  {:<25}  {:<12}  {:<6}  {:<24}  {:>10}  {:>10}", "id", "time", "host", "kind", "name", "size", "added");
+    println!(
+        "{:<8}  {:<25}  {:<12}  {:<6}  {:<24}  {:>10}  {:>10}",
+        "id", "time", "host", "kind", "name", "size", "added"
+    );
     for (id, s) in &snapshots {
         let time = s.time.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S %z").to_string();
-        println!("{:<8}  {:<25}  {:<12}  {:<6}  {:<24}  {:>10}  {:>10}", id.short(), time, s.host, s.kind, s.name, bytes(s.stats.size), bytes(s.stats.added));
+        println!(
+            "{:<8}  {:<25}  {:<12}  {:<6}  {:<24}  {:>10}  {:>10}",
+            id.short(),
+            time,
+            s.host,
+            s.kind,
+            s.name,
+            bytes(s.stats.size),
+            bytes(s.stats.added)
+        );
     }
     println!("{} snapshots", snapshots.len());
     Ok(0)

@@ -13,7 +13,12 @@ pub async fn run(ctx: &Context) -> Outcome {
         println!("repository   {}", repo.backend().location());
         println!("snapshots    {}", stats.snapshots);
         println!("logical      {}", bytes(stats.logical_bytes));
-        println!("stored       {} in {} packs, {} index files", bytes(stats.stored_bytes), stats.packs, stats.index_files);
+        println!(
+            "stored       {} in {} packs, {} index files",
+            bytes(stats.stored_bytes),
+            stats.packs,
+            stats.index_files
+        );
         println!("blobs        {}", stats.blobs);
         println!("dedup ratio  {:.2}x", stats.dedup_ratio);
     }

@@ -47,7 +47,12 @@ pub enum Root {
 }
 
 /// Run `producer` against a saver and commit a snapshot of what it produced.
-async fn run<F>(repo: &Repository, options: &BackupOptions, parent: Option<SnapshotId>, producer: F) -> Result<BackupResult>
+async fn run<F>(
+    repo: &Repository,
+    options: &BackupOptions,
+    parent: Option<SnapshotId>,
+    producer: F,
+) -> Result<BackupResult>
 where
     F: FnOnce(&Saver, &mut SnapshotStats, &mut Vec<String>) -> Result<Root>,
 {
@@ -92,7 +97,13 @@ where
 }
 
 /// Back up a byte stream read to its end.
-pub async fn backup_stream<R: Read + Send>(repo: &Repository, reader: R, options: &BackupOptions, cancel: &Cancel, progress: &dyn Progress) -> Result<BackupResult> {
+pub async fn backup_stream<R: Read + Send>(
+    repo: &Repository,
+    reader: R,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
     let params = repo.config().chunker;
     run(repo, options, None, |saver, _, _| {
         progress.begin("reading", None);
@@ -105,7 +116,13 @@ pub async fn backup_stream<R: Read + Send>(repo: &Repository, reader: R, options
 
 /// Run `command` with `sh -c` and back up its standard output. Its standard error passes
 /// through. No snapshot is committed unless it exits with status 0.
-pub async fn backup_command(repo: &Repository, command: &str, options: &BackupOptions, cancel: &Cancel, progress: &dyn Progress) -> Result<BackupResult> {
+pub async fn backup_command(
+    repo: &Repository,
+    command: &str,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
     let params = repo.config().chunker;
     run(repo, options, None, |saver, _, _| {
         let mut child = Command::new("sh")
@@ -140,9 +157,17 @@ pub async fn backup_command(repo: &Repository, command: &str, options: &BackupOp
 
 /// Back up file trees. Unchanged files are taken from the newest snapshot of the same
 /// name without being read.
-pub async fn backup_files(repo: &Repository, files: &FilesOptions, options: &BackupOptions, cancel: &Cancel, progress: &dyn Progress) -> Result<BackupResult> {
-    let filter = SnapshotFilter { name: Some(options.name.clone()), kind: Some(options.kind.clone()), ..Default::default() };
-    let parent = repo.catalog().snapshots()?.into_iter().filter(|(_, s)| filter.matches(s) && s.tree.is_some()).next_back();
+pub async fn backup_files(
+    repo: &Repository,
+    files: &FilesOptions,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    let filter =
+        SnapshotFilter { name: Some(options.name.clone()), kind: Some(options.kind.clone()), ..Default::default() };
+    let parent =
+        repo.catalog().snapshots()?.into_iter().filter(|(_, s)| filter.matches(s) && s.tree.is_some()).next_back();
     let parent_id = parent.as_ref().map(|(id, _)| *id);
     let parent_tree = parent.and_then(|(_, s)| s.tree);
     let handle = tokio::runtime::Handle::current();

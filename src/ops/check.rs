@@ -93,7 +93,8 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
         }
     }
 
-    let to_read: Vec<PackId> = indexed.iter().map(|p| p.id).filter(|id| stored.contains_key(id) && wanted(read_data, id)).collect();
+    let to_read: Vec<PackId> =
+        indexed.iter().map(|p| p.id).filter(|id| stored.contains_key(id) && wanted(read_data, id)).collect();
     if !to_read.is_empty() {
         let total: u64 = indexed.iter().filter(|p| to_read.contains(&p.id)).map(|p| p.size).sum();
         progress.begin("reading packs", Some(total));
@@ -121,14 +122,20 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
         progress.end();
     }
 
-    let mut walk = Walk { repo, catalog: &catalog, damaged: &damaged, good_trees: HashSet::new(), bad_trees: HashMap::new() };
+    let mut walk =
+        Walk { repo, catalog: &catalog, damaged: &damaged, good_trees: HashSet::new(), bad_trees: HashMap::new() };
     for object in backend.list(keys::SNAPSHOTS).await? {
         let Ok(id) = SnapshotId::from_hex(keys::name(&object.key)) else { continue };
         report.snapshots += 1;
         match crate::repo::read_snapshot(backend, key, &id).await {
             Ok(snapshot) => {
                 for problem in walk.snapshot(&snapshot).await {
-                    report.errors.push(format!("snapshot {} ({} {}): {problem}", id.short(), snapshot.kind, snapshot.name));
+                    report.errors.push(format!(
+                        "snapshot {} ({} {}): {problem}",
+                        id.short(),
+                        snapshot.kind,
+                        snapshot.name
+                    ));
                 }
             }
             Err(e) => report.errors.push(format!("snapshot {id}: {e}")),
@@ -156,7 +163,12 @@ async fn load_index(backend: &Backend, key: &MasterKey, name: &str) -> Result<In
 
 /// Read a whole pack; returns its size and the problems found, each with the blob it
 /// concerns (`None` when it concerns the whole pack).
-async fn read_pack(backend: &Backend, key: &MasterKey, catalog: &Catalog, id: &PackId) -> Result<(u64, Vec<(Option<BlobId>, String)>)> {
+async fn read_pack(
+    backend: &Backend,
+    key: &MasterKey,
+    catalog: &Catalog,
+    id: &PackId,
+) -> Result<(u64, Vec<(Option<BlobId>, String)>)> {
     let bytes = backend.get(&keys::pack(id)).await?;
     let expected = catalog.pack_blobs(id)?;
     let key = key.clone();
@@ -178,7 +190,10 @@ async fn read_pack(backend: &Backend, key: &MasterKey, catalog: &Catalog, id: &P
         let in_header: HashMap<BlobId, &pack::PackEntry> = entries.iter().map(|e| (e.id, e)).collect();
         for blob in &expected {
             if in_header.get(&blob.id).is_none_or(|e| **e != *blob) {
-                problems.push((Some(blob.id), format!("blob {} in pack {id}: the pack header disagrees with the index", blob.id)));
+                problems.push((
+                    Some(blob.id),
+                    format!("blob {} in pack {id}: the pack header disagrees with the index", blob.id),
+                ));
                 continue;
             }
             let sealed = &bytes[blob.offset as usize..blob.end() as usize];
@@ -226,8 +241,13 @@ impl Walk<'_> {
 
     /// Load a metadata blob through the fresh catalog (never the cache).
     async fn load_meta(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let location = self.catalog.lookup(id)?.ok_or_else(|| Error::corrupt(format!("blob {id} is not in any index")))?;
-        let sealed = self.repo.backend().get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await?;
+        let location =
+            self.catalog.lookup(id)?.ok_or_else(|| Error::corrupt(format!("blob {id} is not in any index")))?;
+        let sealed = self
+            .repo
+            .backend()
+            .get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end())
+            .await?;
         crate::repo::load::open_located(self.repo.key(), &location, &sealed)
     }
 

@@ -42,16 +42,23 @@ pub struct RestoreStats {
 }
 
 /// Write a stream's data, in order, to `out`.
-pub async fn restore_stream<W: Write>(repo: &Repository, content: &Content, out: &mut W, progress: &dyn Progress) -> Result<u64> {
+pub async fn restore_stream<W: Write>(
+    repo: &Repository,
+    content: &Content,
+    out: &mut W,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let mut blobs = std::pin::pin!(read_content(repo, content));
     let mut written = 0u64;
     progress.begin("restoring", Some(content.size));
     while let Some(blob) = blobs.try_next().await? {
-        tokio::task::block_in_place(|| out.write_all(&blob)).map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
+        tokio::task::block_in_place(|| out.write_all(&blob))
+            .map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
         written += blob.len() as u64;
         progress.advance(blob.len() as u64);
     }
-    tokio::task::block_in_place(|| out.flush()).map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
+    tokio::task::block_in_place(|| out.flush())
+        .map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
     progress.end();
     if written != content.size {
         return Err(Error::corrupt(format!("restored {written} bytes but the snapshot records {}", content.size)));
@@ -60,7 +67,12 @@ pub async fn restore_stream<W: Write>(repo: &Repository, content: &Content, out:
 }
 
 /// Restore a stream into `path` through a temporary file beside it, renamed when complete.
-pub async fn restore_stream_to_file(repo: &Repository, content: &Content, path: &Path, progress: &dyn Progress) -> Result<u64> {
+pub async fn restore_stream_to_file(
+    repo: &Repository,
+    content: &Content,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<u64> {
     let tmp = sibling_temp(path);
     let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     let result = async {
@@ -131,7 +143,13 @@ struct Plan {
 }
 
 /// Restore a tree into `target`, creating it if needed.
-pub async fn restore_tree_to_dir(repo: &Repository, root: &BlobId, target: &Path, options: &RestoreOptions, progress: &dyn Progress) -> Result<RestoreStats> {
+pub async fn restore_tree_to_dir(
+    repo: &Repository,
+    root: &BlobId,
+    target: &Path,
+    options: &RestoreOptions,
+    progress: &dyn Progress,
+) -> Result<RestoreStats> {
     std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
     let mut stats = RestoreStats::default();
     let mut plan = Plan::default();
@@ -149,7 +167,9 @@ pub async fn restore_tree_to_dir(repo: &Repository, root: &BlobId, target: &Path
             match node.kind {
                 NodeKind::Dir => {
                     create_dir(&path)?;
-                    let subtree = node.subtree.ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", path.display())))?;
+                    let subtree = node
+                        .subtree
+                        .ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", path.display())))?;
                     stack.push((repo.load_tree(&subtree).await?, path.clone(), rel_path));
                     if restore {
                         stats.dirs += 1;
@@ -166,7 +186,8 @@ pub async fn restore_tree_to_dir(repo: &Repository, root: &BlobId, target: &Path
                 NodeKind::Symlink => {
                     let target_bytes = node.target_bytes().unwrap_or_default();
                     let _ = std::fs::remove_file(&path);
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target_bytes), &path).map_err(|e| Error::io("create symlink", &path, e))?;
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target_bytes), &path)
+                        .map_err(|e| Error::io("create symlink", &path, e))?;
                     stats.symlinks += 1;
                     plan.metadata.push((path, node));
                 }
@@ -208,13 +229,22 @@ async fn plan_file(repo: &Repository, plan: &mut Plan, path: &Path, node: &Node)
         offset += entry.1;
     }
     if offset != node.size {
-        return Err(Error::corrupt(format!("{}: content holds {offset} bytes but the tree records {}", path.display(), node.size)));
+        return Err(Error::corrupt(format!(
+            "{}: content holds {offset} bytes but the tree records {}",
+            path.display(),
+            node.size
+        )));
     }
     Ok(())
 }
 
 /// Fetch each pack once and write every blob to all its targets.
-async fn write_data(repo: &Repository, files: Vec<PathBuf>, blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>, progress: &dyn Progress) -> Result<()> {
+async fn write_data(
+    repo: &Repository,
+    files: Vec<PathBuf>,
+    blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
+    progress: &dyn Progress,
+) -> Result<()> {
     let mut by_pack: BTreeMap<PackId, Vec<(BlobLocation, Vec<Target>)>> = BTreeMap::new();
     for (_, (location, targets)) in blobs {
         by_pack.entry(location.pack).or_default().push((location, targets));
@@ -256,7 +286,13 @@ async fn write_data(repo: &Repository, files: Vec<PathBuf>, blobs: HashMap<BlobI
         .await
 }
 
-fn write_range(key: &crate::crypto::MasterKey, files: &[PathBuf], start: u64, bytes: &[u8], items: &[(BlobLocation, Vec<Target>)]) -> Result<u64> {
+fn write_range(
+    key: &crate::crypto::MasterKey,
+    files: &[PathBuf],
+    start: u64,
+    bytes: &[u8],
+    items: &[(BlobLocation, Vec<Target>)],
+) -> Result<u64> {
     let mut open: HashMap<usize, std::fs::File> = HashMap::new();
     let mut written = 0;
     for (location, targets) in items {
@@ -266,9 +302,9 @@ fn write_range(key: &crate::crypto::MasterKey, files: &[PathBuf], start: u64, by
             let path = &files[target.file];
             let file = match open.entry(target.file) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?)
-                }
+                std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                    std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?,
+                ),
             };
             file.write_all_at(&data, target.offset).map_err(|e| Error::io("write", path, e))?;
             written += data.len() as u64;
@@ -290,7 +326,10 @@ fn apply_metadata(nodes: &[(PathBuf, Node)], warnings: &mut Vec<String>) {
 
 fn set_metadata(path: &Path, node: &Node, root: bool) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let mtime = filetime::FileTime::from_unix_time(node.mtime.div_euclid(1_000_000_000), node.mtime.rem_euclid(1_000_000_000) as u32);
+    let mtime = filetime::FileTime::from_unix_time(
+        node.mtime.div_euclid(1_000_000_000),
+        node.mtime.rem_euclid(1_000_000_000) as u32,
+    );
     if node.kind == NodeKind::Symlink {
         if root {
             std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
@@ -309,13 +348,20 @@ pub fn is_root() -> bool {
 }
 
 /// Write a tree as a tar stream (GNU format) to `out`.
-pub async fn restore_tree_to_tar<W: Write + Send>(repo: &Repository, root: &BlobId, out: W, options: &RestoreOptions) -> Result<RestoreStats> {
+pub async fn restore_tree_to_tar<W: Write + Send>(
+    repo: &Repository,
+    root: &BlobId,
+    out: W,
+    options: &RestoreOptions,
+) -> Result<RestoreStats> {
     let mut builder = tar::Builder::new(out);
     let mut stats = RestoreStats::default();
     let includes = includes(options);
-    let tar_err = |e: std::io::Error| Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}"));
+    let tar_err =
+        |e: std::io::Error| Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}"));
     // Depth-first, in stored (name) order: directories precede their contents.
-    let mut stack: Vec<(std::vec::IntoIter<Node>, Vec<u8>)> = vec![(repo.load_tree(root).await?.nodes.into_iter(), Vec::new())];
+    let mut stack: Vec<(std::vec::IntoIter<Node>, Vec<u8>)> =
+        vec![(repo.load_tree(root).await?.nodes.into_iter(), Vec::new())];
     while let Some((iter, rel)) = stack.last_mut() {
         let Some(node) = iter.next() else {
             stack.pop();
@@ -339,10 +385,12 @@ pub async fn restore_tree_to_tar<W: Write + Send>(repo: &Repository, root: &Blob
             NodeKind::Dir => {
                 if restore {
                     header.set_entry_type(tar::EntryType::Directory);
-                    tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), std::io::empty())).map_err(tar_err)?;
+                    tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), std::io::empty()))
+                        .map_err(tar_err)?;
                     stats.dirs += 1;
                 }
-                let subtree = node.subtree.ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", node.name)))?;
+                let subtree =
+                    node.subtree.ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", node.name)))?;
                 stack.push((repo.load_tree(&subtree).await?.nodes.into_iter(), rel_path));
             }
             _ if !restore => {}
@@ -354,7 +402,8 @@ pub async fn restore_tree_to_tar<W: Write + Send>(repo: &Repository, root: &Blob
                 // Files larger than 64 MiB stream through a pipe thread to bound memory.
                 if node.size <= 64 << 20 {
                     restore_stream(repo, &content, &mut data, &crate::progress::Silent).await?;
-                    tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), &data[..])).map_err(tar_err)?;
+                    tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), &data[..]))
+                        .map_err(tar_err)?;
                 } else {
                     append_large(repo, &content, &mut builder, &mut header, Path::new(path)).await?;
                 }
@@ -364,7 +413,10 @@ pub async fn restore_tree_to_tar<W: Write + Send>(repo: &Repository, root: &Blob
             NodeKind::Symlink => {
                 header.set_entry_type(tar::EntryType::Symlink);
                 let target = node.target_bytes().unwrap_or_default();
-                tokio::task::block_in_place(|| builder.append_link(&mut header, Path::new(path), std::ffi::OsStr::from_bytes(&target))).map_err(tar_err)?;
+                tokio::task::block_in_place(|| {
+                    builder.append_link(&mut header, Path::new(path), std::ffi::OsStr::from_bytes(&target))
+                })
+                .map_err(tar_err)?;
                 stats.symlinks += 1;
             }
             other => stats.warnings.push(format!("{}: {other:?} nodes are not written to tar", node.name)),
@@ -376,12 +428,19 @@ pub async fn restore_tree_to_tar<W: Write + Send>(repo: &Repository, root: &Blob
 
 /// Append a large file: a scoped thread writes the tar entry from a bounded channel while
 /// this thread fetches blobs into it, so memory stays bounded by the channel.
-async fn append_large<W: Write + Send>(repo: &Repository, content: &Content, builder: &mut tar::Builder<W>, header: &mut tar::Header, path: &Path) -> Result<()> {
+async fn append_large<W: Write + Send>(
+    repo: &Repository,
+    content: &Content,
+    builder: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    path: &Path,
+) -> Result<()> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-            let writer = scope.spawn(move || builder.append_data(header, path, ChannelReader { rx, buf: Vec::new(), pos: 0 }));
+            let writer =
+                scope.spawn(move || builder.append_data(header, path, ChannelReader { rx, buf: Vec::new(), pos: 0 }));
             let fed = handle.block_on(async {
                 let mut blobs = std::pin::pin!(read_content(repo, content));
                 while let Some(blob) = blobs.try_next().await? {
@@ -422,4 +481,3 @@ impl std::io::Read for ChannelReader {
         Ok(n)
     }
 }
-

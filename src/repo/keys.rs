@@ -40,14 +40,21 @@ pub struct KeySlotFile {
 
 impl KeySlotFile {
     pub fn parse(name: &str, bytes: &[u8]) -> Result<Self> {
-        let slot: KeySlotFile = serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("key slot {name} is not valid: {e}")))?;
+        let slot: KeySlotFile =
+            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("key slot {name} is not valid: {e}")))?;
         if slot.version != 1 || slot.kdf != "argon2id" {
-            return Err(Error::corrupt(format!("key slot {name} has unsupported version {} or kdf {:?}", slot.version, slot.kdf)));
+            return Err(Error::corrupt(format!(
+                "key slot {name} has unsupported version {} or kdf {:?}",
+                slot.version, slot.kdf
+            )));
         }
         // A slot is read from storage before anything is authenticated: refuse parameters
         // that would make opening the repository exhaust memory or time.
         let p = slot.params;
-        if !(8..=MAX_KDF_MEMORY_KIB).contains(&p.memory_kib) || !(1..=64).contains(&p.iterations) || !(1..=16).contains(&p.parallelism) {
+        if !(8..=MAX_KDF_MEMORY_KIB).contains(&p.memory_kib)
+            || !(1..=64).contains(&p.iterations)
+            || !(1..=16).contains(&p.parallelism)
+        {
             return Err(Error::corrupt(format!(
                 "key slot {name} asks for argon2id m={} KiB t={} p={}, beyond the allowed 4 GiB, 64 passes, 16 lanes",
                 p.memory_kib, p.iterations, p.parallelism
@@ -132,7 +139,11 @@ pub async fn unlock(backend: &Backend, secret: &Secret) -> Result<(MasterKey, Op
                     return Ok((key, Some(*id)));
                 }
             }
-            let mut message = format!("wrong password or no key slot matches ({} slots tried at {})", slots.len(), backend.location());
+            let mut message = format!(
+                "wrong password or no key slot matches ({} slots tried at {})",
+                slots.len(),
+                backend.location()
+            );
             if !skipped.is_empty() {
                 message.push_str(&format!("; {} unreadable slots skipped: {}", skipped.len(), skipped.join("; ")));
             }
@@ -157,7 +168,8 @@ impl KeyFile {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self> {
-        let file: KeyFile = serde_json::from_slice(bytes).map_err(|e| Error::new(ErrorKind::WrongPassword, format!("not a cairn key file: {e}")))?;
+        let file: KeyFile = serde_json::from_slice(bytes)
+            .map_err(|e| Error::new(ErrorKind::WrongPassword, format!("not a cairn key file: {e}")))?;
         if file.version != 1 || file.key.len() != 128 {
             return Err(Error::new(ErrorKind::WrongPassword, "not a cairn key file of version 1"));
         }
@@ -165,7 +177,8 @@ impl KeyFile {
     }
 
     pub fn master_key(&self) -> Result<MasterKey> {
-        let bytes = hex::decode(&self.key).map_err(|_| Error::new(ErrorKind::WrongPassword, "key file key is not hex"))?;
+        let bytes =
+            hex::decode(&self.key).map_err(|_| Error::new(ErrorKind::WrongPassword, "key file key is not hex"))?;
         MasterKey::from_bytes(&bytes)
     }
 
@@ -203,7 +216,11 @@ mod tests {
 
     #[test]
     fn hostile_kdf_parameters_are_refused() {
-        let slot = |m: u32, t: u32| format!(r#"{{"version":1,"kdf":"argon2id","params":{{"memory_kib":{m},"iterations":{t},"parallelism":1}},"salt":"00","wrapped":"00","created":"2026-01-01T00:00:00Z","host":"h","user":"u"}}"#);
+        let slot = |m: u32, t: u32| {
+            format!(
+                r#"{{"version":1,"kdf":"argon2id","params":{{"memory_kib":{m},"iterations":{t},"parallelism":1}},"salt":"00","wrapped":"00","created":"2026-01-01T00:00:00Z","host":"h","user":"u"}}"#
+            )
+        };
         assert!(KeySlotFile::parse("k", slot(65536, 3).as_bytes()).is_ok());
         assert!(KeySlotFile::parse("k", slot(u32::MAX, 3).as_bytes()).is_err());
         assert!(KeySlotFile::parse("k", slot(65536, 1_000_000).as_bytes()).is_err());

@@ -12,8 +12,8 @@ use crate::catalog::BlobLocation;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
-use crate::pack::BlobKind;
 use crate::pack;
+use crate::pack::BlobKind;
 use crate::snapshot::{decode_node, Content, ContentEntry};
 use futures::{Stream, StreamExt};
 
@@ -41,7 +41,12 @@ impl Repository {
                 None => {
                     let bytes = self.backend().get(&keys::pack(&location.pack)).await?;
                     if bytes.len() as u64 != location.pack_size {
-                        return Err(Error::corrupt(format!("pack {} has {} bytes, the index says {}", location.pack, bytes.len(), location.pack_size)));
+                        return Err(Error::corrupt(format!(
+                            "pack {} has {} bytes, the index says {}",
+                            location.pack,
+                            bytes.len(),
+                            location.pack_size
+                        )));
                     }
                     self.meta_cache.insert(location.pack, bytes.clone());
                     bytes
@@ -49,7 +54,8 @@ impl Repository {
             };
             return open_located(self.key(), &location, &pack[range]);
         }
-        let sealed = self.backend().get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await?;
+        let sealed =
+            self.backend().get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await?;
         open_located(self.key(), &location, &sealed)
     }
 }
@@ -111,10 +117,14 @@ impl<'a> LeafWalker<'a> {
                 return Ok(Some(entry));
             }
             let depth = *depth;
-            let (child_depth, children) = decode_node(&self.repo.load_blob(&entry.0).await?).map_err(|e| e.context(format!("stream node {}", entry.0)))?;
+            let (child_depth, children) = decode_node(&self.repo.load_blob(&entry.0).await?)
+                .map_err(|e| e.context(format!("stream node {}", entry.0)))?;
             let total: u64 = children.iter().map(|c| c.1).sum();
             if child_depth + 1 != depth || total != entry.1 {
-                return Err(Error::corrupt(format!("stream node {} does not match its parent (depth {child_depth}, {total} bytes)", entry.0)));
+                return Err(Error::corrupt(format!(
+                    "stream node {} does not match its parent (depth {child_depth}, {total} bytes)",
+                    entry.0
+                )));
             }
             self.stack.push((child_depth, children, 0));
         }
@@ -133,7 +143,9 @@ impl Group {
 
     fn extends(&self, next: &BlobLocation) -> bool {
         let last = self.locations.last().unwrap();
-        last.pack == next.pack && last.entry.end() == next.entry.offset && next.entry.end() - self.range().start <= MAX_GROUP_BYTES
+        last.pack == next.pack
+            && last.entry.end() == next.entry.offset
+            && next.entry.end() - self.range().start <= MAX_GROUP_BYTES
     }
 }
 
@@ -160,28 +172,31 @@ async fn fetch_group(repo: &Repository, group: Group) -> Result<Vec<Vec<u8>>> {
 /// The data of `content`, in order, as a stream of blob plaintexts.
 pub fn read_content<'a>(repo: &'a Repository, content: &Content) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
     let walker = LeafWalker::new(repo, content);
-    let groups = futures::stream::unfold((walker, None::<BlobLocation>, false), move |(mut walker, mut pending, done)| async move {
-        if done {
-            return None;
-        }
-        let mut group: Option<Group> = pending.take().map(|l| Group { locations: vec![l] });
-        loop {
-            let next = match walker.next().await {
-                Ok(Some(entry)) => entry,
-                Ok(None) => return group.map(|g| (Ok(g), (walker, None, true))),
-                Err(e) => return Some((Err(e), (walker, None, true))),
-            };
-            let location = match repo.locate(&next.0) {
-                Ok(l) => l,
-                Err(e) => return Some((Err(e), (walker, None, true))),
-            };
-            match &mut group {
-                None => group = Some(Group { locations: vec![location] }),
-                Some(g) if g.extends(&location) => g.locations.push(location),
-                Some(_) => return group.map(|g| (Ok(g), (walker, Some(location), false))),
+    let groups = futures::stream::unfold(
+        (walker, None::<BlobLocation>, false),
+        move |(mut walker, mut pending, done)| async move {
+            if done {
+                return None;
             }
-        }
-    });
+            let mut group: Option<Group> = pending.take().map(|l| Group { locations: vec![l] });
+            loop {
+                let next = match walker.next().await {
+                    Ok(Some(entry)) => entry,
+                    Ok(None) => return group.map(|g| (Ok(g), (walker, None, true))),
+                    Err(e) => return Some((Err(e), (walker, None, true))),
+                };
+                let location = match repo.locate(&next.0) {
+                    Ok(l) => l,
+                    Err(e) => return Some((Err(e), (walker, None, true))),
+                };
+                match &mut group {
+                    None => group = Some(Group { locations: vec![location] }),
+                    Some(g) if g.extends(&location) => g.locations.push(location),
+                    Some(_) => return group.map(|g| (Ok(g), (walker, Some(location), false))),
+                }
+            }
+        },
+    );
     groups
         .map(move |group| async move {
             match group {

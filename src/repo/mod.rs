@@ -90,7 +90,10 @@ impl Repository {
             ));
         }
         if !(1..=22).contains(&options.compression_level) && options.compression_level != 0 {
-            return Err(Error::invalid(format!("compression level {} is out of range 0..=22", options.compression_level)));
+            return Err(Error::invalid(format!(
+                "compression level {} is out of range 0..=22",
+                options.compression_level
+            )));
         }
         if !(1 << 20..=256 << 20).contains(&options.pack_size) {
             return Err(Error::invalid(format!("pack size {} is out of range 1 MiB..=256 MiB", options.pack_size)));
@@ -117,7 +120,9 @@ impl Repository {
         // The config is written last and only if absent: two racing inits cannot both win.
         let sealed = object::seal(&key, object::CONFIG_MAGIC, &serde_json::to_vec(&config).expect("config serializes"));
         backend.put(objkeys::CONFIG, sealed.into(), WriteMode::Create).await.map_err(|e| match e.kind() {
-            ErrorKind::AlreadyExists => Error::new(ErrorKind::AlreadyExists, format!("a repository already exists at {}", backend.location())),
+            ErrorKind::AlreadyExists => {
+                Error::new(ErrorKind::AlreadyExists, format!("a repository already exists at {}", backend.location()))
+            }
             _ => e,
         })?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
@@ -139,7 +144,10 @@ impl Repository {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 return Err(Error::new(
                     ErrorKind::NoRepository,
-                    format!("no repository at {}: there is no config object; check the URL or run `cairn init`", backend.location()),
+                    format!(
+                        "no repository at {}: there is no config object; check the URL or run `cairn init`",
+                        backend.location()
+                    ),
                 ))
             }
             Err(e) => return Err(e),
@@ -148,22 +156,36 @@ impl Repository {
         let plain = object::open(&key, object::CONFIG_MAGIC, "config", &config_bytes).map_err(|e| match secret {
             Secret::KeyFile(path) => Error::new(
                 ErrorKind::WrongPassword,
-                format!("key file {} does not open the repository at {}: wrong key file", path.display(), backend.location()),
+                format!(
+                    "key file {} does not open the repository at {}: wrong key file",
+                    path.display(),
+                    backend.location()
+                ),
             ),
             Secret::Password(_) => e,
         })?;
-        let config: RepoConfig = serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("config is not valid: {e}")))?;
+        let config: RepoConfig =
+            serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("config is not valid: {e}")))?;
         if let Secret::KeyFile(path) = secret {
             let file = KeyFile::read(path)?;
             if file.repository != config.id {
                 return Err(Error::new(
                     ErrorKind::WrongPassword,
-                    format!("key file {} belongs to repository {}, not {} at {}", path.display(), file.repository.short(), config.id.short(), backend.location()),
+                    format!(
+                        "key file {} belongs to repository {}, not {} at {}",
+                        path.display(),
+                        file.repository.short(),
+                        config.id.short(),
+                        backend.location()
+                    ),
                 ));
             }
         }
         if config.version != FORMAT_VERSION {
-            return Err(Error::new(ErrorKind::Unsupported, format!("repository format version {} is not supported by this cairn", config.version)));
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("repository format version {} is not supported by this cairn", config.version),
+            ));
         }
         config.chunker.validate().map_err(|e| Error::corrupt(format!("config: {e}")))?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
@@ -211,14 +233,20 @@ impl Repository {
             });
         }
         if spec.len() < 8 || !spec.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(Error::invalid(format!("snapshot {spec:?} is neither `latest` nor an id prefix of at least 8 hex characters")));
+            return Err(Error::invalid(format!(
+                "snapshot {spec:?} is neither `latest` nor an id prefix of at least 8 hex characters"
+            )));
         }
         let spec = spec.to_ascii_lowercase();
         let mut matches = snapshots.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec));
         match (matches.next(), matches.next()) {
             (Some(found), None) => Ok(found),
-            (None, _) => Err(Error::not_found(format!("no snapshot with id prefix {spec}; list them with `cairn snapshots`"))),
-            (Some(_), Some(_)) => Err(Error::invalid(format!("snapshot id prefix {spec} is ambiguous; give more characters"))),
+            (None, _) => {
+                Err(Error::not_found(format!("no snapshot with id prefix {spec}; list them with `cairn snapshots`")))
+            }
+            (Some(_), Some(_)) => {
+                Err(Error::invalid(format!("snapshot id prefix {spec} is ambiguous; give more characters")))
+            }
         }
     }
 }

@@ -114,7 +114,12 @@ impl Saver {
             added_bytes: AtomicU64::new(0),
             added_blobs: AtomicU64::new(0),
         });
-        let indexer = Indexer { backend: repo.backend().clone(), key: repo.key().clone(), catalog: repo.catalog().clone(), seen: shared.seen.clone() };
+        let indexer = Indexer {
+            backend: repo.backend().clone(),
+            key: repo.key().clone(),
+            catalog: repo.catalog().clone(),
+            seen: shared.seen.clone(),
+        };
         let uploader = runtime.spawn(upload_loop(indexer, upload_rx));
         let (data_tx, data_rx) = sync_channel::<Job>(workers * 2);
         let data_rx = Arc::new(Mutex::new(data_rx));
@@ -254,8 +259,10 @@ fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
         let Ok(batch) = job else { break };
         // Compress the whole batch in parallel with the other workers, then seal it into
         // the shared pack under one lock acquisition.
-        let encoded: Vec<(BlobId, Vec<u8>, usize)> =
-            batch.into_iter().map(|(id, data)| (id, crate::compress::encode(&data, shared.level), data.len())).collect();
+        let encoded: Vec<(BlobId, Vec<u8>, usize)> = batch
+            .into_iter()
+            .map(|(id, data)| (id, crate::compress::encode(&data, shared.level), data.len()))
+            .collect();
         let mut full = Vec::new();
         {
             let mut slot = shared.data_pack.lock().unwrap_or_else(|p| p.into_inner());

@@ -121,7 +121,8 @@ impl<'a> Walker<'a> {
     fn walk_one(&mut self, top: &Path, previous: Option<Node>) -> Result<Option<Node>> {
         let mut stack: Vec<Frame> = Vec::new();
         let mut result = None;
-        let mut entries = WalkDir::new(top).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name())).into_iter();
+        let mut entries =
+            WalkDir::new(top).follow_links(false).sort_by(|a, b| a.file_name().cmp(b.file_name())).into_iter();
         while let Some(entry) = entries.next() {
             self.cancel.check()?;
             let entry = match entry {
@@ -282,7 +283,11 @@ fn insert(root: &mut VirtualDir, components: &[Vec<u8>], node: Node) {
 }
 
 fn unchanged(prev: &Node, meta: &Metadata) -> bool {
-    prev.kind == NodeKind::File && prev.size == meta.len() && prev.mtime == mtime_ns(meta) && prev.ctime == ctime_ns(meta) && prev.inode == meta.ino()
+    prev.kind == NodeKind::File
+        && prev.size == meta.len()
+        && prev.mtime == mtime_ns(meta)
+        && prev.ctime == ctime_ns(meta)
+        && prev.inode == meta.ino()
 }
 
 fn mtime_ns(meta: &Metadata) -> i64 {

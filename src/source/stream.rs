@@ -9,7 +9,13 @@ use crate::snapshot::{Content, ContentBuilder};
 use std::io::Read;
 
 /// Store everything `reader` yields; returns its content list.
-pub fn store_stream<R: Read>(saver: &Saver, reader: R, params: ChunkerParams, cancel: &Cancel, progress: &dyn Progress) -> Result<Content> {
+pub fn store_stream<R: Read>(
+    saver: &Saver,
+    reader: R,
+    params: ChunkerParams,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<Content> {
     let mut builder = ContentBuilder::new();
     for chunk in Chunker::new(reader, params) {
         cancel.check()?;

@@ -31,7 +31,20 @@ fn stdin_round_trip_dedup_and_snapshot_json() {
 fn time_tags_kind_and_filters() {
     let env = Env::new();
     env.cmd()
-        .args(["backup", "stdin", "--name", "old", "--kind", "pg", "--tag", "nightly", "--tag", "import", "--time", "2025-03-01T02:00:00+01:00"])
+        .args([
+            "backup",
+            "stdin",
+            "--name",
+            "old",
+            "--kind",
+            "pg",
+            "--tag",
+            "nightly",
+            "--tag",
+            "import",
+            "--time",
+            "2025-03-01T02:00:00+01:00",
+        ])
         .write_stdin("dump of march")
         .assert()
         .success();
@@ -45,17 +58,31 @@ fn time_tags_kind_and_filters() {
     assert_eq!(old.get_output().stdout, b"dump of march");
     // The newest snapshot overall is "new", although "old" was written later.
     assert_eq!(env.restore_stdout("latest"), b"dump of today");
-    env.cmd().args(["backup", "stdin", "--name", "x", "--time", "yesterday"]).assert().code(2).stderr(predicate::str::contains("RFC 3339"));
+    env.cmd()
+        .args(["backup", "stdin", "--name", "x", "--time", "yesterday"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("RFC 3339"));
 }
 
 #[test]
 fn command_producer_commits_only_on_success() {
     let env = Env::new();
-    env.cmd().args(["backup", "stdin", "--name", "cmd", "--command", "printf 'hello from producer'"]).assert().success();
+    env.cmd()
+        .args(["backup", "stdin", "--name", "cmd", "--command", "printf 'hello from producer'"])
+        .assert()
+        .success();
     assert_eq!(env.restore_stdout("latest"), b"hello from producer");
 
     env.cmd()
-        .args(["backup", "stdin", "--name", "cmd", "--command", "echo partial; echo 'pg_dump: error: connection lost' >&2; exit 3"])
+        .args([
+            "backup",
+            "stdin",
+            "--name",
+            "cmd",
+            "--command",
+            "echo partial; echo 'pg_dump: error: connection lost' >&2; exit 3",
+        ])
         .assert()
         .code(1)
         .stderr(predicate::str::contains("connection lost").and(predicate::str::contains("exited with status 3")));
@@ -79,14 +106,29 @@ fn wrong_password_no_repository_and_existing_repository() {
         .code(12)
         .stderr(predicate::str::contains("wrong password or no key slot matches"));
     let missing = env.path("nowhere");
-    env.cmd().env("CAIRN_REPO", &missing).arg("snapshots").assert().code(10).stderr(predicate::str::contains("no repository at"));
+    env.cmd()
+        .env("CAIRN_REPO", &missing)
+        .arg("snapshots")
+        .assert()
+        .code(10)
+        .stderr(predicate::str::contains("no repository at"));
     std::fs::create_dir_all(env.path("emptydir")).unwrap();
     env.cmd().env("CAIRN_REPO", env.path("emptydir")).arg("snapshots").assert().code(10);
     let before = crate::harness::walk(&env.repo);
     env.cmd().arg("init").assert().code(1).stderr(predicate::str::contains("already exists"));
     assert_eq!(crate::harness::walk(&env.repo), before, "a refused init must write nothing");
-    env.cmd().env_remove("CAIRN_PASSWORD").arg("snapshots").assert().code(1).stderr(predicate::str::contains("no password given"));
-    env.cmd().env("CAIRN_REPO", "ftp://example/x").arg("snapshots").assert().code(1).stderr(predicate::str::contains("not supported"));
+    env.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no password given"));
+    env.cmd()
+        .env("CAIRN_REPO", "ftp://example/x")
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("not supported"));
 }
 
 #[test]
@@ -96,8 +138,19 @@ fn password_sources() {
     std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
     env.cmd().env_remove("CAIRN_PASSWORD").arg("--password-file").arg(&file).arg("snapshots").assert().success();
     env.cmd().env_remove("CAIRN_PASSWORD").env("CAIRN_PASSWORD_FILE", &file).arg("snapshots").assert().success();
-    env.cmd().env_remove("CAIRN_PASSWORD").args(["--password-command", &format!("echo '{PASSWORD}'")]).arg("snapshots").assert().success();
-    env.cmd().env_remove("CAIRN_PASSWORD").args(["--password-command", "exit 1"]).arg("snapshots").assert().code(1).stderr(predicate::str::contains("password command"));
+    env.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .args(["--password-command", &format!("echo '{PASSWORD}'")])
+        .arg("snapshots")
+        .assert()
+        .success();
+    env.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .args(["--password-command", "exit 1"])
+        .arg("snapshots")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("password command"));
 }
 
 #[test]
@@ -111,7 +164,11 @@ fn key_slots_add_list_remove_passwd() {
     assert_eq!(slots.len(), 2);
     let current = slots.iter().find(|s| s["current"] == true).unwrap()["id"].as_str().unwrap().to_string();
     let other = slots.iter().find(|s| s["current"] == false).unwrap()["id"].as_str().unwrap().to_string();
-    env.cmd().args(["key", "remove", &current[..8]]).assert().code(1).stderr(predicate::str::contains("opened the repository"));
+    env.cmd()
+        .args(["key", "remove", &current[..8]])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("opened the repository"));
     env.cmd().args(["key", "remove", &other[..8]]).assert().success();
     env.cmd().env("CAIRN_PASSWORD", "second").arg("snapshots").assert().code(12);
     env.cmd().args(["key", "passwd"]).env("CAIRN_NEW_PASSWORD", "third").assert().success();
@@ -149,7 +206,12 @@ fn cache_is_only_a_cache() {
     env.backup_stdin("c", &data);
     std::fs::remove_dir_all(env.path("cache")).unwrap();
     assert_eq!(env.restore_stdout("latest"), data);
-    let out = env.cmd().args(["--no-cache", "--json", "backup", "stdin", "--name", "c"]).write_stdin(data.clone()).assert().success();
+    let out = env
+        .cmd()
+        .args(["--no-cache", "--json", "backup", "stdin", "--name", "c"])
+        .write_stdin(data.clone())
+        .assert()
+        .success();
     let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert!(report["added"].as_u64().unwrap() < 4096, "a --no-cache backup must still deduplicate: {report}");
     let out = env.cmd().args(["--no-cache", "restore", "latest", "--stdout"]).assert().success();
@@ -167,15 +229,21 @@ fn stats_and_cat() {
     assert_eq!(stats["snapshots"], 2);
     assert_eq!(stats["logical_bytes"], 2 * data.len() as u64);
     assert!(stats["dedup_ratio"].as_f64().unwrap() > 2.0, "{stats}");
-    let config: serde_json::Value = serde_json::from_slice(&env.cmd().args(["cat", "config"]).assert().success().get_output().stdout).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&env.cmd().args(["cat", "config"]).assert().success().get_output().stdout).unwrap();
     assert_eq!(config["version"], 1);
     let id = snap["id"].as_str().unwrap();
-    let shown: serde_json::Value = serde_json::from_slice(&env.cmd().args(["cat", "snapshot", &id[..8]]).assert().success().get_output().stdout).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&env.cmd().args(["cat", "snapshot", &id[..8]]).assert().success().get_output().stdout)
+            .unwrap();
     assert_eq!(shown["id"], id);
     let index = crate::harness::walk(&env.repo.join("index"))[0].file_name().unwrap().to_string_lossy().to_string();
-    let shown: serde_json::Value = serde_json::from_slice(&env.cmd().args(["cat", "index", &index]).assert().success().get_output().stdout).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&env.cmd().args(["cat", "index", &index]).assert().success().get_output().stdout)
+            .unwrap();
     let pack = shown["packs"][0]["id"].as_str().unwrap().to_string();
-    let shown: serde_json::Value = serde_json::from_slice(&env.cmd().args(["cat", "pack", &pack]).assert().success().get_output().stdout).unwrap();
+    let shown: serde_json::Value =
+        serde_json::from_slice(&env.cmd().args(["cat", "pack", &pack]).assert().success().get_output().stdout).unwrap();
     assert!(!shown["blobs"].as_array().unwrap().is_empty());
 }
 
@@ -184,14 +252,29 @@ fn no_progress_bars_in_pipes_or_json() {
     let env = Env::new();
     let out = env.cmd().args(["backup", "stdin", "--name", "p"]).write_stdin(noise(2 << 20, 1)).assert().success();
     let stderr = out.get_output().stderr.clone();
-    assert!(!stderr.contains(&b'\r') && !stderr.contains(&0x1b), "progress output leaked into a pipe: {:?}", String::from_utf8_lossy(&stderr));
+    assert!(
+        !stderr.contains(&b'\r') && !stderr.contains(&0x1b),
+        "progress output leaked into a pipe: {:?}",
+        String::from_utf8_lossy(&stderr)
+    );
 }
 
 #[test]
 fn help_names_every_command_and_exit_codes() {
     let out = assert_cmd::Command::cargo_bin("cairn").unwrap().arg("--help").assert().success();
     let help = String::from_utf8_lossy(&out.get_output().stdout).to_string();
-    for word in ["init", "key", "backup", "snapshots", "restore", "check", "stats", "cat", "12 wrong password", "13 integrity damage"] {
+    for word in [
+        "init",
+        "key",
+        "backup",
+        "snapshots",
+        "restore",
+        "check",
+        "stats",
+        "cat",
+        "12 wrong password",
+        "13 integrity damage",
+    ] {
         assert!(help.contains(word), "--help lacks {word:?}");
     }
     assert_cmd::Command::cargo_bin("cairn").unwrap().arg("frobnicate").assert().code(2);

@@ -69,7 +69,13 @@ fn interrupted_stdin_backup_commits_nothing() {
             None => cmd.env_remove(key),
         };
     }
-    let mut child = cmd.args(["backup", "stdin", "--name", "int"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .args(["backup", "stdin", "--name", "int"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, &noise(8 << 20, 5)).unwrap();
     std::thread::sleep(Duration::from_millis(500));

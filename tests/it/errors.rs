@@ -25,7 +25,11 @@ fn tampered_pack_is_found_and_named() {
         .code(13)
         .stderr(predicate::str::contains(pack_name.as_str()).and(predicate::str::contains(short)));
     // Restore refuses to produce wrong output.
-    env.cmd().args(["restore", "latest", "--stdout"]).assert().code(13).stderr(predicate::str::contains("authentication failed"));
+    env.cmd()
+        .args(["restore", "latest", "--stdout"])
+        .assert()
+        .code(13)
+        .stderr(predicate::str::contains("authentication failed"));
 }
 
 #[test]
@@ -65,9 +69,21 @@ fn bad_snapshot_ids() {
     let env = Env::new();
     env.backup_stdin("d", b"x");
     env.cmd().args(["restore", "abc", "--stdout"]).assert().code(1).stderr(predicate::str::contains("at least 8 hex"));
-    env.cmd().args(["restore", "00000000", "--stdout"]).assert().code(1).stderr(predicate::str::contains("no snapshot with id prefix"));
-    env.cmd().args(["restore", "latest", "--name", "nope", "--stdout"]).assert().code(1).stderr(predicate::str::contains("no snapshot matches"));
-    env.cmd().args(["restore", "latest", "--tar", "-"]).assert().code(2).stderr(predicate::str::contains("is a stream"));
+    env.cmd()
+        .args(["restore", "00000000", "--stdout"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no snapshot with id prefix"));
+    env.cmd()
+        .args(["restore", "latest", "--name", "nope", "--stdout"])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("no snapshot matches"));
+    env.cmd()
+        .args(["restore", "latest", "--tar", "-"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("is a stream"));
 }
 
 /// A real full disk: a 24 MiB tmpfs. Skipped where mounting is not allowed.
@@ -76,7 +92,8 @@ fn disk_full_fails_cleanly_and_leaves_a_valid_repository() {
     let env = Env::empty();
     let mount = env.path("small");
     std::fs::create_dir_all(&mount).unwrap();
-    let mounted = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&mount).status();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&mount).status();
     if !mounted.is_ok_and(|s| s.success()) {
         eprintln!("skipping: cannot mount a tmpfs here");
         return;
@@ -90,7 +107,12 @@ fn disk_full_fails_cleanly_and_leaves_a_valid_repository() {
     let _guard = Unmount(mount.clone());
     let repo = mount.join("repo");
     env.cmd().env("CAIRN_REPO", &repo).arg("init").assert().success();
-    env.cmd().env("CAIRN_REPO", &repo).args(["backup", "stdin", "--name", "small"]).write_stdin(noise(1 << 20, 1)).assert().success();
+    env.cmd()
+        .env("CAIRN_REPO", &repo)
+        .args(["backup", "stdin", "--name", "small"])
+        .write_stdin(noise(1 << 20, 1))
+        .assert()
+        .success();
     env.cmd()
         .env("CAIRN_REPO", &repo)
         .args(["backup", "stdin", "--name", "huge"])
@@ -133,7 +155,14 @@ fn a_key_file_of_another_repository_is_refused() {
     let one = Env::empty();
     let key = one.path("one.key");
     one.cmd().env_remove("CAIRN_PASSWORD").arg("--key-file").arg(&key).arg("init").assert().success();
-    one.cmd().env_remove("CAIRN_PASSWORD").arg("--key-file").arg(&key).args(["backup", "stdin", "--name", "k"]).write_stdin("x").assert().success();
+    one.cmd()
+        .env_remove("CAIRN_PASSWORD")
+        .arg("--key-file")
+        .arg(&key)
+        .args(["backup", "stdin", "--name", "k"])
+        .write_stdin("x")
+        .assert()
+        .success();
     let two = Env::new();
     two.cmd().env_remove("CAIRN_PASSWORD").arg("--key-file").arg(&key).arg("snapshots").assert().code(12);
 }

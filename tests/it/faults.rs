@@ -22,7 +22,12 @@ fn options(name: &str) -> BackupOptions {
 }
 
 async fn init(store: Arc<dyn ObjectStore>) -> Repository {
-    let opts = InitOptions { chunk_avg: 64 << 10, pack_size: 1 << 20, kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 }, ..Default::default() };
+    let opts = InitOptions {
+        chunk_avg: 64 << 10,
+        pack_size: 1 << 20,
+        kdf: KdfParams { memory_kib: 1024, iterations: 1, parallelism: 1 },
+        ..Default::default()
+    };
     Repository::init(Backend::from_store(store, "memory://t"), &secret(), &opts, &CacheMode::Temporary).await.unwrap()
 }
 
@@ -53,7 +58,10 @@ async fn a_dead_store_at_any_write_leaves_a_valid_repository() {
         backup_stream(&repo, &base[..], &options("a"), &Cancel::new(), &Silent).await.unwrap();
         drop(repo);
 
-        let faulty = Arc::new(FaultyStore::new(memory.clone(), FaultPlan { nth_write: nth, persistent: true, land_then_fail: false }));
+        let faulty = Arc::new(FaultyStore::new(
+            memory.clone(),
+            FaultPlan { nth_write: nth, persistent: true, land_then_fail: false },
+        ));
         let repo = open(faulty.clone()).await;
         let result = backup_stream(&repo, &changed[..], &options("b"), &Cancel::new(), &Silent).await;
         let writes = faulty.writes();
@@ -80,10 +88,17 @@ async fn transient_and_lost_reply_faults_are_retried() {
         for land_then_fail in [false, true] {
             let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
             drop(init(memory.clone()).await);
-            let faulty = Arc::new(FaultyStore::new(memory.clone(), FaultPlan { nth_write: nth, persistent: false, land_then_fail }));
+            let faulty = Arc::new(FaultyStore::new(
+                memory.clone(),
+                FaultPlan { nth_write: nth, persistent: false, land_then_fail },
+            ));
             let repo = open(faulty.clone()).await;
             let result = backup_stream(&repo, &data[..], &options("t"), &Cancel::new(), &Silent).await;
-            assert!(result.is_ok(), "write {nth} failing once (landed: {land_then_fail}) broke the backup: {:?}", result.err());
+            assert!(
+                result.is_ok(),
+                "write {nth} failing once (landed: {land_then_fail}) broke the backup: {:?}",
+                result.err()
+            );
             drop(repo);
             verify(memory, &[data.clone()]).await;
         }

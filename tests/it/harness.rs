@@ -52,7 +52,12 @@ impl Env {
 
     /// Back up `data` from stdin under `name`; returns the snapshot's JSON report.
     pub fn backup_stdin(&self, name: &str, data: &[u8]) -> serde_json::Value {
-        let out = self.cmd().args(["--json", "backup", "stdin", "--name", name]).write_stdin(data.to_vec()).assert().success();
+        let out = self
+            .cmd()
+            .args(["--json", "backup", "stdin", "--name", name])
+            .write_stdin(data.to_vec())
+            .assert()
+            .success();
         serde_json::from_slice(&out.get_output().stdout).unwrap()
     }
 
@@ -103,7 +108,8 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 /// A pg_dump-like text stream of `rows` rows; night `variant` updates three scattered rows
 /// and appends `variant * 100` new ones, as a day of a small application would.
 pub fn sql_dump(rows: usize, variant: u64) -> Vec<u8> {
-    let mut out = String::from("--\n-- PostgreSQL database dump\n--\nCOPY public.accounts (id, name, balance) FROM stdin;\n");
+    let mut out =
+        String::from("--\n-- PostgreSQL database dump\n--\nCOPY public.accounts (id, name, balance) FROM stdin;\n");
     let total = rows + variant as usize * 100;
     for i in 0..total {
         let changed = variant > 0 && [rows / 5, rows / 2, rows * 4 / 5].contains(&i);

@@ -84,7 +84,12 @@ fn several_paths_include_and_exclude() {
     make_tree(&src);
     let app = src.join("etc/app");
     let compose = src.join("docker-compose.yml");
-    env.cmd().args(["backup", "files", "--name", "config", "--exclude", "*.env"]).arg(&app).arg(&compose).assert().success();
+    env.cmd()
+        .args(["backup", "files", "--name", "config", "--exclude", "*.env"])
+        .arg(&app)
+        .arg(&compose)
+        .assert()
+        .success();
     let all = env.path("all");
     env.cmd().args(["restore", "latest", "--to"]).arg(&all).assert().success();
     assert!(restored(&all, &app).join("app.toml").exists());
@@ -112,7 +117,12 @@ fn unreadable_file_is_a_warning_with_exit_3() {
     let target = env.path("out");
     env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
     assert!(restored(&target, &src).join("big.bin").exists());
-    env.cmd().args(["backup", "files", "--name", "w"]).arg(env.path("does-not-exist")).assert().code(1).stderr(predicate::str::contains("does-not-exist"));
+    env.cmd()
+        .args(["backup", "files", "--name", "w"])
+        .arg(env.path("does-not-exist"))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("does-not-exist"));
 }
 
 #[test]
