@@ -37,9 +37,28 @@ fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Shannon entropy in bits per byte of every 4th byte: random or already-compressed data
+/// scores just under 8, text and structured data far lower. About 4% of the cost of a
+/// level-3 zstd attempt on incompressible data, which it lets us skip.
+fn sampled_entropy(data: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    let mut n = 0u32;
+    for &b in data.iter().step_by(4) {
+        counts[b as usize] += 1;
+        n += 1;
+    }
+    let n = f64::from(n);
+    counts.iter().filter(|&&c| c > 0).map(|&c| f64::from(c) / n).map(|p| -p * p.log2()).sum()
+}
+
+/// Blobs whose sampled entropy exceeds this are stored raw without trying zstd (borg's
+/// "auto" compression makes the same bet with an lz4 trial).
+const INCOMPRESSIBLE_BITS_PER_BYTE: f64 = 7.9;
+
 /// Encode `data` as a blob plaintext, compressing at `level` when that is smaller.
 pub fn encode(data: &[u8], level: i32) -> Vec<u8> {
-    if level > 0 && data.len() >= 64 {
+    let worth_trying = data.len() < 4096 || sampled_entropy(data) < INCOMPRESSIBLE_BITS_PER_BYTE;
+    if level > 0 && data.len() >= 64 && worth_trying {
         if let Ok(compressed) = compress(data, level) {
             if compressed.len() + 16 < data.len() {
                 let mut out = Vec::with_capacity(compressed.len() + 1);
@@ -87,6 +106,24 @@ mod tests {
             prop_assert!(encoded.len() <= data.len() + 1);
             prop_assert_eq!(decode(encoded, data.len()).unwrap(), data);
         }
+    }
+
+    #[test]
+    fn random_data_skips_zstd_and_text_does_not() {
+        let mut x = 88172645463325252u64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert!(sampled_entropy(&random) > INCOMPRESSIBLE_BITS_PER_BYTE);
+        assert_eq!(encode(&random, 3)[0], RAW);
+        let text: Vec<u8> = (0..5000).flat_map(|i| format!("{i}\tcustomer-{i:x}\t{}.00\n", i * 17).into_bytes()).collect();
+        assert!(sampled_entropy(&text) < 5.0);
+        assert_eq!(encode(&text, 3)[0], ZSTD);
     }
 
     #[test]

@@ -17,6 +17,11 @@ fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("etc/app/app.toml", root.join("current.toml")).unwrap();
     std::fs::set_permissions(root.join("etc/app/conf.d/secret.env"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(root.join("etc/app/conf.d"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    if cairn::ops::restore::is_root() {
+        // Ownership is restored only as root; the tests run as root in CI.
+        std::os::unix::fs::chown(root.join("docker-compose.yml"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("current.toml"), Some(4321), Some(8765)).unwrap();
+    }
     let old = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
     filetime::set_file_mtime(root.join("etc/app/app.toml"), old).unwrap();
 }
@@ -39,6 +44,7 @@ fn assert_same(a: &Path, b: &Path) {
     }
     if ma.file_type().is_symlink() {
         assert_eq!(std::fs::read_link(a).unwrap(), std::fs::read_link(b).unwrap());
+        assert_eq!((ma.uid(), ma.gid()), (mb.uid(), mb.gid()), "owner of symlink {}", b.display());
     }
     if ma.is_dir() {
         let names = |p: &Path| {
