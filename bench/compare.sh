@@ -184,6 +184,9 @@ measure() {
   shift 3
   local tf="$RUN/$tool/time.out"
   printf '\n=== %s %s: %s\n' "$tool" "$step" "$*" >>"$LOGS/$tool.log"
+  # Untimed: flush what earlier steps (or the tree copy) left dirty, so no tool pays for
+  # another's writeback.
+  sync
   if ! /usr/bin/time -f '%e %M' -o "$tf" bash -o pipefail -c '"$@"' _ "$@" >>"$LOGS/$tool.log" 2>&1; then
     printf '%s\t%s\tFAIL\t0\t%s\n' "$tool" "$step" "$bytes" >>"$STEPS_TSV"
     warn "$tool: step '$step' FAILED — see $LOGS/$tool.log"
@@ -293,7 +296,7 @@ system_info() {
   echo "- memory: $(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "- work dir filesystem: $(df -hT "$WORK" | awk 'NR == 2 {print $2 ", " $3 " total, " $5 " free"}')"
   echo "- data: $NIGHTS nightly dumps × ~$NIGHT_MB MB, tree ~$TREE_MB MB (seed $SEED, mutate seed $MUTATE_SEED)"
-  echo "- caches: page cache not dropped — every tool reads warm data; every tool runs the same steps in the same order"
+  echo "- caches: page cache not dropped — every tool reads warm data; every tool runs the same steps in the same order; \`sync\` (untimed) before every step"
   echo "- MB = 10^6 bytes; throughput = logical input bytes / wall seconds"
 }
 

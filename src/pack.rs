@@ -24,6 +24,9 @@ use crate::wire::{put_u32, put_u64, Reader};
 pub const PACK_MAGIC: &[u8; 8] = b"CAIRNpk1";
 const PREFIX_LEN: usize = 8 + SALT_LEN;
 const HEADER_VERSION: u8 = 1;
+/// No pack is larger than this (packs are at most 256 MiB plus one blob); an entry past it
+/// is corrupt. Keeps offset arithmetic far from overflow.
+const MAX_OFFSET: u64 = 1 << 40;
 /// Encoded length of one header or index entry.
 pub const ENTRY_LEN: usize = 1 + 32 + 8 + 4 + 4;
 
@@ -79,7 +82,7 @@ impl PackEntry {
         let kind = BlobKind::from_u8(kind).ok_or_else(|| r.corrupt(format!("unknown blob kind {kind}")))?;
         let id = BlobId(r.array()?);
         let entry = PackEntry { kind, id, offset: r.u64()?, length: r.u32()?, raw_length: r.u32()? };
-        if (entry.length as usize) < crypto::SEAL_OVERHEAD + 1 || entry.offset < PREFIX_LEN as u64 {
+        if (entry.length as usize) < crypto::SEAL_OVERHEAD + 1 || entry.offset < PREFIX_LEN as u64 || entry.offset > MAX_OFFSET {
             return Err(r.corrupt(format!(
                 "blob {} has impossible offset {} or length {}",
                 entry.id.short(),
@@ -91,7 +94,8 @@ impl PackEntry {
     }
 
     pub fn end(&self) -> u64 {
-        self.offset + u64::from(self.length)
+        // Decoded entries have offset <= MAX_OFFSET, so this cannot overflow; saturate anyway.
+        self.offset.saturating_add(u64::from(self.length))
     }
 }
 
@@ -255,6 +259,25 @@ mod tests {
         fn header_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = decode_header(&bytes);
         }
+    }
+
+    /// Found by `cargo fuzz run index`: an offset near u64::MAX overflowed `end()`.
+    #[test]
+    fn huge_offsets_are_corrupt_not_a_panic() {
+        let mut entry = Vec::new();
+        PackEntry { kind: BlobKind::Data, id: BlobId([1; 32]), offset: 24, length: 100, raw_length: 10 }.encode(&mut entry);
+        entry[33..41].copy_from_slice(&u64::MAX.to_le_bytes());
+        let mut header = vec![HEADER_VERSION];
+        header.extend_from_slice(&1u32.to_le_bytes());
+        header.extend_from_slice(&entry);
+        assert!(decode_header(&header).is_err());
+        let mut index = vec![1u8];
+        index.extend_from_slice(&1u32.to_le_bytes());
+        index.extend_from_slice(&[0u8; 48]);
+        index.extend_from_slice(&u64::MAX.to_le_bytes());
+        index.extend_from_slice(&1u32.to_le_bytes());
+        index.extend_from_slice(&entry);
+        assert!(crate::index::IndexFile::decode(&index).is_err());
     }
 
     #[test]

@@ -93,11 +93,10 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 time: args.common.time,
                 meta: Default::default(),
             };
+            // Never back up the repository or the catalog into themselves.
             let mut skip = Vec::new();
-            if let Some(root) =
-                repo.backend().location().strip_prefix("").map(PathBuf::from).filter(|p| p.is_absolute())
-            {
-                skip.push(root);
+            if repo.backend().is_local() {
+                skip.push(PathBuf::from(repo.backend().location()));
             }
             if let cairn::repo::CacheMode::Dir(dir) = ctx.cache_mode() {
                 skip.push(dir);

@@ -279,3 +279,20 @@ fn help_names_every_command_and_exit_codes() {
     }
     assert_cmd::Command::cargo_bin("cairn").unwrap().arg("frobnicate").assert().code(2);
 }
+
+#[test]
+fn backing_up_home_skips_the_repository_and_cache_inside_it() {
+    let env = Env::empty();
+    let home = env.path("home");
+    std::fs::create_dir_all(home.join("notes")).unwrap();
+    std::fs::write(home.join("notes/todo.txt"), "water the plants\n").unwrap();
+    // The embedded default repository and its cache live under HOME.
+    env.bare().env_remove("CAIRN_CACHE_DIR").args(["backup", "files"]).arg(&home).assert().success();
+    env.bare().env_remove("CAIRN_CACHE_DIR").args(["backup", "files"]).arg(&home).assert().success();
+    let target = env.path("out");
+    env.bare().env_remove("CAIRN_CACHE_DIR").args(["restore", "latest", "--to"]).arg(&target).assert().success();
+    let restored = target.join(home.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read_to_string(restored.join("notes/todo.txt")).unwrap(), "water the plants\n");
+    assert!(!restored.join(".local/share/cairn/repository").exists(), "the repository was backed up into itself");
+    assert!(!restored.join(".cache/cairn").exists(), "the catalog cache was backed up");
+}
