@@ -211,12 +211,13 @@ mod tests {
             changed.splice(at..at, insert.iter().copied());
             let before = chunks(&data, params());
             let after = chunks(&changed, params());
-            // Chunks before the edit are untouched, and boundaries find their way back
+            // Chunks ending before the edit are untouched (FastCDC 2020 reads one byte past a
+            // cut, so a chunk ending exactly at the edit may change), and boundaries find their way back
             // within a few chunks after it: at least 85% of the bytes stay in shared chunks.
             let set: std::collections::HashSet<_> = before.iter().collect();
             let shared: usize = after.iter().filter(|c| set.contains(c)).map(|c| c.len()).sum();
             prop_assert!(shared * 100 >= data.len() * 85, "only {shared} of {} bytes in shared chunks", data.len());
-            let prefix = before.iter().take_while(|c| { let end = before.iter().take_while(|d| !std::ptr::eq(*d, *c)).map(|d| d.len()).sum::<usize>() + c.len(); end <= at }).count();
+            let prefix = before.iter().take_while(|c| { let end = before.iter().take_while(|d| !std::ptr::eq(*d, *c)).map(|d| d.len()).sum::<usize>() + c.len(); end < at }).count();
             prop_assert_eq!(&before[..prefix], &after[..prefix]);
         }
     }

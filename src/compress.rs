@@ -121,7 +121,8 @@ mod tests {
             .collect();
         assert!(sampled_entropy(&random) > INCOMPRESSIBLE_BITS_PER_BYTE);
         assert_eq!(encode(&random, 3)[0], RAW);
-        let text: Vec<u8> = (0..5000).flat_map(|i| format!("{i}\tcustomer-{i:x}\t{}.00\n", i * 17).into_bytes()).collect();
+        let text: Vec<u8> =
+            (0..5000).flat_map(|i| format!("{i}\tcustomer-{i:x}\t{}.00\n", i * 17).into_bytes()).collect();
         assert!(sampled_entropy(&text) < 5.0);
         assert_eq!(encode(&text, 3)[0], ZSTD);
     }

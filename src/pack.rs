@@ -82,7 +82,10 @@ impl PackEntry {
         let kind = BlobKind::from_u8(kind).ok_or_else(|| r.corrupt(format!("unknown blob kind {kind}")))?;
         let id = BlobId(r.array()?);
         let entry = PackEntry { kind, id, offset: r.u64()?, length: r.u32()?, raw_length: r.u32()? };
-        if (entry.length as usize) < crypto::SEAL_OVERHEAD + 1 || entry.offset < PREFIX_LEN as u64 || entry.offset > MAX_OFFSET {
+        if (entry.length as usize) < crypto::SEAL_OVERHEAD + 1
+            || entry.offset < PREFIX_LEN as u64
+            || entry.offset > MAX_OFFSET
+        {
             return Err(r.corrupt(format!(
                 "blob {} has impossible offset {} or length {}",
                 entry.id.short(),
@@ -265,7 +268,8 @@ mod tests {
     #[test]
     fn huge_offsets_are_corrupt_not_a_panic() {
         let mut entry = Vec::new();
-        PackEntry { kind: BlobKind::Data, id: BlobId([1; 32]), offset: 24, length: 100, raw_length: 10 }.encode(&mut entry);
+        PackEntry { kind: BlobKind::Data, id: BlobId([1; 32]), offset: 24, length: 100, raw_length: 10 }
+            .encode(&mut entry);
         entry[33..41].copy_from_slice(&u64::MAX.to_le_bytes());
         let mut header = vec![HEADER_VERSION];
         header.extend_from_slice(&1u32.to_le_bytes());
