@@ -79,16 +79,29 @@ impl<'a> Walker<'a> {
     /// Walk every path; returns the root tree.
     pub fn run(&mut self, parent_root: Option<BlobId>) -> Result<BlobId> {
         let mut root = VirtualDir::default();
+        let mut whole_root = None;
         for path in &self.options.paths {
             let path = std::path::absolute(path).map_err(|e| Error::io("resolve", path, e))?;
             std::fs::symlink_metadata(&path).map_err(|e| Error::io("back up", &path, e))?;
             let components = components(&path);
-            let previous = self.previous_node(parent_root, &components);
+            let previous = match components.is_empty() {
+                // `/` itself: its previous state is the parent snapshot's root.
+                true => parent_root.map(dir_with_subtree),
+                false => self.previous_node(parent_root, &components),
+            };
             if let Some(node) = self.walk_one(&path, previous)? {
-                insert(&mut root, &components, node);
+                if components.is_empty() {
+                    // `/` contains every other path given: its tree is the snapshot's root.
+                    whole_root = node.subtree;
+                } else {
+                    insert(&mut root, &components, node);
+                }
             }
         }
-        self.save_virtual(Path::new("/"), root)
+        match whole_root {
+            Some(tree) => Ok(tree),
+            None => self.save_virtual(Path::new("/"), root),
+        }
     }
 
     fn warn(&mut self, path: &Path, err: impl std::fmt::Display) {
@@ -246,6 +259,27 @@ impl<'a> Walker<'a> {
             }
         }
         self.saver.save_meta(Tree { nodes }.encode())
+    }
+}
+
+/// A directory node standing for a stored tree (only its subtree is consulted).
+fn dir_with_subtree(subtree: BlobId) -> Node {
+    Node {
+        name: String::new(),
+        name_raw: None,
+        kind: NodeKind::Dir,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        mtime: 0,
+        ctime: 0,
+        inode: 0,
+        size: 0,
+        content: None,
+        subtree: Some(subtree),
+        target: None,
+        target_raw: None,
+        rdev: None,
     }
 }
 

@@ -157,3 +157,20 @@ fn tar_output_lists_every_member() {
     let out = env.cmd().args(["restore", "latest", "--tar", "-"]).assert().success();
     assert_eq!(out.get_output().stdout, std::fs::read(&tar_path).unwrap());
 }
+
+/// `/` itself is a valid path: its tree becomes the snapshot's root (it was once empty).
+#[test]
+fn backing_up_the_root_directory() {
+    let env = Env::new();
+    let keep_only_etc_host = ["/[!e]*", "/e[!t]*", "/etc/[!h]*", "/etc/h[!o]*", "/etc/hos[!t]*"];
+    let mut cmd = env.cmd();
+    cmd.args(["backup", "files", "/", "--name", "root"]);
+    for glob in keep_only_etc_host {
+        cmd.args(["--exclude", glob]);
+    }
+    cmd.assert().success();
+    let target = env.path("out");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
+    assert_eq!(std::fs::read(target.join("etc/hostname")).unwrap(), std::fs::read("/etc/hostname").unwrap());
+    assert!(!target.join("usr").exists());
+}
