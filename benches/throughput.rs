@@ -83,7 +83,7 @@ fn main() {
         "AES-256-GCM seal (64 KiB)",
         input.len(),
         best(|| {
-            let mut out = Vec::with_capacity(input.len() + 1 << 20);
+            let mut out = Vec::with_capacity(input.len() + (1 << 20));
             for (i, chunk) in input.chunks(64 << 10).enumerate() {
                 seal_key.seal_into(cairn::crypto::counter_nonce(i as u64), b"id", chunk, &mut out);
             }
