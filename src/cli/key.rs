@@ -42,6 +42,12 @@ pub struct NewPassword {
 }
 
 impl NewPassword {
+    /// Wrap the repository's master key under the new password in a new key slot.
+    async fn add_slot(&self, repo: &cairn::repo::Repository) -> anyhow::Result<KeyId> {
+        let params = kdf_params(self.kdf_memory_mib, self.kdf_iterations);
+        Ok(add_slot(repo.backend(), repo.key(), self.read()?.as_bytes(), params).await?)
+    }
+
     fn read(&self) -> anyhow::Result<String> {
         if let Some(command) = &self.new_password_command {
             return password_from_command(command);
@@ -85,13 +91,7 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
             }
         }
         KeyCommand::Add(new) => {
-            let id = add_slot(
-                backend,
-                repo.key(),
-                new.read()?.as_bytes(),
-                kdf_params(new.kdf_memory_mib, new.kdf_iterations),
-            )
-            .await?;
+            let id = new.add_slot(&repo).await?;
             ctx.info(format!("added key slot {}", id.short()));
         }
         KeyCommand::Remove { id } => {
@@ -119,13 +119,7 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
             let old = repo.key_slot().ok_or_else(|| {
                 anyhow!("the repository was opened with a key file; use `cairn key add` to add a password")
             })?;
-            let id = add_slot(
-                backend,
-                repo.key(),
-                new.read()?.as_bytes(),
-                kdf_params(new.kdf_memory_mib, new.kdf_iterations),
-            )
-            .await?;
+            let id = new.add_slot(&repo).await?;
             backend.delete(&objkeys::key(&old)).await?;
             ctx.info(format!("changed password: key slot {} replaces {}", id.short(), old.short()));
         }

@@ -6,14 +6,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spawn_backup(env: &Env, input: &std::path::Path) -> std::process::Child {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cairn"));
-    for (key, value) in env.cmd().get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    cmd.args(["backup", "stdin", "--name", "crash"])
+    env.spawnable()
+        .args(["backup", "stdin", "--name", "crash"])
         .stdin(std::fs::File::open(input).unwrap())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -62,14 +56,8 @@ fn kill_9_during_backup() {
 #[test]
 fn interrupted_stdin_backup_commits_nothing() {
     let env = Env::new();
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("cairn"));
-    for (key, value) in env.cmd().get_envs() {
-        match value {
-            Some(v) => cmd.env(key, v),
-            None => cmd.env_remove(key),
-        };
-    }
-    let mut child = cmd
+    let mut child = env
+        .spawnable()
         .args(["backup", "stdin", "--name", "int"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -50,6 +50,19 @@ impl Env {
         cmd
     }
 
+    /// `cairn` as a plain `std::process::Command` (for tests that spawn and signal it),
+    /// with the same environment as [`Env::cmd`].
+    pub fn spawnable(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("cairn"));
+        for (key, value) in self.cmd().get_envs() {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd
+    }
+
     /// Back up `data` from stdin under `name`; returns the snapshot's JSON report.
     pub fn backup_stdin(&self, name: &str, data: &[u8]) -> serde_json::Value {
         let out = self
