@@ -63,7 +63,7 @@ fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
 
 pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
     let repo = ctx.open().await?;
-    let progress = Bar::new(ctx.progress_enabled());
+    let progress = Bar::boxed(ctx.progress_enabled());
     let result = match command {
         BackupCommand::Stdin(args) => {
             let options = BackupOptions {

@@ -43,7 +43,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         (None, false) => ReadData::None,
     };
     let repo = ctx.open_unrefreshed().await?;
-    let progress = Bar::new(ctx.progress_enabled());
+    let progress = Bar::boxed(ctx.progress_enabled());
     let report = check::check(&repo, read_data, progress.as_ref()).await?;
     if ctx.args.json {
         print_json(&report);

@@ -169,7 +169,7 @@ impl Context {
         let (url, is_default) = self.repo_url();
         let secret = self.secret_or_default(is_default)?;
         if is_default && !Path::new(&url).join("config").exists() {
-            return Ok(self.create_default(&url, &secret).await?);
+            return self.create_default(&url, &secret).await;
         }
         let backend = Backend::from_url(&url, false)?;
         Ok(Repository::open_unrefreshed(backend, &secret, &self.cache_mode()).await?)

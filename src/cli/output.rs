@@ -8,7 +8,7 @@ pub struct Bar(Mutex<Option<ProgressBar>>);
 
 impl Bar {
     /// A bar when `enabled` (stderr is a terminal and output is for humans), else silence.
-    pub fn new(enabled: bool) -> Box<dyn Progress> {
+    pub fn boxed(enabled: bool) -> Box<dyn Progress> {
         if enabled {
             Box::new(Bar(Mutex::new(None)))
         } else {

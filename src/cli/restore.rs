@@ -33,7 +33,7 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     let repo = ctx.open().await?;
     let (id, snapshot) = repo.find_snapshot(&args.snapshot, &args.filter.filter())?;
     let progress =
-        Bar::new(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
+        Bar::boxed(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
     let options = RestoreOptions { includes: args.includes };
     if let Some(content) = &snapshot.content {
         let written = if args.stdout {

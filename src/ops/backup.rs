@@ -166,8 +166,7 @@ pub async fn backup_files(
 ) -> Result<BackupResult> {
     let filter =
         SnapshotFilter { name: Some(options.name.clone()), kind: Some(options.kind.clone()), ..Default::default() };
-    let parent =
-        repo.catalog().snapshots()?.into_iter().filter(|(_, s)| filter.matches(s) && s.tree.is_some()).next_back();
+    let parent = repo.catalog().snapshots()?.into_iter().rfind(|(_, s)| filter.matches(s) && s.tree.is_some());
     let parent_id = parent.as_ref().map(|(id, _)| *id);
     let parent_tree = parent.and_then(|(_, s)| s.tree);
     let handle = tokio::runtime::Handle::current();

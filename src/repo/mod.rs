@@ -228,7 +228,7 @@ impl Repository {
     pub fn find_snapshot(&self, spec: &str, filter: &SnapshotFilter) -> Result<(SnapshotId, SnapshotFile)> {
         let snapshots = self.catalog.snapshots()?;
         if spec == "latest" {
-            return snapshots.into_iter().filter(|(_, s)| filter.matches(s)).next_back().ok_or_else(|| {
+            return snapshots.into_iter().rfind(|(_, s)| filter.matches(s)).ok_or_else(|| {
                 Error::not_found(format!("no snapshot matches {}; list them with `cairn snapshots`", filter.describe()))
             });
         }

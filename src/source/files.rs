@@ -38,7 +38,7 @@ struct VirtualDir {
 }
 
 enum Entry {
-    Node(Node),
+    Node(Box<Node>),
     Dir(VirtualDir),
 }
 
@@ -210,7 +210,7 @@ impl<'a> Walker<'a> {
     fn close_frames(&mut self, stack: &mut Vec<Frame>, depth: usize, result: &mut Option<Node>) -> Result<()> {
         while stack.len() > depth {
             let mut frame = stack.pop().unwrap();
-            frame.nodes.sort_by(|a, b| a.name_bytes().cmp(&b.name_bytes()));
+            frame.nodes.sort_by_key(Node::name_bytes);
             frame.node.subtree = Some(self.saver.save_meta(Tree { nodes: frame.nodes }.encode())?);
             self.stats.dirs += 1;
             place(stack, frame.node, result);
@@ -248,7 +248,7 @@ impl<'a> Walker<'a> {
         let mut nodes = Vec::with_capacity(dir.children.len());
         for (name, entry) in dir.children {
             match entry {
-                Entry::Node(node) => nodes.push(node),
+                Entry::Node(node) => nodes.push(*node),
                 Entry::Dir(sub) => {
                     let sub_path = path.join(std::ffi::OsStr::from_bytes(&name));
                     let meta = std::fs::symlink_metadata(&sub_path).map_err(|e| Error::io("read", &sub_path, e))?;
@@ -313,7 +313,7 @@ fn insert(root: &mut VirtualDir, components: &[Vec<u8>], node: Node) {
             Entry::Node(_) => return,
         }
     }
-    dir.children.insert(last.clone(), Entry::Node(node));
+    dir.children.insert(last.clone(), Entry::Node(Box::new(node)));
 }
 
 fn unchanged(prev: &Node, meta: &Metadata) -> bool {

@@ -100,7 +100,7 @@ async fn transient_and_lost_reply_faults_are_retried() {
                 result.err()
             );
             drop(repo);
-            verify(memory, &[data.clone()]).await;
+            verify(memory, std::slice::from_ref(&data)).await;
         }
     }
 }
