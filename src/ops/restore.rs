@@ -11,7 +11,7 @@ use crate::catalog::BlobLocation;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
-use crate::repo::load::{open_located, read_content, LeafWalker};
+use crate::repo::load::{open_with, read_content, LeafWalker};
 use crate::repo::Repository;
 use crate::snapshot::{Content, Node, NodeKind};
 use futures::{StreamExt, TryStreamExt};
@@ -295,9 +295,11 @@ fn write_range(
 ) -> Result<u64> {
     let mut open: HashMap<usize, std::fs::File> = HashMap::new();
     let mut written = 0;
+    // A range lies within one pack: derive its key once.
+    let pack_key = key.pack_key(&items[0].0.salt);
     for (location, targets) in items {
         let from = (location.entry.offset - start) as usize;
-        let data = open_located(key, location, &bytes[from..from + location.entry.length as usize])?;
+        let data = open_with(key, &pack_key, location, &bytes[from..from + location.entry.length as usize])?;
         for target in targets {
             let path = &files[target.file];
             let file = match open.entry(target.file) {

@@ -9,7 +9,7 @@
 use super::Repository;
 use crate::backend::keys;
 use crate::catalog::BlobLocation;
-use crate::crypto::MasterKey;
+use crate::crypto::{MasterKey, SealKey};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::pack;
@@ -88,7 +88,12 @@ impl MetaCache {
 
 /// Open a sealed blob fetched from its pack; errors name the blob and the pack.
 pub fn open_located(key: &MasterKey, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
-    pack::open_blob(key, &key.pack_key(&location.salt), &location.entry, sealed)
+    open_with(key, &key.pack_key(&location.salt), location, sealed)
+}
+
+/// [`open_located`] with the pack key already derived, for many blobs of one pack.
+pub fn open_with(key: &MasterKey, pack_key: &SealKey, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
+    pack::open_blob(key, pack_key, &location.entry, sealed)
         .map_err(|e| e.context(format!("blob {} in pack {}", location.entry.id, location.pack)))
 }
 
@@ -156,12 +161,14 @@ async fn fetch_group(repo: &Repository, group: Group) -> Result<Vec<Vec<u8>>> {
     let bytes = repo.backend().get_range(&keys::pack(&group.locations[0].pack), range).await?;
     let key = repo.key().clone();
     tokio::task::spawn_blocking(move || {
+        // Every blob of a group is in one pack: derive its key once.
+        let pack_key = key.pack_key(&group.locations[0].salt);
         group
             .locations
             .iter()
             .map(|l| {
                 let from = (l.entry.offset - start) as usize;
-                open_located(&key, l, &bytes[from..from + l.entry.length as usize])
+                open_with(&key, &pack_key, l, &bytes[from..from + l.entry.length as usize])
             })
             .collect()
     })
