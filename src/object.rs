@@ -41,6 +41,9 @@ pub fn open(key: &MasterKey, magic: &[u8; 8], name: &str, bytes: &[u8]) -> Resul
             bytes.len()
         )));
     }
+    if bytes[..7] == magic[..7] && bytes[7] != magic[7] {
+        return Err(newer_format(name, &bytes[..8]));
+    }
     if &bytes[..8] != magic {
         return Err(Error::corrupt(format!(
             "{name} does not start with {:?}: not a cairn object of this type or version",
@@ -51,6 +54,17 @@ pub fn open(key: &MasterKey, magic: &[u8; 8], name: &str, bytes: &[u8]) -> Resul
     let compressed =
         key.object_key(&salt).open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..]).map_err(|e| e.context(name))?;
     decompress_bounded(&compressed, MAX_PLAIN).map_err(|e| Error::corrupt(format!("{name} does not decompress: {e}")))
+}
+
+/// An object of a known type but another format version: not damage, but a newer writer.
+pub fn newer_format(name: &str, magic: &[u8]) -> Error {
+    Error::new(
+        crate::error::ErrorKind::Unsupported,
+        format!(
+            "{name} has format {:?}, which this cairn does not read: upgrade cairn",
+            String::from_utf8_lossy(magic)
+        ),
+    )
 }
 
 /// Decompress one zstd frame, refusing output beyond `limit` without reserving it upfront.
@@ -74,6 +88,16 @@ mod tests {
             let key = MasterKey::from_bytes(&[7u8; 64]).unwrap();
             let _ = open(&key, INDEX_MAGIC, "x", &bytes);
         }
+    }
+
+    #[test]
+    fn a_newer_format_is_unsupported_not_corrupt() {
+        let key = MasterKey::random();
+        let mut sealed = seal(&key, INDEX_MAGIC, b"payload");
+        sealed[7] = b'2';
+        let err = open(&key, INDEX_MAGIC, "index x", &sealed).unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("upgrade cairn"));
     }
 
     #[test]

@@ -191,6 +191,9 @@ fn header_aad(salt: &[u8; SALT_LEN]) -> Vec<u8> {
 /// Read the salt and the blob list of a whole pack. `name` is used in errors.
 pub fn read_header(master: &MasterKey, name: &str, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
     let what = |detail: &str| Error::corrupt(format!("pack {name}: {detail}"));
+    if pack.len() >= 8 && pack[..7] == PACK_MAGIC[..7] && pack[7] != PACK_MAGIC[7] {
+        return Err(crate::object::newer_format(&format!("pack {name}"), &pack[..8]));
+    }
     if pack.len() < PREFIX_LEN + 4 + crypto::SEAL_OVERHEAD || &pack[..8] != PACK_MAGIC {
         return Err(what("not a cairn pack (bad magic or too short)"));
     }

@@ -256,7 +256,15 @@ pub async fn read_snapshot(backend: &Backend, key: &MasterKey, id: &SnapshotId) 
     let name = objkeys::snapshot(id);
     let bytes = backend.get(&name).await?;
     let plain = object::open(key, object::SNAPSHOT_MAGIC, &name, &bytes)?;
-    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not a valid snapshot: {e}")))
+    let snapshot: SnapshotFile =
+        serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not a valid snapshot: {e}")))?;
+    if snapshot.version > crate::snapshot::SNAPSHOT_VERSION {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!("{name} has snapshot version {}, which this cairn does not read: upgrade cairn", snapshot.version),
+        ));
+    }
+    Ok(snapshot)
 }
 
 fn catalog_path(cache: &CacheMode, id: &RepoId) -> Option<PathBuf> {
