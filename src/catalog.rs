@@ -104,17 +104,12 @@ impl Catalog {
     }
 
     async fn refresh_index(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
-        let listed: HashSet<IndexId> = backend
-            .list(keys::INDEX)
-            .await?
-            .iter()
-            .filter_map(|o| IndexId::from_hex(keys::name(&o.key)).ok())
-            .collect();
-        let known = self.known_index_files()?;
+        let listed = listed_ids(backend, keys::INDEX, IndexId::from_hex).await?;
+        let mut known = self.known_ids::<IndexId>("SELECT id FROM index_files")?;
         if !known.is_subset(&listed) {
             // An index file went away (prune consolidated it): start over.
             self.conn().execute_batch("DELETE FROM index_files; DELETE FROM blobs; DELETE FROM packs;")?;
-            return Box::pin(self.refresh_index(backend, key)).await;
+            known.clear();
         }
         let missing: Vec<IndexId> = listed.difference(&known).copied().collect();
         let mut loaded = futures::stream::iter(missing)
@@ -131,13 +126,11 @@ impl Catalog {
         Ok(())
     }
 
-    fn known_index_files(&self) -> Result<HashSet<IndexId>> {
+    /// The ids a one-column query returns, without decoding anything else.
+    fn known_ids<T: FromSlice>(&self, query: &str) -> Result<HashSet<T>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id FROM index_files")?;
-        let ids = stmt
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
-            .filter_map(|b| b.ok().and_then(|b| IndexId::from_slice(&b)))
-            .collect();
+        let mut stmt = conn.prepare(query)?;
+        let ids = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?.filter_map(|b| T::from_slice(&b.ok()?)).collect();
         Ok(ids)
     }
 
@@ -174,13 +167,8 @@ impl Catalog {
     }
 
     async fn refresh_snapshots(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
-        let listed: HashSet<SnapshotId> = backend
-            .list(keys::SNAPSHOTS)
-            .await?
-            .iter()
-            .filter_map(|o| SnapshotId::from_hex(keys::name(&o.key)).ok())
-            .collect();
-        let known: HashSet<SnapshotId> = self.snapshots()?.into_iter().map(|(id, _)| id).collect();
+        let listed = listed_ids(backend, keys::SNAPSHOTS, SnapshotId::from_hex).await?;
+        let known = self.known_ids::<SnapshotId>("SELECT id FROM snapshots")?;
         for gone in known.difference(&listed) {
             self.conn().execute("DELETE FROM snapshots WHERE id = ?1", [&gone.0[..]])?;
         }
@@ -314,4 +302,30 @@ impl Catalog {
     pub fn index_file_count(&self) -> Result<u64> {
         Ok(self.conn().query_row("SELECT count(*) FROM index_files", [], |r| r.get::<_, i64>(0))? as u64)
     }
+}
+
+/// Ids that can be rebuilt from the bytes stored in the catalog.
+trait FromSlice: Sized + Eq + std::hash::Hash {
+    fn from_slice(bytes: &[u8]) -> Option<Self>;
+}
+
+impl FromSlice for IndexId {
+    fn from_slice(bytes: &[u8]) -> Option<Self> {
+        IndexId::from_slice(bytes)
+    }
+}
+
+impl FromSlice for SnapshotId {
+    fn from_slice(bytes: &[u8]) -> Option<Self> {
+        SnapshotId::from_slice(bytes)
+    }
+}
+
+/// The ids of the objects listed under `prefix` (names that are not ids are ignored).
+async fn listed_ids<T: Eq + std::hash::Hash>(
+    backend: &Backend,
+    prefix: &str,
+    parse: fn(&str) -> Result<T>,
+) -> Result<HashSet<T>> {
+    Ok(backend.list(prefix).await?.iter().filter_map(|o| parse(keys::name(&o.key)).ok()).collect())
 }

@@ -108,7 +108,7 @@ impl<'a> LeafWalker<'a> {
         LeafWalker { repo, stack: vec![(content.depth, content.entries.clone(), 0)] }
     }
 
-    /// The next data blob, in order. Also reports each stream node to `on_node`.
+    /// The next data blob, in order.
     pub async fn next(&mut self) -> Result<Option<ContentEntry>> {
         loop {
             let Some((depth, entries, pos)) = self.stack.last_mut() else { return Ok(None) };

@@ -218,10 +218,11 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
+    /// The content of one regular file; counted in the stats only once it was stored.
     fn file_content(&mut self, path: &Path, meta: &Metadata, previous: Option<&Node>) -> Result<Content> {
-        self.stats.files += 1;
         if let Some(prev) = previous.filter(|p| unchanged(p, meta)) {
             if let Some(content) = &prev.content {
+                self.stats.files += 1;
                 self.stats.unchanged_files += 1;
                 self.stats.size += content.size;
                 self.progress.advance(content.size);
@@ -239,6 +240,7 @@ impl<'a> Walker<'a> {
             self.progress.advance(len);
         }
         let content = builder.finish(self.saver)?;
+        self.stats.files += 1;
         self.stats.size += content.size;
         Ok(content)
     }

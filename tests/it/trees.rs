@@ -116,9 +116,11 @@ fn unreadable_file_is_a_warning_with_exit_3() {
     make_tree(&src);
     // Even root cannot read this write-only sysctl file.
     let unreadable = Path::new("/proc/sys/vm/compact_memory");
-    let out = env.cmd().args(["backup", "files", "--name", "w"]).arg(&src).arg(unreadable).assert().code(3);
+    let out = env.cmd().args(["--json", "backup", "files", "--name", "w"]).arg(&src).arg(unreadable).assert().code(3);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("warning") && stderr.contains("compact_memory"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["files"], 6, "the unreadable file must not be counted: {report}");
     assert_eq!(env.snapshots().len(), 1, "the snapshot is still written");
     let target = env.path("out");
     env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
