@@ -1,7 +1,8 @@
 //! Storage: one concrete [`Backend`] over `Arc<dyn ObjectStore>` with repository verbs.
 //!
 //! All repository I/O goes through the `object_store` crate; there is no storage trait of
-//! our own. This module owns URL parsing, the mapping of object_store's errors to our
+//! our own. This module owns URL parsing (local paths, `file://`, `s3://`, `oss://`,
+//! `memory://`; see docs/storage.md), the mapping of object_store's errors to our
 //! [`ErrorKind`]s, retries of transient failures with backoff, and durability.
 //!
 //! Durability contract: when [`Backend::put`] returns `Ok`, the object is complete under
@@ -11,6 +12,7 @@
 //! sees a partial object.
 
 pub mod faulty;
+mod url;
 
 use crate::error::{Error, ErrorKind, Result};
 use bytes::Bytes;
@@ -56,7 +58,17 @@ pub struct Backend {
     local_root: Option<PathBuf>,
     /// Where the repository is, for messages; never contains credentials.
     location: String,
+    /// How many requests may be in flight at once (uploads, ranged reads).
+    connections: usize,
+    /// Whether the service honours create-only writes (probed at init, kept in the
+    /// config). Without them a create is a check followed by a write: see docs/storage.md.
+    conditional_writes: bool,
 }
+
+/// Requests in flight to an object store unless `--connections` says otherwise.
+pub const DEFAULT_REMOTE_CONNECTIONS: usize = 8;
+/// Reads in flight from a local disk (writes to one disk stay serial: see the saver).
+const DEFAULT_LOCAL_CONNECTIONS: usize = 4;
 
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,20 +77,39 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    /// Open the storage named by a URL: a plain path or `file://` URL.
-    /// `create` makes a missing local directory (for `init`).
+    /// Open the storage named by a URL: a plain path, `file://`, `s3://BUCKET/PREFIX`,
+    /// `oss://BUCKET/PREFIX` or `memory://`. `create` makes a missing local directory
+    /// (for `init`); buckets are never created.
     pub fn from_url(url: &str, create: bool) -> Result<Self> {
-        if let Some((scheme, _)) = url.split_once("://") {
+        if let Some((scheme, rest)) = url.split_once("://") {
             return match scheme {
-                "file" => Self::local(PathBuf::from(&url["file://".len()..]), create),
+                "file" => Self::local(PathBuf::from(rest), create),
                 "memory" => Ok(Self::memory()),
+                "s3" | "oss" => {
+                    let (store, location) = url::object_store(scheme, rest)?;
+                    Ok(Self::remote(store, location))
+                }
                 _ => Err(Error::new(
                     ErrorKind::InvalidInput,
-                    format!("repository URL scheme {scheme}:// is not supported; use a local path or file:///path"),
+                    format!(
+                        "repository URL {}: scheme {scheme}:// is not supported; use a local path, file:///path, \
+                         s3://BUCKET/PREFIX or oss://BUCKET/PREFIX",
+                        url::redact(url)
+                    ),
                 )),
             };
         }
         Self::local(PathBuf::from(url), create)
+    }
+
+    fn remote(store: Arc<dyn ObjectStore>, location: String) -> Self {
+        Backend {
+            store,
+            local_root: None,
+            location,
+            connections: DEFAULT_REMOTE_CONNECTIONS,
+            conditional_writes: true,
+        }
     }
 
     pub fn local(path: PathBuf, create: bool) -> Result<Self> {
@@ -96,7 +127,13 @@ impl Backend {
         let path = path.canonicalize().map_err(|e| Error::io("resolve", &path, e))?;
         let store = LocalFileSystem::new_with_prefix(&path)
             .map_err(|e| Error::backend(format!("cannot open {}: {e}", path.display())))?;
-        Ok(Backend { store: Arc::new(store), location: path.display().to_string(), local_root: Some(path) })
+        Ok(Backend {
+            store: Arc::new(store),
+            location: path.display().to_string(),
+            local_root: Some(path),
+            connections: DEFAULT_LOCAL_CONNECTIONS,
+            conditional_writes: true,
+        })
     }
 
     pub fn memory() -> Self {
@@ -105,7 +142,55 @@ impl Backend {
 
     /// Wrap any object store (tests use this with fault injection).
     pub fn from_store(store: Arc<dyn ObjectStore>, location: &str) -> Self {
-        Backend { store, local_root: None, location: location.to_string() }
+        Self::remote(store, location.to_string())
+    }
+
+    /// Allow `n` requests in flight (at least one).
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections
+    }
+
+    /// Tell the backend whether the service honours create-only writes (from the config).
+    pub fn set_conditional_writes(&mut self, supported: bool) {
+        self.conditional_writes = supported;
+    }
+
+    pub fn conditional_writes(&self) -> bool {
+        self.conditional_writes
+    }
+
+    /// Find out whether the service refuses to replace an object written create-only:
+    /// write a probe object twice and see whether the second write is refused.
+    /// Leaves nothing behind.
+    pub async fn probe_conditional_writes(&self) -> Result<bool> {
+        let key = format!("probe-{}", hex::encode(crate::crypto::random_bytes::<8>()));
+        let path = StorePath::from(key.as_str());
+        let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
+        let first = self.retry(&key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"1"), create())).await;
+        let supported = match first {
+            Ok(_) => {
+                let second = self
+                    .retry(&key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"2"), create()))
+                    .await;
+                match second {
+                    Ok(_) => false,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => true,
+                    Err(e) => {
+                        let _ = self.delete(&key).await;
+                        return Err(e);
+                    }
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Unsupported => false,
+            Err(e) => return Err(e),
+        };
+        self.delete(&key).await?;
+        Ok(supported)
     }
 
     /// Whether this is a local directory (one disk: no gain from parallel writes).
@@ -130,9 +215,26 @@ impl Backend {
             E::PermissionDenied { .. } | E::Unauthenticated { .. } => (ErrorKind::Backend, false),
             _ => (ErrorKind::Backend, self.local_root.is_none()),
         };
-        let mut text = err.to_string();
+        let mut text = url::one_line(&err.to_string());
         if text.contains("No space left") {
             text.push_str("; the disk is full: free space and run again (nothing was committed)");
+        }
+        // Services explain themselves in an XML body; keep the code and say what to check.
+        let mut kind = kind;
+        let hint = if text.contains("NoSuchBucket") {
+            kind = ErrorKind::NoRepository;
+            Some("the bucket does not exist: check the bucket name and endpoint, or create the bucket")
+        } else if ["InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "AccessDenied"]
+            .iter()
+            .any(|code| text.contains(code))
+            || matches!(err, E::PermissionDenied { .. } | E::Unauthenticated { .. })
+        {
+            Some("access denied: check the credentials (AWS_ACCESS_KEY_ID / OSS_ACCESS_KEY_ID ...) and that they may read and write this bucket")
+        } else {
+            None
+        };
+        if let Some(hint) = hint {
+            text = format!("{hint} ({})", error_code(&text).unwrap_or("see docs/storage.md"));
         }
         let error = Error::new(kind, format!("cannot {action} {key} in {}: {text}", self.location));
         if transient {
@@ -187,11 +289,24 @@ impl Backend {
     /// Store an object; see the module's durability contract.
     pub async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<()> {
         let path = StorePath::from(key);
+        let idempotent = matches!(mode, WriteMode::CreateIdempotent | WriteMode::CreateIdempotentUnsynced);
         let put_mode = match mode {
             WriteMode::Overwrite => PutMode::Overwrite,
-            _ => PutMode::Create,
+            _ if self.conditional_writes => PutMode::Create,
+            // Without create-only writes, check first. A content-addressed object written
+            // twice is written with the same bytes; for the rest (snapshots, GC
+            // generations) docs/storage.md says what this fallback gives up.
+            _ => match self.head(key).await? {
+                Some(_) if idempotent => return Ok(()),
+                Some(_) => {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("cannot write {key} in {}: it already exists", self.location),
+                    ))
+                }
+                None => PutMode::Overwrite,
+            },
         };
-        let idempotent = matches!(mode, WriteMode::CreateIdempotent | WriteMode::CreateIdempotentUnsynced);
         let payload = PutPayload::from_bytes(data.clone());
         let result = self
             .retry(key, "write", || {
@@ -264,6 +379,13 @@ impl Backend {
             _ => Ok(()),
         }
     }
+}
+
+/// The `<Code>...</Code>` of an S3-style XML error body.
+fn error_code(text: &str) -> Option<&str> {
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = start + text[start..].find("</Code>")?;
+    Some(&text[start..end])
 }
 
 /// Repository keys of each object type.

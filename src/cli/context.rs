@@ -16,9 +16,14 @@ use std::path::{Path, PathBuf};
 
 #[derive(Args, Clone, Debug)]
 pub struct GlobalArgs {
-    /// Repository location: a local path or file:///path
+    /// Repository location: a local path, file:///path, s3://BUCKET/PREFIX or oss://BUCKET/PREFIX
     #[arg(long, global = true, env = "CAIRN_REPO", value_name = "URL")]
     pub repo: Option<String>,
+    /// Requests in flight at once to the repository's storage [default: 8 for object
+    /// stores, 4 reads and 1 write for a local disk]
+    #[arg(long, global = true, env = "CAIRN_CONNECTIONS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: Option<u16>,
     /// Read the password from this file (first line)
     #[arg(long, global = true, env = "CAIRN_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
@@ -171,12 +176,21 @@ impl Context {
         if is_default && !Path::new(&url).join("config").exists() {
             return self.create_default(&url, &secret).await;
         }
-        let backend = Backend::from_url(&url, false)?;
+        let backend = self.backend(&url, false)?;
         Ok(Repository::open_unrefreshed(backend, &secret, &self.cache_mode()).await?)
     }
 
+    /// The storage at `url`, with `--connections` applied.
+    pub fn backend(&self, url: &str, create: bool) -> anyhow::Result<Backend> {
+        let backend = Backend::from_url(url, create)?;
+        Ok(match self.args.connections {
+            Some(n) => backend.with_connections(n.into()),
+            None => backend,
+        })
+    }
+
     async fn create_default(&self, url: &str, secret: &Secret) -> anyhow::Result<Repository> {
-        let backend = Backend::from_url(url, true)?;
+        let backend = self.backend(url, true)?;
         let repo = Repository::init(backend, secret, &InitOptions::default(), &self.cache_mode()).await?;
         if let Secret::KeyFile(path) = secret {
             eprintln!(

@@ -2,7 +2,6 @@
 
 use super::context::{parse_size, Context};
 use super::Outcome;
-use cairn::backend::Backend;
 use cairn::crypto::KdfParams;
 use cairn::repo::{InitOptions, Repository, Secret, DEFAULT_CHUNK_AVG, DEFAULT_COMPRESSION_LEVEL, DEFAULT_PACK_SIZE};
 use clap::Args;
@@ -43,7 +42,7 @@ pub async fn run(ctx: &Context, args: InitArgs) -> Outcome {
         pack_size: args.pack_size,
         kdf: kdf_params(args.kdf_memory_mib, args.kdf_iterations),
     };
-    let backend = Backend::from_url(&url, true)?;
+    let backend = ctx.backend(&url, true)?;
     let repo = Repository::init(backend, &secret, &options, &ctx.cache_mode()).await?;
     if ctx.args.json {
         super::output::print_json(

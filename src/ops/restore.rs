@@ -21,8 +21,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-/// Packs fetched at once during a tree restore.
-const PACK_CONCURRENCY: usize = 4;
 /// Blobs in one pack closer than this are fetched in one range.
 const COALESCE_GAP: u64 = 1 << 20;
 
@@ -278,7 +276,7 @@ async fn write_data(
                     .map_err(|e| Error::backend(format!("restore task failed: {e}")))?
             }
         })
-        .buffer_unordered(PACK_CONCURRENCY)
+        .buffer_unordered(repo.backend().connections())
         .try_for_each(|written| {
             progress.advance(written);
             async { Ok(()) }

@@ -19,8 +19,6 @@ use futures::{Stream, StreamExt};
 
 /// Largest ranged read that grouping builds.
 const MAX_GROUP_BYTES: u64 = 8 << 20;
-/// Groups fetched at once while streaming.
-const READ_AHEAD: usize = 4;
 
 impl Repository {
     /// Where a blob is, or a `Corrupt` error naming it.
@@ -211,7 +209,8 @@ pub fn read_content<'a>(repo: &'a Repository, content: &Content) -> impl Stream<
                 Err(e) => Err(e),
             }
         })
-        .buffered(READ_AHEAD)
+        // Groups fetched at once while streaming: one per connection.
+        .buffered(repo.backend().connections())
         .flat_map(|blobs: Result<Vec<Vec<u8>>>| {
             let items: Vec<Result<Vec<u8>>> = match blobs {
                 Ok(b) => b.into_iter().map(Ok).collect(),

@@ -39,6 +39,15 @@ pub struct RepoConfig {
     /// Target pack size in bytes.
     pub pack_size: u32,
     pub created: jiff::Timestamp,
+    /// Whether the storage refused to replace an object written create-only when `init`
+    /// probed it. Without this, write-once objects are checked before they are written
+    /// and removing data requires `--exclusive` (docs/storage.md).
+    #[serde(default = "yes")]
+    pub conditional_writes: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Settings for `init`.
@@ -101,8 +110,12 @@ impl Repository {
         let seed = u64::from_le_bytes(crate::crypto::random_bytes());
         let chunker = ChunkerParams::with_average(options.chunk_avg, seed);
         chunker.validate().map_err(Error::invalid)?;
+        let conditional_writes = backend.probe_conditional_writes().await?;
+        let mut backend = backend;
+        backend.set_conditional_writes(conditional_writes);
         let key = MasterKey::random();
         let config = RepoConfig {
+            conditional_writes,
             version: FORMAT_VERSION,
             id: RepoId::random(),
             chunker,
@@ -188,6 +201,8 @@ impl Repository {
             ));
         }
         config.chunker.validate().map_err(|e| Error::corrupt(format!("config: {e}")))?;
+        let mut backend = backend;
+        backend.set_conditional_writes(config.conditional_writes);
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
         Ok(Repository { backend, key, config, catalog, key_slot, meta_cache: Default::default() })
     }

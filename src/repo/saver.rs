@@ -39,9 +39,6 @@ use std::thread::JoinHandle;
 const INDEX_FLUSH_BLOBS: usize = 50_000;
 const INDEX_FLUSH_PACKS: usize = 32;
 const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
-/// Uploads in flight at once: parallel writes to one local disk only add memory.
-const UPLOAD_CONCURRENCY_LOCAL: usize = 1;
-const UPLOAD_CONCURRENCY_REMOTE: usize = 4;
 
 /// New blobs handed to the workers together: batching ~1 MiB of 64 KiB chunks per handoff
 /// cut thread wake-ups sixteenfold and keeps a useful amount of work queued.
@@ -285,7 +282,8 @@ fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
 /// [`INDEX_FLUSH_BLOBS`] blobs and at the end. Returns (packs, index files) written.
 async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<FinishedPack>) -> Result<(u64, u64)> {
     let backend = &indexer.backend;
-    let concurrency = if backend.is_local() { UPLOAD_CONCURRENCY_LOCAL } else { UPLOAD_CONCURRENCY_REMOTE };
+    // Parallel writes to one local disk only add memory; object stores get `--connections`.
+    let concurrency = if backend.is_local() { 1 } else { backend.connections() };
     let mut in_flight = tokio::task::JoinSet::new();
     let mut durable: Vec<IndexPack> = Vec::new();
     let (mut packs, mut index_files) = (0u64, 0u64);
