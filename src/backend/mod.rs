@@ -103,13 +103,7 @@ impl Backend {
     }
 
     fn remote(store: Arc<dyn ObjectStore>, location: String) -> Self {
-        Backend {
-            store,
-            local_root: None,
-            location,
-            connections: DEFAULT_REMOTE_CONNECTIONS,
-            conditional_writes: true,
-        }
+        Backend { store, local_root: None, location, connections: DEFAULT_REMOTE_CONNECTIONS, conditional_writes: true }
     }
 
     pub fn local(path: PathBuf, create: bool) -> Result<Self> {
@@ -171,7 +165,8 @@ impl Backend {
         let key = format!("probe-{}", hex::encode(crate::crypto::random_bytes::<8>()));
         let path = StorePath::from(key.as_str());
         let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
-        let first = self.retry(&key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"1"), create())).await;
+        let first =
+            self.retry(&key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"1"), create())).await;
         let supported = match first {
             Ok(_) => {
                 let second = self

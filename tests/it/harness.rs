@@ -8,6 +8,8 @@ pub const PASSWORD: &str = "correct horse";
 pub struct Env {
     pub dir: tempfile::TempDir,
     pub repo: PathBuf,
+    /// Extra environment for every command (storage credentials and endpoints).
+    pub vars: Vec<(String, String)>,
 }
 
 impl Env {
@@ -22,7 +24,22 @@ impl Env {
     pub fn empty() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let repo = dir.path().join("repo");
-        Env { dir, repo }
+        Env { dir, repo, vars: Vec::new() }
+    }
+
+    /// A fresh, uninitialised environment whose repository is `url` on the S3 server,
+    /// with its credentials and endpoint in `vars`.
+    pub fn s3(url: &str, endpoint: &str) -> Self {
+        let mut env = Self::empty();
+        env.repo = PathBuf::from(url);
+        env.vars = vec![
+            ("AWS_ACCESS_KEY_ID".into(), super::s3server::ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), super::s3server::SECRET_KEY.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+        ];
+        env
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -33,10 +50,11 @@ impl Env {
     pub fn bare(&self) -> Command {
         let mut cmd = Command::cargo_bin("cairn").unwrap();
         for (key, _) in std::env::vars() {
-            if key.starts_with("CAIRN_") || key.starts_with("XDG_") {
+            if ["CAIRN_", "XDG_", "AWS_", "OSS_"].iter().any(|p| key.starts_with(p)) {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(self.vars.iter().map(|(k, v)| (k, v)));
         cmd.env("HOME", self.path("home"))
             .env("CAIRN_CACHE_DIR", self.path("cache"))
             .env("CAIRN_KDF_MEMORY_MIB", "8")

@@ -1,8 +1,11 @@
-//! cairn's one integration-test binary: CLI flows, fault injection, crashes, disk full.
+//! cairn's one integration-test binary: CLI flows, fault injection, crashes, disk full,
+//! and object storage against a real S3 server on 127.0.0.1.
 
 mod cli;
 mod crash;
 mod errors;
 mod faults;
 mod harness;
+mod s3;
+mod s3server;
 mod trees;
