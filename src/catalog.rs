@@ -54,6 +54,8 @@ pub struct PackRow {
 
 pub struct Catalog {
     conn: Mutex<Connection>,
+    /// Packs a pending removal may delete (see `repo::gc`): their blobs are not reused.
+    excluded: std::sync::RwLock<HashSet<PackId>>,
 }
 
 impl Catalog {
@@ -90,7 +92,7 @@ impl Catalog {
             conn.execute_batch(SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
-        Ok(Catalog { conn: Mutex::new(conn) })
+        Ok(Catalog { conn: Mutex::new(conn), excluded: Default::default() })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -103,7 +105,19 @@ impl Catalog {
         self.refresh_snapshots(backend, key).await
     }
 
+    /// A removal may rewrite index files while we read them: an index file that vanished
+    /// between the listing and the read means the listing is stale, so list again.
     async fn refresh_index(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
+        let mut attempt = 0;
+        loop {
+            match self.refresh_index_once(backend, key).await {
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound && attempt < 5 => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn refresh_index_once(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
         let listed = listed_ids(backend, keys::INDEX, IndexId::from_hex).await?;
         let mut known = self.known_ids::<IndexId>("SELECT id FROM index_files")?;
         if !known.is_subset(&listed) {
@@ -134,7 +148,8 @@ impl Catalog {
         Ok(ids)
     }
 
-    /// Record an index file's contents (after reading it, or after writing it).
+    /// Record an index file's contents (after reading it, or after writing it). A blob
+    /// stored twice is placed in the pack recorded last: a writer's own fresh copy wins.
     pub fn add_index(&self, id: &IndexId, file: &IndexFile) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -143,7 +158,7 @@ impl Catalog {
                 tx.prepare_cached("INSERT OR IGNORE INTO packs (id, salt, size, kind) VALUES (?1, ?2, ?3, ?4)")?;
             let mut pack_row = tx.prepare_cached("SELECT rowid FROM packs WHERE id = ?1")?;
             let mut add_blob = tx.prepare_cached(
-                "INSERT OR IGNORE INTO blobs (id, kind, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO blobs (id, kind, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for pack in &file.packs {
                 let kind = pack.blobs.first().map_or(0, |b| b.kind as u8);
@@ -174,10 +189,19 @@ impl Catalog {
         }
         let missing: Vec<SnapshotId> = listed.difference(&known).copied().collect();
         let mut loaded = futures::stream::iter(missing)
-            .map(|id| async move { Ok::<_, Error>((id, crate::repo::read_snapshot(backend, key, &id).await?)) })
+            .map(|id| async move {
+                match crate::repo::read_snapshot(backend, key, &id).await {
+                    Ok(snapshot) => Ok(Some((id, snapshot))),
+                    // Forgotten between the listing and the read.
+                    Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(e),
+                }
+            })
             .buffer_unordered(8);
-        while let Some((id, snapshot)) = loaded.try_next().await? {
-            self.add_snapshot(&id, &snapshot)?;
+        while let Some(found) = loaded.try_next().await? {
+            if let Some((id, snapshot)) = found {
+                self.add_snapshot(&id, &snapshot)?;
+            }
         }
         Ok(())
     }
@@ -237,6 +261,26 @@ impl Catalog {
                 raw_length,
             },
         }))
+    }
+
+    /// Do not let new snapshots reuse blobs stored in these packs.
+    pub fn exclude_packs(&self, packs: impl IntoIterator<Item = PackId>) {
+        self.excluded.write().unwrap_or_else(|p| p.into_inner()).extend(packs);
+    }
+
+    /// Whether a blob is indexed in a pack that new snapshots may rely on.
+    pub fn contains_reusable(&self, id: &BlobId) -> Result<bool> {
+        let excluded = self.excluded.read().unwrap_or_else(|p| p.into_inner());
+        if excluded.is_empty() {
+            return self.contains(id);
+        }
+        match self.lookup(id)? {
+            Some(l) if excluded.contains(&l.pack) => {
+                crate::repo::gc::count_excluded(1);
+                Ok(false)
+            }
+            found => Ok(found.is_some()),
+        }
     }
 
     pub fn contains(&self, id: &BlobId) -> Result<bool> {

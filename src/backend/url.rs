@@ -159,7 +159,7 @@ mod tests {
 
     #[test]
     fn bucket_is_required() {
-        let err = object_store("s3", "/prefix").err().expect("an empty bucket is refused");
+        let err = object_store("s3", "/prefix").expect_err("an empty bucket is refused");
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
         assert!(err.message().contains("BUCKET"), "{}", err.message());
     }

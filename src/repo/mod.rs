@@ -6,6 +6,7 @@
 //! the catalog. Saving goes through [`saver::Saver`]; reading through [`Repository::load_blob`]
 //! and [`load::ContentReader`].
 
+pub mod gc;
 pub mod keys;
 pub mod load;
 pub mod saver;
@@ -87,7 +88,14 @@ pub struct Repository {
     /// The key slot that opened the repository, if a password did.
     key_slot: Option<KeyId>,
     meta_cache: load::MetaCache,
+    /// The GC generation when the repository was opened (before the catalog loaded).
+    gc_start: gc::GcView,
+    /// How often a writer looks for removals that started after it (see `gc`).
+    gc_check_interval: std::time::Duration,
 }
+
+/// How often a long-running writer reads the GC generation by default.
+pub const GC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Repository {
     /// Create a new repository. Refuses if one exists at the location.
@@ -139,7 +147,16 @@ impl Repository {
             _ => e,
         })?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        Ok(Repository { backend, key, config, catalog, key_slot, meta_cache: Default::default() })
+        Ok(Repository {
+            backend,
+            key,
+            config,
+            catalog,
+            key_slot,
+            meta_cache: Default::default(),
+            gc_start: gc::GcView::default(),
+            gc_check_interval: GC_CHECK_INTERVAL,
+        })
     }
 
     /// Open an existing repository and refresh its catalog.
@@ -204,7 +221,35 @@ impl Repository {
         let mut backend = backend;
         backend.set_conditional_writes(config.conditional_writes);
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        Ok(Repository { backend, key, config, catalog, key_slot, meta_cache: Default::default() })
+        // Read the GC generation before anything else is loaded, and keep new snapshots
+        // off packs that a pending removal may delete (see `gc`).
+        let gc_start = gc::read_view(&backend, &key).await?;
+        for name in &gc_start.pending {
+            catalog.exclude_packs(gc::read_candidates(&backend, &key, name).await?.packs);
+        }
+        Ok(Repository {
+            backend,
+            key,
+            config,
+            catalog,
+            key_slot,
+            meta_cache: Default::default(),
+            gc_start,
+            gc_check_interval: GC_CHECK_INTERVAL,
+        })
+    }
+
+    pub fn gc_start(&self) -> &gc::GcView {
+        &self.gc_start
+    }
+
+    pub fn gc_check_interval(&self) -> std::time::Duration {
+        self.gc_check_interval
+    }
+
+    /// Look for concurrent removals this often while saving (tests shorten it).
+    pub fn set_gc_check_interval(&mut self, interval: std::time::Duration) {
+        self.gc_check_interval = interval;
     }
 
     pub fn backend(&self) -> &Backend {
@@ -225,11 +270,19 @@ impl Repository {
 
     /// Write a snapshot manifest. Call only after the saver that stored its data finished:
     /// a snapshot that exists must reference only indexed, durable blobs.
+    /// Removals that ran meanwhile are accounted for before and after the write (`gc`).
     pub async fn save_snapshot(&self, snapshot: &SnapshotFile) -> Result<SnapshotId> {
+        let guarded = gc::guard(self, snapshot).await?;
         let id = SnapshotId::random();
         let json = serde_json::to_vec(snapshot).expect("snapshots serialize");
         let sealed = object::seal(&self.key, object::SNAPSHOT_MAGIC, &json);
-        self.backend.put(&objkeys::snapshot(&id), sealed.into(), WriteMode::Create).await?;
+        let name = objkeys::snapshot(&id);
+        self.backend.put(&name, sealed.into(), WriteMode::Create).await?;
+        if let Err(e) = gc::confirm(self, snapshot, guarded).await {
+            // The snapshot may refer to data a concurrent removal deleted: withdraw it.
+            self.backend.delete(&name).await?;
+            return Err(e);
+        }
         self.catalog.add_snapshot(&id, snapshot)?;
         Ok(id)
     }

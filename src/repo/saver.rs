@@ -70,10 +70,31 @@ struct Shared {
     upload_tx: tokio::sync::mpsc::Sender<FinishedPack>,
     added_bytes: AtomicU64,
     added_blobs: AtomicU64,
+    watch: Watch,
+}
+
+/// What a long-running writer needs to notice removals that start while it runs (see
+/// `gc`): the packs it wrote and the blobs it reused, and when it last looked.
+struct Watch {
+    runtime: tokio::runtime::Handle,
+    backend: crate::backend::Backend,
+    start: super::gc::GcView,
+    interval: std::time::Duration,
+    my_packs: Mutex<HashSet<crate::id::PackId>>,
+    state: Mutex<WatchState>,
+}
+
+struct WatchState {
+    last: std::time::Instant,
+    generation: u64,
+    known_sets: std::collections::BTreeSet<String>,
+    /// Blobs this session reused from the index instead of storing them.
+    reused: HashSet<BlobId>,
 }
 
 impl Shared {
     fn send_pack(&self, pack: FinishedPack) -> Result<()> {
+        self.watch.my_packs.lock().unwrap_or_else(|p| p.into_inner()).insert(pack.id);
         self.upload_tx.blocking_send(pack).map_err(|_| Error::backend("the uploader stopped after an earlier error"))
     }
 
@@ -110,6 +131,19 @@ impl Saver {
             upload_tx,
             added_bytes: AtomicU64::new(0),
             added_blobs: AtomicU64::new(0),
+            watch: Watch {
+                runtime: runtime.clone(),
+                backend: repo.backend().clone(),
+                start: repo.gc_start().clone(),
+                interval: repo.gc_check_interval(),
+                my_packs: Mutex::new(HashSet::new()),
+                state: Mutex::new(WatchState {
+                    last: std::time::Instant::now(),
+                    generation: repo.gc_start().generation,
+                    known_sets: repo.gc_start().pending.iter().cloned().collect(),
+                    reused: HashSet::new(),
+                }),
+            },
         });
         let indexer = Indexer {
             backend: repo.backend().clone(),
@@ -136,12 +170,72 @@ impl Saver {
     /// Claim `id` for this session: true if the repository lacks it and the caller must
     /// store it now; false if it is indexed or already on its way.
     pub fn claim(&self, id: &BlobId) -> Result<bool> {
+        self.watch_removals()?;
         let mut seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.contains(id) || self.shared.catalog.contains(id)? {
+        if seen.contains(id) {
+            return Ok(false);
+        }
+        if self.shared.catalog.contains_reusable(id)? {
+            drop(seen);
+            self.note_reused([*id]);
             return Ok(false);
         }
         seen.insert(*id);
         Ok(true)
+    }
+
+    /// Record blobs the snapshot will reference without storing them (a parent
+    /// snapshot's unchanged files), so a removal that marks them is noticed.
+    pub fn note_reused(&self, ids: impl IntoIterator<Item = BlobId>) {
+        self.shared.watch.state.lock().unwrap_or_else(|p| p.into_inner()).reused.extend(ids);
+    }
+
+    /// Every so often, look for removals marked since this session started; stop reusing
+    /// their packs, and copy out what this session already relies on while it still
+    /// exists. The snapshot commit checks once more (`gc::guard`).
+    fn watch_removals(&self) -> Result<()> {
+        let watch = &self.shared.watch;
+        let (generation, known) = {
+            let mut state = watch.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.last.elapsed() < watch.interval {
+                return Ok(());
+            }
+            state.last = std::time::Instant::now();
+            (state.generation, state.known_sets.clone())
+        };
+        let key = &self.shared.key;
+        let view = watch.runtime.block_on(super::gc::read_view(&watch.backend, key))?;
+        if view.generation == generation {
+            return Ok(());
+        }
+        let sets = watch.runtime.block_on(super::gc::sets_since(&watch.backend, key, &watch.start, view.generation))?;
+        for (name, set) in sets.into_iter().filter(|(name, _)| !known.contains(name)) {
+            self.shared.catalog.exclude_packs(set.packs.iter().copied());
+            let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
+            let reused: Vec<BlobId> = {
+                let state = watch.state.lock().unwrap_or_else(|p| p.into_inner());
+                state.reused.iter().filter(|b| doomed.contains(b)).copied().collect()
+            };
+            let own: Vec<crate::id::PackId> = {
+                let mine = watch.my_packs.lock().unwrap_or_else(|p| p.into_inner());
+                set.packs.iter().filter(|p| mine.contains(p)).copied().collect()
+            };
+            let copies = watch.runtime.block_on(super::gc::salvage(
+                &watch.backend,
+                key,
+                &self.shared.catalog,
+                &doomed,
+                &reused,
+                &own,
+                &set.packs.iter().copied().collect(),
+            ))?;
+            for (kind, id, bytes) in copies {
+                self.store_copy(kind, id, bytes)?;
+            }
+            watch.state.lock().unwrap_or_else(|p| p.into_inner()).known_sets.insert(name);
+        }
+        watch.state.lock().unwrap_or_else(|p| p.into_inner()).generation = view.generation;
+        Ok(())
     }
 
     /// Queue a data blob that [`Saver::claim`] returned true for.
@@ -226,12 +320,26 @@ impl Saver {
     }
 }
 
-impl MetaSink for Saver {
-    fn save_meta(&self, bytes: Vec<u8>) -> Result<BlobId> {
-        let id = self.shared.key.blob_id(&bytes);
-        if !self.claim(&id)? {
-            return Ok(id);
+impl Saver {
+    /// Store a copy of a blob whatever the index says (a writer moving a blob it relies
+    /// on out of a pack that a concurrent prune is about to delete; see `gc`).
+    pub fn save_copy(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
+        if !self.shared.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
+            return Ok(());
         }
+        self.store_copy(kind, id, bytes)
+    }
+
+    /// Store a blob even if this session stored it already (its pack is being removed).
+    fn store_copy(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
+        super::gc::count_copied(1);
+        match kind {
+            BlobKind::Data => self.save_data(id, bytes),
+            BlobKind::Meta => self.store_meta(id, bytes),
+        }
+    }
+
+    fn store_meta(&self, id: BlobId, bytes: Vec<u8>) -> Result<()> {
         let full = {
             let mut slot = self.shared.meta_pack.lock().unwrap_or_else(|p| p.into_inner());
             let pack = slot.get_or_insert_with(|| PackWriter::new(&self.shared.key, 1 << 20));
@@ -245,6 +353,16 @@ impl MetaSink for Saver {
         };
         if let Some(pack) = full {
             self.shared.send_pack(pack.finish())?;
+        }
+        Ok(())
+    }
+}
+
+impl MetaSink for Saver {
+    fn save_meta(&self, bytes: Vec<u8>) -> Result<BlobId> {
+        let id = self.shared.key.blob_id(&bytes);
+        if self.claim(&id)? {
+            self.store_meta(id, bytes)?;
         }
         Ok(id)
     }

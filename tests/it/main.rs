@@ -6,6 +6,7 @@ mod crash;
 mod errors;
 mod faults;
 mod harness;
+mod races;
 mod s3;
 mod s3server;
 mod trees;

@@ -1,0 +1,565 @@
+//! Removing data while any number of writers add to the repository, without locks and
+//! without trusting clocks (docs/format.md, "Concurrency").
+//!
+//! The repository's GC state is a chain of write-once generation objects
+//! `gc/gen/<n>`; the newest is current. Creating `gc/gen/<n+1>` with a create-only write
+//! is a compare-and-swap on the state: of two removers, one wins and the other stops.
+//! Each generation names the *pending* candidate sets: packs marked for removal, with
+//! the blobs that would be lost with them ("doomed") and the snapshots seen when marked.
+//!
+//! A removal run ([`collect`]):
+//! 1. **fence**: create the next generation (same pending sets);
+//! 2. **sweep** every pending set: list snapshots now; any snapshot the mark did not see
+//!    rescues the packs holding doomed blobs it references; rewrite index files without
+//!    the remaining packs, then delete those packs;
+//! 3. **mark**: walk every snapshot, pick the packs none of whose blobs is referenced
+//!    (and unindexed packs), write them as a new candidate set, and publish it by
+//!    creating the next generation, whose pending list holds only the new set.
+//!
+//! A pack is therefore deleted only by a run *after* the one that marked it. Writers:
+//! * read the generation when they open the repository, before loading the catalog, and
+//!   never reuse blobs from packs of a pending set ([`Catalog::exclude_packs`]);
+//! * before writing a snapshot, read the generation again; if a set was marked since
+//!   they started, walk the new snapshot and, for every blob it needs that only that
+//!   set's packs hold, store a fresh copy while the pack still exists ([`guard`]);
+//! * after writing the snapshot, read the generation once more: if it moved on by two or
+//!   more, a sweep may have missed the snapshot, so check again; if a needed blob is
+//!   already gone, delete the snapshot and fail (nothing committed).
+//!
+//! Why it is safe: a sweep deletes a pack only after its fence, and lists snapshots after
+//! that fence. A snapshot written before the fence is seen and rescues what it needs. A
+//! writer whose snapshot came later reads a generation at or past the fence afterwards,
+//! and so learns of every set that sweep could have removed.
+
+use super::Repository;
+use crate::backend::{keys, Backend, WriteMode};
+use crate::crypto::MasterKey;
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
+use crate::index::{IndexFile, IndexPack};
+use crate::object;
+use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const GC_MAGIC: &[u8; 8] = b"CAIRNgc1";
+const GENERATIONS: &str = "gc/gen/";
+const CANDIDATES: &str = "gc/cand/";
+
+/// Blobs writers in this process copied out of packs a removal had marked.
+static COPIED_BLOBS: AtomicU64 = AtomicU64::new(0);
+/// Blobs writers in this process stored again rather than reuse them from marked packs.
+static EXCLUDED_HITS: AtomicU64 = AtomicU64::new(0);
+
+pub fn copied_blobs() -> u64 {
+    COPIED_BLOBS.load(Ordering::Relaxed)
+}
+
+pub fn excluded_hits() -> u64 {
+    EXCLUDED_HITS.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_copied(n: u64) {
+    COPIED_BLOBS.fetch_add(n, Ordering::Relaxed);
+}
+
+pub(crate) fn count_excluded(n: u64) {
+    EXCLUDED_HITS.fetch_add(n, Ordering::Relaxed);
+}
+
+/// One GC generation: `gc/gen/<20-digit n>`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GcView {
+    pub generation: u64,
+    /// Object names of candidate sets marked and not yet swept.
+    pub pending: Vec<String>,
+}
+
+/// A candidate set: `gc/cand/<20-digit generation>-<random>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CandidateSet {
+    pub generation: u64,
+    pub packs: Vec<PackId>,
+    /// Blobs every copy of which is in `packs`.
+    pub doomed: Vec<BlobId>,
+    /// Snapshots that existed when the set was marked.
+    pub snapshots: Vec<SnapshotId>,
+    /// Packs found unreferenced for the first time: the next mark may pick them if they
+    /// still are. A pack is marked only when two marks in a row find it unreferenced, so a
+    /// writer's fresh packs survive unless it spans three removal runs (liveness only:
+    /// safety does not depend on it).
+    #[serde(default)]
+    pub watch: Vec<PackId>,
+}
+
+fn generation_key(n: u64) -> String {
+    format!("{GENERATIONS}{n:020}")
+}
+
+fn generation_of(name: &str) -> Option<u64> {
+    keys::name(name).split('-').next()?.parse().ok()
+}
+
+/// The current generation (generation 0, nothing pending, before the first removal).
+pub async fn read_view(backend: &Backend, key: &MasterKey) -> Result<GcView> {
+    let newest = backend.list(GENERATIONS).await?.iter().filter_map(|o| generation_of(&o.key)).max();
+    let Some(n) = newest else { return Ok(GcView::default()) };
+    let name = generation_key(n);
+    let view: GcView = read_sealed(backend, key, &name).await?;
+    if view.generation != n {
+        return Err(Error::corrupt(format!("{name} claims generation {}", view.generation)));
+    }
+    Ok(view)
+}
+
+async fn read_sealed<T: serde::de::DeserializeOwned>(backend: &Backend, key: &MasterKey, name: &str) -> Result<T> {
+    let bytes = backend.get(name).await?;
+    let plain = object::open(key, GC_MAGIC, name, &bytes)?;
+    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not valid: {e}")))
+}
+
+async fn write_sealed<T: Serialize>(backend: &Backend, key: &MasterKey, name: &str, value: &T) -> Result<()> {
+    let sealed = object::seal(key, GC_MAGIC, &serde_json::to_vec(value).expect("gc objects serialize"));
+    backend.put(name, sealed.into(), WriteMode::Create).await
+}
+
+/// Create the generation after `from`; fails with `Locked` if another remover got there first.
+async fn advance(backend: &Backend, key: &MasterKey, from: &GcView, pending: Vec<String>) -> Result<GcView> {
+    let next = GcView { generation: from.generation + 1, pending };
+    match write_sealed(backend, key, &generation_key(next.generation), &next).await {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::new(
+            ErrorKind::Locked,
+            format!(
+                "another removal moved {} to GC generation {} first; it is doing this work, so this run stops (run it again later)",
+                backend.location(),
+                next.generation
+            ),
+        )),
+        other => other.map(|_| next),
+    }
+}
+
+pub async fn read_candidates(backend: &Backend, key: &MasterKey, name: &str) -> Result<CandidateSet> {
+    read_sealed(backend, key, name).await
+}
+
+/// Every blob a snapshot references: its trees, stream nodes and data blobs.
+/// `known` holds metadata blobs already walked (their subtrees are in `out` already).
+pub async fn referenced_blobs(repo: &Repository, snapshot: &SnapshotFile, out: &mut HashSet<BlobId>) -> Result<()> {
+    let mut trees: Vec<BlobId> = snapshot.tree.into_iter().collect();
+    let mut contents: Vec<Content> = snapshot.content.iter().cloned().collect();
+    loop {
+        if let Some(id) = trees.pop() {
+            if !out.insert(id) {
+                continue;
+            }
+            let tree = Tree::decode(&repo.load_blob(&id).await?).map_err(|e| e.context(format!("tree {id}")))?;
+            for node in tree.nodes {
+                trees.extend(node.subtree);
+                contents.extend(node.content);
+            }
+        } else if let Some(content) = contents.pop() {
+            let mut stack = vec![(content.depth, content.entries)];
+            while let Some((depth, entries)) = stack.pop() {
+                for entry in entries {
+                    if !out.insert(entry.0) || depth == 0 {
+                        continue;
+                    }
+                    let (d, children) = decode_node(&repo.load_blob(&entry.0).await?)?;
+                    stack.push((d, children));
+                }
+            }
+        } else {
+            return Ok(());
+        }
+    }
+}
+
+/// What a removal run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectReport {
+    pub generation: u64,
+    pub swept_sets: u64,
+    pub deleted_packs: u64,
+    pub deleted_bytes: u64,
+    pub rescued_packs: u64,
+    pub rewritten_index_files: u64,
+    pub marked_packs: u64,
+    pub marked_bytes: u64,
+}
+
+/// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now.
+/// Never blocks writers; see the module documentation.
+pub async fn collect(repo: &Repository) -> Result<CollectReport> {
+    let backend = repo.backend();
+    let key = repo.key();
+    if !backend.conditional_writes() {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} does not support create-only writes, which removal needs to stay safe next to other writers; see docs/storage.md",
+                backend.location()
+            ),
+        ));
+    }
+    let start = read_view(backend, key).await?;
+    let fence = advance(backend, key, &start, start.pending.clone()).await?;
+    let mut report = CollectReport::default();
+
+    // Sweep. Everything read from here on is read after the fence.
+    let index = read_index(backend, key).await?;
+    let stored = backend.list(keys::DATA).await?;
+    let stored_size: HashMap<PackId, u64> =
+        stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
+    repo.catalog().refresh(backend, key).await?;
+    let snapshots = list_snapshots(repo).await?;
+    let mut doomed_packs: BTreeSet<PackId> = BTreeSet::new();
+    // Packs the previous mark found unreferenced (marked or watched).
+    let mut previously_unreferenced: HashSet<PackId> = HashSet::new();
+    for name in &start.pending {
+        let set = read_candidates(backend, key, name).await?;
+        previously_unreferenced.extend(set.watch.iter().copied());
+        let seen: HashSet<SnapshotId> = set.snapshots.iter().copied().collect();
+        let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
+        let mut needed = HashSet::new();
+        for (id, snapshot) in &snapshots {
+            if !seen.contains(id) {
+                let mut blobs = HashSet::new();
+                referenced_blobs(repo, snapshot, &mut blobs).await?;
+                needed.extend(blobs.intersection(&doomed).copied());
+            }
+        }
+        // A needed blob copied since the mark into a pack outside the set needs no rescue.
+        let marked: HashSet<PackId> = set.packs.iter().copied().collect();
+        let index_packs = || index.iter().flat_map(|(_, file)| &file.packs);
+        let copied: HashSet<BlobId> = index_packs()
+            .filter(|p| !marked.contains(&p.id))
+            .flat_map(|p| p.blobs.iter().map(|b| b.id))
+            .filter(|b| needed.contains(b))
+            .collect();
+        needed.retain(|b| !copied.contains(b));
+        let rescue: HashSet<PackId> = index_packs()
+            .filter(|p| marked.contains(&p.id) && p.blobs.iter().any(|b| needed.contains(&b.id)))
+            .map(|p| p.id)
+            .collect();
+        // Unindexed packs cannot be checked blob by blob here: their doomed blobs came
+        // from their headers; rescue them if anything new needs one of those blobs.
+        for pack in &set.packs {
+            if rescue.contains(pack) {
+                report.rescued_packs += 1;
+            } else {
+                doomed_packs.insert(*pack);
+            }
+        }
+        if !needed.is_empty() && set.packs.iter().any(|p| !index_has(&index, p)) {
+            // A new snapshot needs a doomed blob of an unindexed pack: keep them all.
+            for pack in set.packs.iter().filter(|p| !index_has(&index, p)) {
+                if pack_holds_any(repo, pack, &needed).await? && doomed_packs.remove(pack) {
+                    report.rescued_packs += 1;
+                }
+            }
+        }
+        report.swept_sets += 1;
+    }
+    if !doomed_packs.is_empty() {
+        report.rewritten_index_files = drop_from_index(backend, key, &index, &doomed_packs).await?;
+        for pack in &doomed_packs {
+            if let Some(size) = stored_size.get(pack) {
+                backend.delete(&keys::pack(pack)).await?;
+                report.deleted_packs += 1;
+                report.deleted_bytes += size;
+            }
+        }
+    }
+
+    // Mark, against the state after the sweep.
+    let index: Vec<(IndexId, IndexFile)> = read_index(backend, key).await?;
+    repo.catalog().refresh(backend, key).await?;
+    let snapshots = list_snapshots(repo).await?;
+    let mut referenced = HashSet::new();
+    for (_, snapshot) in &snapshots {
+        referenced_blobs(repo, snapshot, &mut referenced).await?;
+    }
+    // Unreferenced now: indexed packs none of whose blobs a snapshot needs, and packs no
+    // index lists (left by an interrupted writer, or written by one still running).
+    let mut unreferenced: BTreeSet<PackId> = BTreeSet::new();
+    let mut kept_blobs: HashSet<BlobId> = HashSet::new();
+    let mut indexed: HashMap<PackId, &IndexPack> = HashMap::new();
+    for pack in index.iter().flat_map(|(_, f)| &f.packs) {
+        indexed.insert(pack.id, pack);
+    }
+    for pack in indexed.values() {
+        if pack.blobs.iter().any(|b| referenced.contains(&b.id)) || !stored_size.contains_key(&pack.id) {
+            kept_blobs.extend(pack.blobs.iter().map(|b| b.id));
+        } else {
+            unreferenced.insert(pack.id);
+        }
+    }
+    for pack in stored_size.keys() {
+        if !indexed.contains_key(pack) && !doomed_packs.contains(pack) {
+            unreferenced.insert(*pack);
+        }
+    }
+    // Marked: unreferenced at the previous mark too. The rest is watched until the next.
+    let (candidates, watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
+        unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
+    let mut marked_bytes = 0;
+    let mut doomed: BTreeSet<BlobId> = BTreeSet::new();
+    let mut marked: Vec<PackId> = Vec::new();
+    for pack in &candidates {
+        let ids = match indexed.get(pack) {
+            Some(p) => p.blobs.iter().map(|b| b.id).collect(),
+            // Its header says which blobs it holds, so a writer that needs one is protected.
+            None => match pack_blob_ids(repo, pack).await {
+                Ok(ids) => ids,
+                // Unreadable: not ours to judge here; check reports it.
+                Err(_) => continue,
+            },
+        };
+        doomed.extend(ids.into_iter().filter(|b: &BlobId| !kept_blobs.contains(b)));
+        marked.push(*pack);
+        marked_bytes += stored_size.get(pack).copied().unwrap_or(0);
+    }
+    let candidates = marked;
+    report.marked_packs = candidates.len() as u64;
+    report.marked_bytes = marked_bytes;
+    let generation = fence.generation + 1;
+    let pending = if candidates.is_empty() && watch.is_empty() {
+        Vec::new()
+    } else {
+        let name = format!("{CANDIDATES}{generation:020}-{}", hex::encode(crate::crypto::random_bytes::<8>()));
+        let set = CandidateSet {
+            generation,
+            packs: candidates,
+            doomed: doomed.into_iter().collect(),
+            snapshots: snapshots.iter().map(|(id, _)| *id).collect(),
+            watch: watch.into_iter().collect(),
+        };
+        write_sealed(backend, key, &name, &set).await?;
+        vec![name]
+    };
+    match advance(backend, key, &fence, pending.clone()).await {
+        Ok(view) => report.generation = view.generation,
+        Err(e) => {
+            for name in pending {
+                let _ = backend.delete(&name).await;
+            }
+            return Err(e);
+        }
+    }
+    Ok(report)
+}
+
+fn index_has(index: &[(IndexId, IndexFile)], pack: &PackId) -> bool {
+    index.iter().any(|(_, f)| f.packs.iter().any(|p| p.id == *pack))
+}
+
+async fn pack_holds_any(repo: &Repository, pack: &PackId, blobs: &HashSet<BlobId>) -> Result<bool> {
+    if repo.backend().head(&keys::pack(pack)).await?.is_none() {
+        return Ok(false);
+    }
+    Ok(pack_blob_ids(repo, pack).await?.iter().any(|b| blobs.contains(b)))
+}
+
+/// The blob ids a pack's own header lists (unindexed packs are rare leftovers: read whole).
+async fn pack_blob_ids(repo: &Repository, pack: &PackId) -> Result<Vec<BlobId>> {
+    let bytes = repo.backend().get(&keys::pack(pack)).await?;
+    let (_, entries) = crate::pack::read_header(repo.key(), &pack.to_hex(), &bytes)?;
+    Ok(entries.into_iter().map(|e| e.id).collect())
+}
+
+async fn read_index(backend: &Backend, key: &MasterKey) -> Result<Vec<(IndexId, IndexFile)>> {
+    let mut out = Vec::new();
+    for object in backend.list(keys::INDEX).await? {
+        let Ok(id) = IndexId::from_hex(keys::name(&object.key)) else { continue };
+        let plain = object::open(key, object::INDEX_MAGIC, &object.key, &backend.get(&object.key).await?)?;
+        out.push((id, IndexFile::decode(&plain).map_err(|e| e.context(&object.key))?));
+    }
+    Ok(out)
+}
+
+async fn list_snapshots(repo: &Repository) -> Result<Vec<(SnapshotId, SnapshotFile)>> {
+    let mut out = Vec::new();
+    for object in repo.backend().list(keys::SNAPSHOTS).await? {
+        let Ok(id) = SnapshotId::from_hex(keys::name(&object.key)) else { continue };
+        match super::read_snapshot(repo.backend(), repo.key(), &id).await {
+            Ok(snapshot) => out.push((id, snapshot)),
+            // Forgotten between the listing and the read.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Rewrite every index file that lists a pack in `drop`, without those packs: the new
+/// file first, then the old one goes. Returns how many files were rewritten.
+async fn drop_from_index(
+    backend: &Backend,
+    key: &MasterKey,
+    index: &[(IndexId, IndexFile)],
+    drop: &BTreeSet<PackId>,
+) -> Result<u64> {
+    let mut rewritten = 0;
+    for (id, file) in index {
+        if !file.packs.iter().any(|p| drop.contains(&p.id)) {
+            continue;
+        }
+        let kept = IndexFile { packs: file.packs.iter().filter(|p| !drop.contains(&p.id)).cloned().collect() };
+        if !kept.packs.is_empty() {
+            let sealed = object::seal(key, object::INDEX_MAGIC, &kept.encode());
+            backend.put(&keys::index(&IndexId::random()), sealed.into(), WriteMode::Create).await?;
+        }
+        backend.delete(&keys::index(id)).await?;
+        rewritten += 1;
+    }
+    Ok(rewritten)
+}
+
+/// Candidate sets a writer that started at `start` must consider at generation `now`:
+/// every set marked after it started, and those pending when it started.
+pub async fn sets_since(
+    backend: &Backend,
+    key: &MasterKey,
+    start: &GcView,
+    upto: u64,
+) -> Result<Vec<(String, CandidateSet)>> {
+    let mut names: BTreeSet<String> = start.pending.iter().cloned().collect();
+    for object in backend.list(CANDIDATES).await? {
+        if generation_of(&object.key).is_some_and(|g| g > start.generation && g <= upto) {
+            names.insert(object.key.clone());
+        }
+    }
+    let mut out = Vec::new();
+    for name in names {
+        match read_candidates(backend, key, &name).await {
+            Ok(set) => out.push((name, set)),
+            // A set whose publication lost the race is deleted by its remover.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+fn gone(id: &BlobId, e: &Error) -> Error {
+    Error::new(
+        ErrorKind::Locked,
+        format!("a concurrent prune removed blob {id} that this backup relies on ({e}); nothing was committed: run the backup again"),
+    )
+}
+
+/// Read the blobs a writer must keep out of packs that are about to be removed: the
+/// doomed blobs in its own packs (read from the pack) and the doomed blobs it reused
+/// (read where the catalog places them). Fails with `Locked` if one is already gone.
+pub async fn salvage(
+    backend: &Backend,
+    key: &MasterKey,
+    catalog: &crate::catalog::Catalog,
+    doomed: &HashSet<BlobId>,
+    reused: &[BlobId],
+    own_packs: &[PackId],
+    marked: &HashSet<PackId>,
+) -> Result<Vec<(crate::pack::BlobKind, BlobId, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for pack in own_packs {
+        let bytes = backend.get(&keys::pack(pack)).await;
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(Error::new(
+                    ErrorKind::Locked,
+                    format!("a concurrent prune removed pack {pack} this backup wrote; nothing was committed: run the backup again"),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        let (salt, entries) = crate::pack::read_header(key, &pack.to_hex(), &bytes)?;
+        let pack_key = key.pack_key(&salt);
+        for entry in entries.iter().filter(|e| doomed.contains(&e.id)) {
+            let sealed = &bytes[entry.offset as usize..entry.end() as usize];
+            out.push((entry.kind, entry.id, crate::pack::open_blob(key, &pack_key, entry, sealed)?));
+        }
+    }
+    for id in reused {
+        let Some(location) = catalog.lookup(id)? else { continue };
+        if !marked.contains(&location.pack) {
+            continue; // a newer copy outside the marked packs
+        }
+        let sealed = backend
+            .get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end())
+            .await
+            .map_err(|e| gone(id, &e))?;
+        out.push((location.entry.kind, *id, super::load::open_located(key, &location, &sealed)?));
+    }
+    Ok(out)
+}
+
+/// Make sure every blob `snapshot` needs survives removals that started since this
+/// repository was opened; called before the snapshot is written. Returns the
+/// generation it checked against.
+pub async fn guard(repo: &Repository, snapshot: &SnapshotFile) -> Result<u64> {
+    let start = repo.gc_start();
+    let now = read_view(repo.backend(), repo.key()).await?;
+    if now.generation == start.generation {
+        // Nothing marked or swept since the start: sets pending then were excluded from
+        // reuse, and the catalog was loaded after they were marked.
+        return Ok(now.generation);
+    }
+    protect(repo, snapshot, start, &now).await?;
+    Ok(now.generation)
+}
+
+/// After the snapshot is written: if removals advanced two generations or more since
+/// [`guard`], one may have swept without seeing it; check again. An error means the
+/// caller must delete the snapshot.
+pub async fn confirm(repo: &Repository, snapshot: &SnapshotFile, guarded: u64) -> Result<()> {
+    let now = read_view(repo.backend(), repo.key()).await?;
+    if now.generation <= guarded + 1 {
+        return Ok(());
+    }
+    protect(repo, snapshot, repo.gc_start(), &now).await
+}
+
+async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now: &GcView) -> Result<()> {
+    let sets = sets_since(repo.backend(), repo.key(), start, now.generation).await?;
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let mut needed = HashSet::new();
+    referenced_blobs(repo, snapshot, &mut needed).await?;
+    // At risk: needed, every copy doomed when marked, and no newer copy known here.
+    let marked: HashSet<PackId> = sets.iter().flat_map(|(_, s)| s.packs.iter().copied()).collect();
+    let mut at_risk: Vec<BlobId> = Vec::new();
+    for (_, set) in &sets {
+        for id in set.doomed.iter().filter(|b| needed.contains(b)) {
+            if repo.catalog().lookup(id)?.is_none_or(|l| marked.contains(&l.pack)) {
+                at_risk.push(*id);
+            }
+        }
+    }
+    if at_risk.is_empty() {
+        return Ok(());
+    }
+    at_risk.sort();
+    at_risk.dedup();
+    // Copy each blob at risk into a new pack while its old one still exists.
+    let mut copies = Vec::with_capacity(at_risk.len());
+    for id in &at_risk {
+        let location = repo.locate(id)?;
+        let bytes = repo.load_blob(id).await.map_err(|e| gone(id, &e))?;
+        copies.push((location.entry.kind, *id, bytes));
+    }
+    let saver = super::saver::Saver::start(repo, &tokio::runtime::Handle::current());
+    let saver = tokio::task::spawn_blocking(move || {
+        for (kind, id, bytes) in copies {
+            saver.save_copy(kind, id, bytes)?;
+        }
+        Ok::<_, Error>(saver)
+    })
+    .await
+    .map_err(|e| Error::backend(format!("copy task failed: {e}")))??;
+    saver.finish().await?;
+    Ok(())
+}
