@@ -50,6 +50,18 @@ impl MasterKey {
         MasterKey { encrypt: random_bytes(), id: random_bytes() }
     }
 
+    /// A new key that shares `other`'s id key: the two repositories name identical
+    /// content with identical blob ids (for `init --copy-settings-from`), while their
+    /// encryption keys stay independent.
+    pub fn random_sharing_ids_with(other: &MasterKey) -> Self {
+        MasterKey { encrypt: random_bytes(), id: other.id }
+    }
+
+    /// Whether two keys name blobs alike (constant time).
+    pub fn same_id_key(&self, other: &MasterKey) -> bool {
+        self.id.iter().zip(other.id.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+
     pub fn to_bytes(&self) -> [u8; 64] {
         let mut out = [0u8; 64];
         out[..32].copy_from_slice(&self.encrypt);

@@ -180,6 +180,13 @@ impl Context {
         Ok(Repository::open_unrefreshed(backend, &secret, &self.cache_mode()).await?)
     }
 
+    /// Open another repository (the source or destination of a copy).
+    pub async fn open_other(&self, url: &str, secret: &Secret) -> anyhow::Result<Repository> {
+        let backend = self.backend(url, false)?;
+        let repo = Repository::open(backend, secret, &self.cache_mode()).await?;
+        Ok(repo)
+    }
+
     /// The storage at `url`, with `--connections` applied.
     pub fn backend(&self, url: &str, create: bool) -> anyhow::Result<Backend> {
         let backend = Backend::from_url(url, create)?;
@@ -200,6 +207,38 @@ impl Context {
             );
         }
         Ok(repo)
+    }
+}
+
+/// How to unlock a second repository (`copy --to`, `init --copy-settings-from`): the
+/// same choices as the global options, under a prefix (`--to-password-file`, ...).
+#[derive(Args, Clone, Debug, Default)]
+pub struct OtherSecret {
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl OtherSecret {
+    /// The secret, falling back to the environment variable `env` for a password.
+    pub fn resolve(&self, env: &str, what: &str) -> anyhow::Result<Secret> {
+        if let Some(path) = &self.key_file {
+            return Ok(Secret::KeyFile(path.clone()));
+        }
+        if let Some(command) = &self.password_command {
+            return Ok(Secret::Password(password_from_command(command)?));
+        }
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read password file {}", path.display()))?;
+            return Ok(Secret::Password(first_line(&text)));
+        }
+        match std::env::var(env) {
+            Ok(password) => Ok(Secret::Password(password)),
+            Err(_) => Err(usage(format!(
+                "no password given for {what}: set {env} or pass its password file, command or key file"
+            ))),
+        }
     }
 }
 

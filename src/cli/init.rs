@@ -23,6 +23,20 @@ pub struct InitArgs {
     /// Argon2id passes for the password's key slot
     #[arg(long, env = "CAIRN_KDF_ITERATIONS", default_value_t = 3, value_name = "N")]
     kdf_iterations: u32,
+    /// Take chunking, compression, pack size and the blob id key from this repository, so
+    /// that `cairn copy` between the two deduplicates (its password: --from-password-file,
+    /// --from-password-command, --from-key-file or CAIRN_FROM_PASSWORD)
+    #[arg(long, value_name = "URL")]
+    copy_settings_from: Option<String>,
+    /// Read the --copy-settings-from repository's password from this file
+    #[arg(long, value_name = "FILE", requires = "copy_settings_from")]
+    from_password_file: Option<std::path::PathBuf>,
+    /// Run this shell command for the --copy-settings-from repository's password
+    #[arg(long, value_name = "CMD", requires = "copy_settings_from")]
+    from_password_command: Option<String>,
+    /// Unlock the --copy-settings-from repository with a key file
+    #[arg(long, value_name = "FILE", requires = "copy_settings_from")]
+    from_key_file: Option<std::path::PathBuf>,
 }
 
 pub fn kdf_params(memory_mib: u32, iterations: u32) -> KdfParams {
@@ -36,11 +50,30 @@ pub async fn run(ctx: &Context, args: InitArgs) -> Outcome {
         None if is_default => Secret::KeyFile(super::context::default_key_file()),
         None => anyhow::bail!("no password given for the new repository at {url}: set CAIRN_PASSWORD, --password-file, --password-command or --key-file"),
     };
+    let like = match &args.copy_settings_from {
+        Some(from) => {
+            let from_secret = super::context::OtherSecret {
+                password_file: args.from_password_file.clone(),
+                password_command: args.from_password_command.clone(),
+                key_file: args.from_key_file.clone(),
+            }
+            .resolve("CAIRN_FROM_PASSWORD", &format!("the repository {from}"))?;
+            let other = cairn::repo::Repository::open_unrefreshed(
+                ctx.backend(from, false)?,
+                &from_secret,
+                &cairn::repo::CacheMode::Temporary,
+            )
+            .await?;
+            Some((other.config().clone(), other.key().clone()))
+        }
+        None => None,
+    };
     let options = InitOptions {
         chunk_avg: args.chunk_avg,
         compression_level: args.compression_level,
         pack_size: args.pack_size,
         kdf: kdf_params(args.kdf_memory_mib, args.kdf_iterations),
+        like,
     };
     let backend = ctx.backend(&url, true)?;
     let repo = Repository::init(backend, &secret, &options, &ctx.cache_mode()).await?;

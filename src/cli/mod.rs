@@ -9,6 +9,7 @@ mod backup;
 mod cat;
 mod check;
 mod context;
+mod copy;
 mod init;
 mod key;
 mod output;
@@ -51,6 +52,8 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Verify the repository's structure and, optionally, every byte of data
     Check(check::CheckArgs),
+    /// Copy snapshots to another repository, sending only what it lacks
+    Copy(copy::CopyArgs),
     /// Show what the repository holds and how well it deduplicates
     Stats,
     /// Print a decrypted repository object as JSON, for debugging
@@ -107,6 +110,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Snapshots(args) => snapshots::run(ctx, args).await,
         Command::Restore(args) => restore::run(ctx, args).await,
         Command::Check(args) => check::run(ctx, args).await,
+        Command::Copy(args) => copy::run(ctx, args).await,
         Command::Stats => stats::run(ctx).await,
         Command::Cat(args) => cat::run(ctx, args).await,
     }

@@ -45,6 +45,10 @@ pub struct RepoConfig {
     /// and removing data requires `--exclusive` (docs/storage.md).
     #[serde(default = "yes")]
     pub conditional_writes: bool,
+    /// The repository whose chunking settings and id key this one was created with
+    /// (`init --copy-settings-from`): copies between them deduplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings_from: Option<RepoId>,
 }
 
 fn yes() -> bool {
@@ -58,6 +62,8 @@ pub struct InitOptions {
     pub compression_level: i32,
     pub pack_size: u32,
     pub kdf: KdfParams,
+    /// Take chunking, compression, pack size and the id key from this open repository.
+    pub like: Option<(RepoConfig, MasterKey)>,
 }
 
 impl Default for InitOptions {
@@ -67,6 +73,7 @@ impl Default for InitOptions {
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             pack_size: DEFAULT_PACK_SIZE,
             kdf: KdfParams::default(),
+            like: None,
         }
     }
 }
@@ -116,19 +123,25 @@ impl Repository {
             return Err(Error::invalid(format!("pack size {} is out of range 1 MiB..=256 MiB", options.pack_size)));
         }
         let seed = u64::from_le_bytes(crate::crypto::random_bytes());
-        let chunker = ChunkerParams::with_average(options.chunk_avg, seed);
+        let mut chunker = ChunkerParams::with_average(options.chunk_avg, seed);
+        let (mut compression_level, mut pack_size) = (options.compression_level, options.pack_size);
+        let mut key = MasterKey::random();
+        if let Some((like, like_key)) = &options.like {
+            (chunker, compression_level, pack_size) = (like.chunker, like.compression_level, like.pack_size);
+            key = MasterKey::random_sharing_ids_with(like_key);
+        }
         chunker.validate().map_err(Error::invalid)?;
         let conditional_writes = backend.probe_conditional_writes().await?;
         let mut backend = backend;
         backend.set_conditional_writes(conditional_writes);
-        let key = MasterKey::random();
         let config = RepoConfig {
             conditional_writes,
+            settings_from: options.like.as_ref().map(|(c, _)| c.id),
             version: FORMAT_VERSION,
             id: RepoId::random(),
             chunker,
-            compression_level: options.compression_level,
-            pack_size: options.pack_size,
+            compression_level,
+            pack_size,
             created: jiff::Timestamp::now(),
         };
         let key_slot = match secret {

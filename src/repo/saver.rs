@@ -22,7 +22,7 @@ use crate::backend::{keys, Backend, WriteMode};
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId};
+use crate::id::{BlobId, IndexId, PackId};
 use crate::index::{IndexFile, IndexPack};
 use crate::object;
 use crate::pack::{BlobKind, FinishedPack, PackWriter};
@@ -46,12 +46,14 @@ type Job = Vec<(BlobId, Vec<u8>)>;
 const BATCH_BYTES: usize = 1 << 20;
 
 /// What a saver stored.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SaverStats {
     pub added_bytes: u64,
     pub added_blobs: u64,
     pub packs: u64,
     pub index_files: u64,
+    /// The packs written, for callers that verify them.
+    pub pack_ids: Vec<PackId>,
 }
 
 struct Shared {
@@ -80,7 +82,7 @@ struct Watch {
     backend: crate::backend::Backend,
     start: super::gc::GcView,
     interval: std::time::Duration,
-    my_packs: Mutex<HashSet<crate::id::PackId>>,
+    my_packs: Mutex<HashSet<PackId>>,
     state: Mutex<WatchState>,
 }
 
@@ -111,7 +113,7 @@ pub struct Saver {
     batch: Mutex<(Job, usize)>,
     data_tx: Option<SyncSender<Job>>,
     workers: Vec<JoinHandle<Result<()>>>,
-    uploader: Option<tokio::task::JoinHandle<Result<(u64, u64)>>>,
+    uploader: Option<tokio::task::JoinHandle<Result<Uploaded>>>,
 }
 
 impl Saver {
@@ -314,9 +316,10 @@ impl Saver {
         // Closing the channel lets the uploader write its last index file and stop.
         drop(self);
         let upload_result = uploader.await.map_err(|e| Error::backend(format!("uploader failed: {e}")))?;
-        let (packs, index_files) = upload_result?;
+        let (pack_ids, index_files) = upload_result?;
+        let packs = pack_ids.len() as u64;
         worker_result?;
-        Ok(SaverStats { added_bytes, added_blobs, packs, index_files })
+        Ok(SaverStats { added_bytes, added_blobs, packs, index_files, pack_ids })
     }
 }
 
@@ -328,6 +331,15 @@ impl Saver {
             return Ok(());
         }
         self.store_copy(kind, id, bytes)
+    }
+
+    /// Store a blob [`Saver::claim`] returned true for, under the id it already has
+    /// (copying between repositories that share an id key).
+    pub fn store_claimed(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
+        match kind {
+            BlobKind::Data => self.save_data(id, bytes),
+            BlobKind::Meta => self.store_meta(id, bytes),
+        }
     }
 
     /// Store a blob even if this session stored it already (its pack is being removed).
@@ -396,15 +408,21 @@ fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
     Ok(())
 }
 
+/// What the uploader wrote: the packs, and how many index files.
+type Uploaded = (Vec<PackId>, u64);
+
 /// Upload packs as they come, and write an index file for the durable ones every
 /// [`INDEX_FLUSH_BLOBS`] blobs and at the end. Returns (packs, index files) written.
-async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<FinishedPack>) -> Result<(u64, u64)> {
+async fn upload_loop(
+    indexer: Indexer,
+    mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
+) -> Result<Uploaded> {
     let backend = &indexer.backend;
     // Parallel writes to one local disk only add memory; object stores get `--connections`.
     let concurrency = if backend.is_local() { 1 } else { backend.connections() };
     let mut in_flight = tokio::task::JoinSet::new();
     let mut durable: Vec<IndexPack> = Vec::new();
-    let (mut packs, mut index_files) = (0u64, 0u64);
+    let (mut packs, mut index_files) = (Vec::new(), 0u64);
     let mut last_flush = std::time::Instant::now();
     let mut failure: Option<Error> = None;
     loop {
@@ -422,7 +440,7 @@ async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<Finis
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 match done.map_err(|e| Error::backend(format!("upload task failed: {e}"))).and_then(|r| r) {
                     Ok(pack) => {
-                        packs += 1;
+                        packs.push(pack.id);
                         durable.push(pack);
                         let blobs: usize = durable.iter().map(|p| p.blobs.len()).sum();
                         if blobs >= INDEX_FLUSH_BLOBS || durable.len() >= INDEX_FLUSH_PACKS || last_flush.elapsed() >= INDEX_FLUSH_INTERVAL {
@@ -442,7 +460,10 @@ async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<Finis
     }
     while let Some(done) = in_flight.join_next().await {
         match done.map_err(|e| Error::backend(format!("upload task failed: {e}"))).and_then(|r| r) {
-            Ok(pack) => durable.push(pack),
+            Ok(pack) => {
+                packs.push(pack.id);
+                durable.push(pack);
+            }
             Err(e) => {
                 failure.get_or_insert(e);
             }

@@ -2,6 +2,7 @@
 //! and object storage against a real S3 server on 127.0.0.1.
 
 mod cli;
+mod copy;
 mod crash;
 mod errors;
 mod faults;
