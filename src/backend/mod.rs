@@ -28,6 +28,10 @@ use std::time::Duration;
 
 /// How many times a transient failure is tried before giving up.
 const ATTEMPTS: u32 = 4;
+/// Objects at least this large go to object stores as multipart uploads...
+const MULTIPART_THRESHOLD: usize = 64 << 20;
+/// ...in parts of this size, several in flight.
+const MULTIPART_PART: usize = 16 << 20;
 
 /// How a write treats an existing object of the same name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +306,11 @@ impl Backend {
                 None => PutMode::Overwrite,
             },
         };
+        if idempotent && self.local_root.is_none() && data.len() >= MULTIPART_THRESHOLD {
+            // A multipart upload cannot be create-only, but the name is the content's hash:
+            // replacing an object with the same bytes changes nothing.
+            return self.retry(key, "write", || self.put_multipart(&path, &data)).await;
+        }
         let payload = PutPayload::from_bytes(data.clone());
         let result = self
             .retry(key, "write", || {
@@ -322,6 +331,19 @@ impl Backend {
             return Ok(());
         }
         self.sync(&[key.to_string()]).await
+    }
+
+    async fn put_multipart(&self, path: &StorePath, data: &Bytes) -> object_store::Result<()> {
+        let upload = self.store.put_multipart(path).await?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, MULTIPART_PART);
+        for part in data.chunks(MULTIPART_PART) {
+            if let Err(e) = writer.wait_for_capacity(self.connections.min(4)).await {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
+            writer.put(data.slice_ref(part));
+        }
+        writer.finish().await.map(|_| ())
     }
 
     /// Make objects durable: on a local disk fsync each file and each directory holding

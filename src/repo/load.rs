@@ -134,22 +134,73 @@ impl<'a> LeafWalker<'a> {
     }
 }
 
-/// Blobs that sit back to back in one pack: fetched with one ranged read.
+/// Blobs of one pack fetched with one ranged read.
 struct Group {
     locations: Vec<BlobLocation>,
 }
 
+/// Bytes of a pack a ranged read may pass over without needing them.
+const GROUP_GAP: u64 = 1 << 20;
+/// Plaintext bytes of the stream planned at once: its blobs are grouped by pack, so a
+/// stream whose blobs alternate between packs (a dump that changed in many places) still
+/// costs about one request per pack and window, not one per switch.
+const WINDOW_BYTES: u64 = 32 << 20;
+const WINDOW_BLOBS: usize = 8192;
+
 impl Group {
     fn range(&self) -> std::ops::Range<u64> {
-        self.locations[0].entry.offset..self.locations.last().unwrap().entry.end()
+        self.locations[0].entry.offset..self.locations.iter().map(|l| l.entry.end()).max().unwrap()
     }
+}
 
-    fn extends(&self, next: &BlobLocation) -> bool {
-        let last = self.locations.last().unwrap();
-        last.pack == next.pack
-            && last.entry.end() == next.entry.offset
-            && next.entry.end() - self.range().start <= MAX_GROUP_BYTES
+/// Plan the reads for a window: distinct blobs grouped by pack, in offset order,
+/// neighbours within [`GROUP_GAP`] merged, each read at most [`MAX_GROUP_BYTES`].
+fn plan(window: &[BlobLocation]) -> Vec<Group> {
+    let mut sorted: Vec<BlobLocation> = window.to_vec();
+    sorted.sort_by_key(|l| (l.pack, l.entry.offset));
+    sorted.dedup_by_key(|l| l.entry.id);
+    let mut groups: Vec<Group> = Vec::new();
+    for location in sorted {
+        match groups.last_mut() {
+            Some(g)
+                if g.locations[0].pack == location.pack
+                    && location.entry.offset <= g.range().end + GROUP_GAP
+                    && location.entry.end() - g.range().start <= MAX_GROUP_BYTES =>
+            {
+                g.locations.push(location)
+            }
+            _ => groups.push(Group { locations: vec![location] }),
+        }
     }
+    groups
+}
+
+/// Fetch a window's blobs (in parallel, one ranged read per group) and return them in
+/// the window's order.
+async fn fetch_window(repo: &Repository, window: Vec<BlobLocation>) -> Result<Vec<Vec<u8>>> {
+    let groups = plan(&window);
+    let mut fetched: std::collections::HashMap<crate::id::BlobId, Vec<u8>> = std::collections::HashMap::new();
+    let mut results = futures::stream::iter(groups.into_iter().map(|g| async move {
+        let ids: Vec<crate::id::BlobId> = g.locations.iter().map(|l| l.entry.id).collect();
+        Ok::<_, Error>(ids.into_iter().zip(fetch_group(repo, g).await?))
+    }))
+    .buffer_unordered(repo.backend().connections());
+    while let Some(blobs) = results.next().await {
+        fetched.extend(blobs?);
+    }
+    // Hand each blob out; one used twice in the window is cloned for all but its last use.
+    let mut uses: std::collections::HashMap<crate::id::BlobId, usize> = std::collections::HashMap::new();
+    for l in &window {
+        *uses.entry(l.entry.id).or_default() += 1;
+    }
+    let mut out = Vec::with_capacity(window.len());
+    for l in &window {
+        let left = uses.get_mut(&l.entry.id).expect("counted");
+        *left -= 1;
+        let blob = if *left == 0 { fetched.remove(&l.entry.id) } else { fetched.get(&l.entry.id).cloned() };
+        out.push(blob.ok_or_else(|| Error::corrupt(format!("blob {} was not fetched", l.entry.id)))?);
+    }
+    Ok(out)
 }
 
 /// Fetch a group with one ranged read and open its blobs on a blocking thread.
@@ -174,43 +225,41 @@ async fn fetch_group(repo: &Repository, group: Group) -> Result<Vec<Vec<u8>>> {
     .map_err(|e| Error::backend(format!("decrypt task failed: {e}")))?
 }
 
-/// The data of `content`, in order, as a stream of blob plaintexts.
+/// The data of `content`, in order, as a stream of blob plaintexts. Windows of about
+/// [`WINDOW_BYTES`] are planned and fetched one ahead of the consumer.
 pub fn read_content<'a>(repo: &'a Repository, content: &Content) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
     let walker = LeafWalker::new(repo, content);
-    let groups = futures::stream::unfold(
-        (walker, None::<BlobLocation>, false),
-        move |(mut walker, mut pending, done)| async move {
-            if done {
-                return None;
-            }
-            let mut group: Option<Group> = pending.take().map(|l| Group { locations: vec![l] });
-            loop {
-                let next = match walker.next().await {
-                    Ok(Some(entry)) => entry,
-                    Ok(None) => return group.map(|g| (Ok(g), (walker, None, true))),
-                    Err(e) => return Some((Err(e), (walker, None, true))),
-                };
-                let location = match repo.locate(&next.0) {
-                    Ok(l) => l,
-                    Err(e) => return Some((Err(e), (walker, None, true))),
-                };
-                match &mut group {
-                    None => group = Some(Group { locations: vec![location] }),
-                    Some(g) if g.extends(&location) => g.locations.push(location),
-                    Some(_) => return group.map(|g| (Ok(g), (walker, Some(location), false))),
+    let windows = futures::stream::unfold((walker, false), move |(mut walker, done)| async move {
+        if done {
+            return None;
+        }
+        let mut window = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < WINDOW_BYTES && window.len() < WINDOW_BLOBS {
+            let next = match walker.next().await {
+                Ok(Some(entry)) => entry,
+                Ok(None) if window.is_empty() => return None,
+                Ok(None) => return Some((Ok(window), (walker, true))),
+                Err(e) => return Some((Err(e), (walker, true))),
+            };
+            match repo.locate(&next.0) {
+                Ok(l) => {
+                    bytes += u64::from(l.entry.raw_length);
+                    window.push(l);
                 }
+                Err(e) => return Some((Err(e), (walker, true))),
             }
-        },
-    );
-    groups
-        .map(move |group| async move {
-            match group {
-                Ok(g) => fetch_group(repo, g).await,
+        }
+        Some((Ok(window), (walker, false)))
+    });
+    windows
+        .map(move |window| async move {
+            match window {
+                Ok(w) => fetch_window(repo, w).await,
                 Err(e) => Err(e),
             }
         })
-        // Groups fetched at once while streaming: one per connection.
-        .buffered(repo.backend().connections())
+        .buffered(2)
         .flat_map(|blobs: Result<Vec<Vec<u8>>>| {
             let items: Vec<Result<Vec<u8>>> = match blobs {
                 Ok(b) => b.into_iter().map(Ok).collect(),

@@ -413,10 +413,7 @@ type Uploaded = (Vec<PackId>, u64);
 
 /// Upload packs as they come, and write an index file for the durable ones every
 /// [`INDEX_FLUSH_BLOBS`] blobs and at the end. Returns (packs, index files) written.
-async fn upload_loop(
-    indexer: Indexer,
-    mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
-) -> Result<Uploaded> {
+async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<FinishedPack>) -> Result<Uploaded> {
     let backend = &indexer.backend;
     // Parallel writes to one local disk only add memory; object stores get `--connections`.
     let concurrency = if backend.is_local() { 1 } else { backend.connections() };

@@ -108,6 +108,23 @@ fn s3_backup_and_restore_survive_injected_faults() {
     assert!(proxy.count("PUT") > 8, "the backup went through the proxy");
 }
 
+/// Packs of 64 MiB and more go up as multipart uploads, parts in parallel.
+#[test]
+fn large_packs_use_multipart_uploads() {
+    let server = S3Server::start();
+    server.create_bucket("big");
+    let proxy = FaultProxy::start(server.port, |_, _, _| Fault::Pass);
+    let env = Env::s3("s3://big/repo", &proxy.endpoint());
+    env.cmd().args(["init", "--pack-size", "96MiB", "--compression-level", "0"]).assert().success();
+    let data = noise(72 << 20, 21);
+    let posts_before = proxy.count("POST");
+    let id = env.backup_stdin("big", &data)["id"].as_str().unwrap().to_string();
+    // CreateMultipartUpload and CompleteMultipartUpload are POSTs; the parts are PUTs.
+    assert!(proxy.count("POST") >= posts_before + 2, "a multipart upload happened");
+    assert!(env.restore_stdout(&id) == data);
+    env.check_read_data();
+}
+
 /// A service that is down fails the backup cleanly: exit 1, nothing committed, and the
 /// next backup, with the service back, succeeds.
 #[test]
