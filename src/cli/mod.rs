@@ -2,7 +2,7 @@
 //!
 //! This is the only place that prints or chooses exit codes (docs/errors.md):
 //! 0 ok, 1 fatal, 2 usage, 3 snapshot written but some source data unreadable,
-//! 10 no repository, 11 lock conflict, 12 wrong password, 13 integrity damage found,
+//! 10 no repository, 11 a concurrent operation got there first, 12 wrong password, 13 integrity damage found,
 //! 130 interrupted.
 
 mod backup;
@@ -28,7 +28,7 @@ pub use context::{Context, GlobalArgs};
 #[command(after_help = "With no --repo and no CAIRN_REPO, cairn uses (and on first use creates) a local repository \
 under the user's data directory, unlocked by a key file in the user's config directory.\n\n\
 Exit codes: 0 ok, 1 fatal error, 2 usage, 3 snapshot written but some source data unreadable, \
-10 no repository, 11 lock conflict, 12 wrong password, 13 integrity damage found, 130 interrupted.")]
+10 no repository, 11 a concurrent operation got there first, 12 wrong password, 13 integrity damage found, 130 interrupted.")]
 pub struct Cli {
     #[command(flatten)]
     global: GlobalArgs,

@@ -85,6 +85,33 @@ fn s3_bad_input_names_the_url_and_hides_secrets() {
     }
 }
 
+/// Unknown credentials and read-only credentials (moto checking IAM): one line naming the
+/// URL and what to check, exit 1, the secret never shown, and nothing left half-written:
+/// an `init` with good credentials afterwards succeeds.
+#[test]
+fn s3_bad_credentials_and_a_read_only_bucket_fail_cleanly() {
+    let (server, writer, reader) = S3Server::start_with_iam();
+    let mut env = Env::s3("s3://guarded/repo", &server.endpoint());
+    let with_keys = |env: &mut Env, (id, secret): &(String, String)| {
+        env.vars.retain(|(k, _)| !k.starts_with("AWS_ACCESS_KEY_ID") && !k.starts_with("AWS_SECRET"));
+        env.vars.push(("AWS_ACCESS_KEY_ID".into(), id.clone()));
+        env.vars.push(("AWS_SECRET_ACCESS_KEY".into(), secret.clone()));
+    };
+    for (who, keys) in [("unknown", (ACCESS_KEY.to_string(), SECRET_KEY.to_string())), ("read-only", reader.clone())] {
+        with_keys(&mut env, &keys);
+        let out = env.cmd().arg("init").assert().code(1).get_output().clone();
+        let text = output_text(&out);
+        assert!(
+            text.contains("s3://guarded/repo") && text.contains("access denied: check the credentials"),
+            "{who}: {text}"
+        );
+        assert_eq!(text.trim().lines().count(), 1, "{who}: one line: {text}");
+        assert!(!text.contains(&keys.1), "{who}: the secret is not shown");
+    }
+    with_keys(&mut env, &writer);
+    env.cmd().arg("init").assert().success();
+}
+
 /// Connection resets, 500s, slow answers and writes that land but report failure:
 /// a backup still succeeds and restores byte-exact, and so does the restore itself.
 #[test]

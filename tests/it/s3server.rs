@@ -35,6 +35,46 @@ impl S3Server {
         server
     }
 
+    /// A server that checks credentials: the bucket `guarded` and two IAM users are set up
+    /// first (moto lets exactly that many requests through unchecked); returns the server
+    /// and the (key id, secret) of a full-access `writer` and a read-only `reader`.
+    pub fn start_with_iam() -> (Self, (String, String), (String, String)) {
+        const SETUP: &str = r#"
+import boto3, json, sys
+kw = dict(endpoint_url=sys.argv[1], aws_access_key_id="setup", aws_secret_access_key="setup", region_name="us-east-1")
+boto3.client("s3", **kw).create_bucket(Bucket="guarded")
+iam = boto3.client("iam", **kw)
+out = {}
+for user, actions in [("writer", ["s3:*"]), ("reader", ["s3:GetObject", "s3:ListBucket"])]:
+    iam.create_user(UserName=user)
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+    iam.put_user_policy(UserName=user, PolicyName="p", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    out[user] = [key["AccessKeyId"], key["SecretAccessKey"]]
+print(json.dumps(out))
+"#;
+        let port = free_port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "7")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server is installed");
+        let server = S3Server { child, port };
+        // Wait by connecting only: a request would use up one of the unchecked actions.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = Command::new("python3").args(["-c", SETUP, &server.endpoint()]).output().expect("python3 runs");
+        assert!(out.status.success(), "IAM setup: {}", String::from_utf8_lossy(&out.stderr));
+        let keys: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pair = |u: &str| (keys[u][0].as_str().unwrap().to_string(), keys[u][1].as_str().unwrap().to_string());
+        (server, pair("writer"), pair("reader"))
+    }
+
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
