@@ -23,6 +23,9 @@ pub struct FaultPlan {
     pub persistent: bool,
     /// Apply the write, then report failure.
     pub land_then_fail: bool,
+    /// Behave like a service without conditional writes: a create-only write silently
+    /// replaces an existing object.
+    pub ignore_create: bool,
 }
 
 pub struct FaultyStore {
@@ -64,7 +67,10 @@ impl fmt::Debug for FaultyStore {
 
 #[async_trait]
 impl ObjectStore for FaultyStore {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> Result<PutResult> {
+    async fn put_opts(&self, location: &Path, payload: PutPayload, mut opts: PutOptions) -> Result<PutResult> {
+        if self.plan.ignore_create {
+            opts.mode = object_store::PutMode::Overwrite;
+        }
         if self.should_fail() {
             if self.plan.land_then_fail {
                 self.inner.put_opts(location, payload, opts).await?;

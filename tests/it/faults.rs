@@ -60,7 +60,7 @@ async fn a_dead_store_at_any_write_leaves_a_valid_repository() {
 
         let faulty = Arc::new(FaultyStore::new(
             memory.clone(),
-            FaultPlan { nth_write: nth, persistent: true, land_then_fail: false },
+            FaultPlan { nth_write: nth, persistent: true, land_then_fail: false, ignore_create: false },
         ));
         let repo = open(faulty.clone()).await;
         let result = backup_stream(&repo, &changed[..], &options("b"), &Cancel::new(), &Silent).await;
@@ -90,7 +90,7 @@ async fn transient_and_lost_reply_faults_are_retried() {
             drop(init(memory.clone()).await);
             let faulty = Arc::new(FaultyStore::new(
                 memory.clone(),
-                FaultPlan { nth_write: nth, persistent: false, land_then_fail },
+                FaultPlan { nth_write: nth, persistent: false, land_then_fail, ignore_create: false },
             ));
             let repo = open(faulty.clone()).await;
             let result = backup_stream(&repo, &data[..], &options("t"), &Cancel::new(), &Silent).await;
@@ -103,4 +103,27 @@ async fn transient_and_lost_reply_faults_are_retried() {
             verify(memory, std::slice::from_ref(&data)).await;
         }
     }
+}
+
+/// A service that silently replaces objects written create-only is found out at init: the
+/// config says so, backups and restores still work, and removal refuses to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_without_create_only_writes_is_detected_and_removal_refuses() {
+    let strict: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    assert!(init(strict).await.config().conditional_writes, "InMemory refuses to overwrite");
+
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let plan = FaultPlan { nth_write: usize::MAX, persistent: false, land_then_fail: false, ignore_create: true };
+    let lax: Arc<dyn ObjectStore> = Arc::new(FaultyStore::new(memory, plan));
+    let repo = init(lax.clone()).await;
+    assert!(!repo.config().conditional_writes, "the probe saw the overwrite");
+    let data = crate::harness::noise(2 << 20, 13);
+    backup_stream(&repo, &data[..], &options("lax"), &Cancel::new(), &Silent).await.unwrap();
+    // The same bytes again: every pack name already exists and is skipped, not rewritten.
+    backup_stream(&repo, &data[..], &options("lax"), &Cancel::new(), &Silent).await.unwrap();
+    drop(repo);
+    verify(lax.clone(), std::slice::from_ref(&data)).await;
+    let err = cairn::repo::gc::collect(&open(lax).await).await.unwrap_err();
+    assert_eq!(err.kind(), cairn::error::ErrorKind::Unsupported, "{err}");
+    assert!(err.message().contains("create-only"), "{err}");
 }
