@@ -160,16 +160,7 @@ impl Repository {
             _ => e,
         })?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        Ok(Repository {
-            backend,
-            key,
-            config,
-            catalog,
-            key_slot,
-            meta_cache: Default::default(),
-            gc_start: gc::GcView::default(),
-            gc_check_interval: GC_CHECK_INTERVAL,
-        })
+        Ok(Self::assemble(backend, key, config, catalog, key_slot, gc::GcView::default()))
     }
 
     /// Open an existing repository and refresh its catalog.
@@ -240,7 +231,18 @@ impl Repository {
         for name in &gc_start.pending {
             catalog.exclude_packs(gc::read_candidates(&backend, &key, name).await?.packs);
         }
-        Ok(Repository {
+        Ok(Self::assemble(backend, key, config, catalog, key_slot, gc_start))
+    }
+
+    fn assemble(
+        backend: Backend,
+        key: MasterKey,
+        config: RepoConfig,
+        catalog: Arc<Catalog>,
+        key_slot: Option<KeyId>,
+        gc_start: gc::GcView,
+    ) -> Self {
+        Repository {
             backend,
             key,
             config,
@@ -249,7 +251,7 @@ impl Repository {
             meta_cache: Default::default(),
             gc_start,
             gc_check_interval: GC_CHECK_INTERVAL,
-        })
+        }
     }
 
     pub fn gc_start(&self) -> &gc::GcView {
