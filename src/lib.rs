@@ -25,6 +25,7 @@ pub mod progress;
 pub mod repo;
 pub mod snapshot;
 pub mod source;
+pub mod wal;
 pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};

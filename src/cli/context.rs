@@ -151,7 +151,7 @@ impl Context {
         Ok(None)
     }
 
-    fn secret_or_default(&self, is_default: bool) -> anyhow::Result<Secret> {
+    pub fn secret_or_default(&self, is_default: bool) -> anyhow::Result<Secret> {
         match self.secret()? {
             Some(secret) => Ok(secret),
             None if is_default => Ok(Secret::KeyFile(default_key_file())),

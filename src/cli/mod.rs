@@ -16,6 +16,7 @@ mod output;
 mod restore;
 mod snapshots;
 mod stats;
+mod wal;
 
 use cairn::ErrorKind;
 use clap::{Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Copy snapshots to another repository, sending only what it lacks
     Copy(copy::CopyArgs),
+    /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list
+    #[command(subcommand)]
+    Wal(wal::WalCommand),
     /// Show what the repository holds and how well it deduplicates
     Stats,
     /// Print a decrypted repository object as JSON, for debugging
@@ -111,6 +115,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Restore(args) => restore::run(ctx, args).await,
         Command::Check(args) => check::run(ctx, args).await,
         Command::Copy(args) => copy::run(ctx, args).await,
+        Command::Wal(cmd) => wal::run(ctx, cmd).await,
         Command::Stats => stats::run(ctx).await,
         Command::Cat(args) => cat::run(ctx, args).await,
     }

@@ -172,7 +172,9 @@ impl Repository {
 
     /// Open without reading the index into the catalog: for `check`, which trusts no
     /// cache and must report a damaged index file rather than fail on it.
-    pub async fn open_unrefreshed(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
+    /// Unlock the master key and read the config, and nothing else: for commands that
+    /// touch no snapshot or index (WAL push and fetch), which must start in milliseconds.
+    pub async fn unlock(backend: Backend, secret: &Secret) -> Result<(Backend, MasterKey, RepoConfig, Option<KeyId>)> {
         let config_bytes = match backend.get(objkeys::CONFIG).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -224,6 +226,11 @@ impl Repository {
         config.chunker.validate().map_err(|e| Error::corrupt(format!("config: {e}")))?;
         let mut backend = backend;
         backend.set_conditional_writes(config.conditional_writes);
+        Ok((backend, key, config, key_slot))
+    }
+
+    pub async fn open_unrefreshed(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
+        let (backend, key, config, key_slot) = Self::unlock(backend, secret).await?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
         // Read the GC generation before anything else is loaded, and keep new snapshots
         // off packs that a pending removal may delete (see `gc`).

@@ -7,6 +7,7 @@ mod crash;
 mod errors;
 mod faults;
 mod harness;
+mod pg;
 mod races;
 mod s3;
 mod s3server;

@@ -1,0 +1,157 @@
+//! `cairn wal push|fetch|list`: PostgreSQL's archive_command and restore_command.
+
+use super::context::Context;
+use super::output::{bytes, print_json};
+use super::{Exit, Outcome};
+use cairn::error::ErrorKind;
+use cairn::repo::Repository;
+use cairn::wal;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+/// Exit code of a fetch that failed for any reason but "not archived": above 125, so
+/// PostgreSQL stops recovery instead of taking it for the end of the WAL and promoting.
+pub const FETCH_FAILED: u8 = 126;
+
+#[derive(Subcommand)]
+pub enum WalCommand {
+    /// Archive one WAL file (archive_command = 'cairn wal push %p --source NAME')
+    Push(PushArgs),
+    /// Restore one archived WAL file (restore_command = 'cairn wal fetch %f %p --source NAME')
+    Fetch(FetchArgs),
+    /// Show archived WAL: ranges and gaps per timeline, history and backup files
+    List(ListArgs),
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The file to archive (%p)
+    path: PathBuf,
+    /// The WAL source: one name per cluster
+    #[arg(long)]
+    source: String,
+}
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// The file name PostgreSQL asks for (%f)
+    name: String,
+    /// Where to write it (%p)
+    dest: PathBuf,
+    #[arg(long)]
+    source: String,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only this source [default: every source]
+    #[arg(long)]
+    source: Option<String>,
+}
+
+async fn unlock(ctx: &Context) -> anyhow::Result<(cairn::backend::Backend, cairn::crypto::MasterKey)> {
+    let (url, is_default) = ctx.repo_url();
+    let secret = ctx.secret_or_default(is_default)?;
+    let (backend, key, _, _) = Repository::unlock(ctx.backend(&url, false)?, &secret).await?;
+    Ok((backend, key))
+}
+
+pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
+    match command {
+        WalCommand::Push(args) => {
+            let (backend, key) = unlock(ctx).await?;
+            match wal::push(&backend, &key, &args.source, &args.path).await? {
+                wal::Pushed::Stored => {}
+                wal::Pushed::AlreadyArchived => {
+                    ctx.info(format!("{} was already archived with identical content", args.path.display()))
+                }
+            }
+            Ok(0)
+        }
+        WalCommand::Fetch(args) => {
+            let result = async {
+                let (backend, key) = unlock(ctx).await?;
+                Ok::<_, anyhow::Error>(wal::fetch(&backend, &key, &args.source, &args.name, &args.dest).await?)
+            }
+            .await;
+            match result {
+                Ok(_) => Ok(0),
+                Err(e) => {
+                    let not_archived =
+                        e.downcast_ref::<cairn::error::Error>().is_some_and(|e| e.kind() == ErrorKind::NotFound);
+                    if not_archived {
+                        // Normal at the end of the archive: PostgreSQL asks for the next file.
+                        if ctx.args.verbose > 0 {
+                            eprintln!("cairn: {} is not archived in source {}", args.name, args.source);
+                        }
+                        Ok(1)
+                    } else {
+                        Err(anyhow::Error::new(Exit {
+                            code: FETCH_FAILED,
+                            message: format!("cannot fetch {} (recovery must stop, not end here): {e:#}", args.name),
+                        }))
+                    }
+                }
+            }
+        }
+        WalCommand::List(args) => {
+            let (backend, key) = unlock(ctx).await?;
+            let sources = match args.source {
+                Some(s) => vec![s],
+                None => {
+                    let mut names: Vec<String> = backend
+                        .list("wal/")
+                        .await?
+                        .iter()
+                        .filter_map(|o| o.key.strip_prefix("wal/")?.split('/').next().map(str::to_string))
+                        .collect();
+                    names.sort();
+                    names.dedup();
+                    names
+                }
+            };
+            let mut listings = Vec::new();
+            for source in &sources {
+                listings.push(wal::list(&backend, &key, source).await?);
+            }
+            if ctx.args.json {
+                print_json(&listings);
+                return Ok(0);
+            }
+            for l in &listings {
+                match &l.cluster {
+                    Some(c) => println!(
+                        "source {} (system identifier {}, {}-byte segments)",
+                        l.source, c.system_identifier, c.segment_size
+                    ),
+                    None => println!("source {}", l.source),
+                }
+                for t in &l.timelines {
+                    for r in &t.ranges {
+                        println!(
+                            "  timeline {:<3} {} .. {}  {} segments, {} stored",
+                            t.timeline,
+                            r.first,
+                            r.last,
+                            r.segments,
+                            bytes(r.stored_bytes)
+                        );
+                    }
+                    for (first, last) in &t.gaps {
+                        println!("  timeline {:<3} GAP {first} .. {last} missing", t.timeline);
+                    }
+                }
+                for h in &l.history {
+                    println!("  history  {}", h.name);
+                }
+                for b in &l.backup_labels {
+                    println!("  backup   {}", b.name);
+                }
+                for p in &l.partial {
+                    println!("  partial  {}", p.name);
+                }
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! PostgreSQL WAL archive: `cairn wal push|fetch|list` (docs/postgres.md, docs/format.md §18).
+//!
+//! Each archived file is one write-once object `wal/<source>/<file name>`: an object file
+//! (magic `CAIRNwl1`) whose plaintext is the file's length (u64 LE) followed by a blob
+//! plaintext (compression flag and data, [`crate::compress`]). No index, no catalog, no
+//! chunking: a push is one create-only write, a fetch one read, so archiving keeps up
+//! with the server. `wal/<source>/SOURCE` records the cluster the source belongs to
+//! (system identifier, WAL page magic, segment size); a different cluster is refused.
+
+use crate::backend::{Backend, WriteMode};
+use crate::crypto::MasterKey;
+use crate::error::{Error, ErrorKind, Result};
+use crate::object;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const WAL_MAGIC: &[u8; 8] = b"CAIRNwl1";
+/// zstd level for WAL: fast, and WAL compresses well at any level.
+const LEVEL: i32 = 1;
+
+/// What a source's `SOURCE` object records, from the first segment pushed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    pub system_identifier: u64,
+    /// `xlp_magic` of the WAL pages: changes with every PostgreSQL major version.
+    pub page_magic: u16,
+    pub segment_size: u32,
+    pub block_size: u32,
+}
+
+/// The kinds of file PostgreSQL archives, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalKind {
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY`
+    Segment { timeline: u32, log: u32, seg: u32 },
+    /// `TTTTTTTT.history`
+    History { timeline: u32 },
+    /// `<segment>.<offset>.backup`
+    Backup,
+    /// `<segment>.partial`
+    Partial,
+}
+
+fn hex8(s: &str) -> Option<u32> {
+    (s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| u32::from_str_radix(s, 16).ok()).flatten()
+}
+
+/// Classify a WAL file name as PostgreSQL passes it in `%f`; anything else is refused.
+pub fn classify(name: &str) -> Result<WalKind> {
+    let segment = |s: &str| -> Option<(u32, u32, u32)> {
+        (s.len() == 24).then_some(())?;
+        Some((hex8(&s[..8])?, hex8(&s[8..16])?, hex8(&s[16..24])?))
+    };
+    if let Some((timeline, log, seg)) = segment(name) {
+        return Ok(WalKind::Segment { timeline, log, seg });
+    }
+    if let Some(t) = name.strip_suffix(".history").and_then(hex8) {
+        return Ok(WalKind::History { timeline: t });
+    }
+    if let Some(base) = name.strip_suffix(".partial") {
+        if segment(base).is_some() {
+            return Ok(WalKind::Partial);
+        }
+    }
+    if let Some(rest) = name.strip_suffix(".backup") {
+        if let Some((seg, offset)) = rest.split_once('.') {
+            if segment(seg).is_some() && hex8(offset).is_some() {
+                return Ok(WalKind::Backup);
+            }
+        }
+    }
+    Err(Error::invalid(format!(
+        "{name:?} is not a WAL file name (a segment, .history, .backup or .partial file): pass %f / %p from PostgreSQL"
+    )))
+}
+
+pub fn check_source(source: &str) -> Result<()> {
+    let ok = !source.is_empty()
+        && source.len() <= 64
+        && source.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && !source.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("WAL source {source:?}: use 1-64 letters, digits, '.', '_' or '-'")))
+    }
+}
+
+pub fn object_key(source: &str, name: &str) -> String {
+    format!("wal/{source}/{name}")
+}
+
+fn source_key(source: &str) -> String {
+    format!("wal/{source}/SOURCE")
+}
+
+/// Read the long page header at the start of a segment.
+pub fn segment_info(name: &str, data: &[u8]) -> Result<SourceInfo> {
+    // XLogLongPageHeaderData: xlp_magic u16, xlp_info u16, xlp_tli u32, xlp_pageaddr u64,
+    // xlp_rem_len u32, (padding to 24), xlp_sysid u64, xlp_seg_size u32, xlp_xlog_blcksz u32.
+    const XLP_LONG_HEADER: u16 = 0x0002;
+    if data.len() < 40 {
+        return Err(Error::invalid(format!("{name} is {} bytes: too short for a WAL segment", data.len())));
+    }
+    let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
+    let info = u16_at(2);
+    if info & XLP_LONG_HEADER == 0 {
+        return Err(Error::invalid(format!(
+            "{name} does not start with a long WAL page header: it is not the start of a WAL segment"
+        )));
+    }
+    let info = SourceInfo {
+        system_identifier: u64::from_le_bytes(data[24..32].try_into().unwrap()),
+        page_magic: u16_at(0),
+        segment_size: u32_at(32),
+        block_size: u32_at(36),
+    };
+    if !info.segment_size.is_power_of_two() || data.len() != info.segment_size as usize {
+        return Err(Error::invalid(format!(
+            "{name} is {} bytes but its header says segments are {} bytes",
+            data.len(),
+            info.segment_size
+        )));
+    }
+    Ok(info)
+}
+
+fn seal(key: &MasterKey, data: &[u8]) -> Vec<u8> {
+    let mut plain = (data.len() as u64).to_le_bytes().to_vec();
+    plain.extend_from_slice(&crate::compress::encode(data, LEVEL));
+    object::seal(key, WAL_MAGIC, &plain)
+}
+
+fn open(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    let plain = object::open(key, WAL_MAGIC, name, sealed)?;
+    if plain.len() < 8 {
+        return Err(Error::corrupt(format!("{name} is too short")));
+    }
+    let len = u64::from_le_bytes(plain[..8].try_into().unwrap()) as usize;
+    crate::compress::decode(plain[8..].to_vec(), len).map_err(|e| e.context(name))
+}
+
+/// The source's recorded cluster, if any file was pushed.
+pub async fn source_info(backend: &Backend, key: &MasterKey, source: &str) -> Result<Option<SourceInfo>> {
+    let name = source_key(source);
+    match backend.get(&name).await {
+        Ok(bytes) => {
+            let plain = object::open(key, WAL_MAGIC, &name, &bytes)?;
+            Ok(Some(serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name}: {e}")))?))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make sure `info` is the source's cluster; the first segment pushed records it.
+async fn claim_source(backend: &Backend, key: &MasterKey, source: &str, info: &SourceInfo) -> Result<()> {
+    let recorded = match source_info(backend, key, source).await? {
+        Some(recorded) => recorded,
+        None => {
+            let sealed = object::seal(key, WAL_MAGIC, &serde_json::to_vec(info).expect("serializes"));
+            match backend.put(&source_key(source), sealed.into(), WriteMode::Create).await {
+                Ok(()) => return Ok(()),
+                // Another push recorded it first: compare with what it recorded.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    source_info(backend, key, source).await?.ok_or_else(|| Error::not_found("SOURCE vanished"))?
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    if recorded.system_identifier != info.system_identifier {
+        return Err(Error::invalid(format!(
+            "WAL source {source:?} belongs to the cluster with system identifier {}, but this segment comes from {}: \
+             a different cluster must archive under its own --source (check archive_command and the data directory)",
+            recorded.system_identifier, info.system_identifier
+        )));
+    }
+    if recorded.page_magic != info.page_magic || recorded.segment_size != info.segment_size {
+        return Err(Error::invalid(format!(
+            "WAL source {source:?} holds WAL of page magic {:#06x} and {}-byte segments; this segment has {:#06x} and {}: \
+             after a major upgrade or initdb, archive under a new --source",
+            recorded.page_magic, recorded.segment_size, info.page_magic, info.segment_size
+        )));
+    }
+    Ok(())
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    /// The archive already holds this file with identical content.
+    AlreadyArchived,
+}
+
+/// Archive one file; returns once it is durable.
+pub async fn push(backend: &Backend, key: &MasterKey, source: &str, path: &Path) -> Result<Pushed> {
+    check_source(source)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::invalid(format!("{} is not a WAL file path: pass %p from PostgreSQL", path.display())))?;
+    let kind = classify(name)?;
+    let data = std::fs::read(path).map_err(|e| Error::io("read WAL file", path, e))?;
+    if let WalKind::Segment { .. } = kind {
+        claim_source(backend, key, source, &segment_info(name, &data)?).await?;
+    }
+    let object = object_key(source, name);
+    let sealed = seal(key, &data);
+    match backend.put(&object, sealed.into(), WriteMode::Create).await {
+        Ok(()) => Ok(Pushed::Stored),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            let existing = open(key, &object, &backend.get(&object).await?)?;
+            if existing == data {
+                Ok(Pushed::AlreadyArchived)
+            } else {
+                Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!(
+                        "{name} is already archived in source {source:?} with different content: check that no other \
+                         cluster or server archives into this source, and that this server's timeline history is right"
+                    ),
+                ))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Restore one archived file to `dest`: written to a temporary file beside it, synced,
+/// then renamed, so `dest` is never partial. `NotFound` means the archive does not have it.
+pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<u64> {
+    check_source(source)?;
+    classify(name)?;
+    let object = object_key(source, name);
+    let data = open(key, &object, &backend.get(&object).await?)?;
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.cairn-{}", name, hex::encode(crate::crypto::random_bytes::<4>())));
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        file.write_all(&data)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dest)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io("write restored WAL file", dest, e));
+    }
+    Ok(data.len() as u64)
+}
+
+/// One archived file, as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Archived {
+    pub name: String,
+    pub stored_bytes: u64,
+}
+
+/// A run of consecutive segments on one timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct Range {
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    pub stored_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    pub timeline: u32,
+    pub ranges: Vec<Range>,
+    /// Missing segments between ranges: (first missing, last missing).
+    pub gaps: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub source: String,
+    pub cluster: Option<SourceInfo>,
+    pub timelines: Vec<Timeline>,
+    pub history: Vec<Archived>,
+    pub backup_labels: Vec<Archived>,
+    pub partial: Vec<Archived>,
+}
+
+pub fn segment_name(timeline: u32, number: u64, segment_size: u32) -> String {
+    let per_log = 0x1_0000_0000u64 / u64::from(segment_size);
+    format!("{timeline:08X}{:08X}{:08X}", number / per_log, number % per_log)
+}
+
+/// Everything archived for a source: segment ranges and gaps per timeline, and the rest.
+pub async fn list(backend: &Backend, key: &MasterKey, source: &str) -> Result<Listing> {
+    check_source(source)?;
+    let cluster = source_info(backend, key, source).await?;
+    let segment_size = cluster.as_ref().map_or(16 << 20, |c| c.segment_size);
+    let per_log = 0x1_0000_0000u64 / u64::from(segment_size);
+    let mut segments: std::collections::BTreeMap<u32, Vec<(u64, u64)>> = Default::default();
+    let mut listing = Listing {
+        source: source.into(),
+        cluster,
+        timelines: vec![],
+        history: vec![],
+        backup_labels: vec![],
+        partial: vec![],
+    };
+    for object in backend.list(&format!("wal/{source}/")).await? {
+        let name = crate::backend::keys::name(&object.key).to_string();
+        let archived = Archived { name: name.clone(), stored_bytes: object.size };
+        match classify(&name) {
+            Ok(WalKind::Segment { timeline, log, seg }) => {
+                segments.entry(timeline).or_default().push((u64::from(log) * per_log + u64::from(seg), object.size))
+            }
+            Ok(WalKind::History { .. }) => listing.history.push(archived),
+            Ok(WalKind::Backup) => listing.backup_labels.push(archived),
+            Ok(WalKind::Partial) => listing.partial.push(archived),
+            Err(_) => {}
+        }
+    }
+    for (timeline, mut numbers) in segments {
+        numbers.sort();
+        let mut ranges: Vec<Range> = Vec::new();
+        let mut gaps = Vec::new();
+        let mut prev: Option<u64> = None;
+        for (n, size) in numbers {
+            match (prev, ranges.last_mut()) {
+                (Some(p), Some(r)) if n == p + 1 => {
+                    r.last = segment_name(timeline, n, segment_size);
+                    r.segments += 1;
+                    r.stored_bytes += size;
+                }
+                _ => {
+                    if let Some(p) = prev {
+                        gaps.push((
+                            segment_name(timeline, p + 1, segment_size),
+                            segment_name(timeline, n - 1, segment_size),
+                        ));
+                    }
+                    let name = segment_name(timeline, n, segment_size);
+                    ranges.push(Range { first: name.clone(), last: name, segments: 1, stored_bytes: size });
+                }
+            }
+            prev = Some(n);
+        }
+        listing.timelines.push(Timeline { timeline, ranges, gaps });
+    }
+    Ok(listing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_classified() {
+        assert_eq!(classify("000000010000000A000000FF").unwrap(), WalKind::Segment { timeline: 1, log: 10, seg: 255 });
+        assert_eq!(classify("00000002.history").unwrap(), WalKind::History { timeline: 2 });
+        assert_eq!(classify("000000010000000000000002.00000028.backup").unwrap(), WalKind::Backup);
+        assert_eq!(classify("000000010000000000000002.partial").unwrap(), WalKind::Partial);
+        for bad in ["", "../etc/passwd", "00000001000000000000000", "000000010000000000000002.backup", "x.history"] {
+            assert!(classify(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_name(1, 0x1FF, 16 << 20), "0000000100000001000000FF");
+        assert_eq!(segment_name(3, 256, 16 << 20), "000000030000000100000000");
+    }
+
+    #[test]
+    fn sealed_wal_opens_and_detects_tampering() {
+        let key = MasterKey::random();
+        let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let mut sealed = seal(&key, &data);
+        assert_eq!(open(&key, "w", &sealed).unwrap(), data);
+        let last = sealed.len() - 1;
+        sealed[last] ^= 1;
+        assert!(open(&key, "w", &sealed).is_err());
+    }
+}
