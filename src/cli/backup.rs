@@ -14,6 +14,26 @@ pub enum BackupCommand {
     Stdin(StdinArgs),
     /// Back up files and directories
     Files(FilesArgs),
+    /// Back up a PostgreSQL database with pg_dump (custom format, uncompressed)
+    Pg(PgArgs),
+}
+
+#[derive(Args)]
+pub struct PgArgs {
+    /// Snapshot name: snapshots of one name form a series
+    #[arg(long)]
+    name: String,
+    /// Connection string or URI passed to pg_dump and psql [default: libpq's PG* variables]
+    #[arg(long, value_name = "CONNINFO")]
+    dbname: Option<String>,
+    /// Dump format: custom (pg_restore, --jobs, --clean, --create) or plain (psql)
+    #[arg(long, default_value = "custom", value_parser = ["custom", "plain"])]
+    format: String,
+    /// Further pg_dump arguments, after `--` (e.g. -- --schema=app --exclude-table=audit)
+    #[arg(last = true, value_name = "PG_DUMP_ARGS")]
+    pg_dump_args: Vec<String>,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -103,6 +123,26 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
             }
             let files = FilesOptions { paths: absolute, excludes: args.excludes, skip };
             backup::backup_files(&repo, &files, &options, &ctx.cancel, progress.as_ref()).await?
+        }
+        BackupCommand::Pg(args) => {
+            let options = BackupOptions {
+                name: args.name,
+                kind: "pg".into(),
+                tags: args.common.tags,
+                time: args.common.time,
+                meta: Default::default(),
+            };
+            let format = cairn::ops::pg::DumpFormat::parse(&args.format)?;
+            cairn::ops::pg::backup_dump(
+                &repo,
+                args.dbname.as_deref(),
+                format,
+                &args.pg_dump_args,
+                &options,
+                &ctx.cancel,
+                progress.as_ref(),
+            )
+            .await?
         }
     };
     report(ctx, &result);

@@ -9,7 +9,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "tar"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "tar", "to_db"])))]
 pub struct RestoreArgs {
     /// `latest` or a snapshot id prefix of at least 8 hex characters
     snapshot: String,
@@ -22,6 +22,22 @@ pub struct RestoreArgs {
     /// Write a tree snapshot as a tar stream to FILE, or to stdout with `-`
     #[arg(long, value_name = "FILE")]
     tar: Option<PathBuf>,
+    /// Restore a database dump (kind pg) into the database this connection string names,
+    /// through pg_restore (custom format) or psql (plain)
+    #[arg(long, value_name = "CONNINFO")]
+    to_db: Option<String>,
+    /// With --to-db: parallel restore jobs (the dump is first written to --scratch)
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "to_db")]
+    jobs: u32,
+    /// With --to-db: drop database objects before recreating them
+    #[arg(long, requires = "to_db")]
+    clean: bool,
+    /// With --to-db: create the dumped database first (connect --to-db to another one, e.g. postgres)
+    #[arg(long, requires = "to_db")]
+    create: bool,
+    /// Where --jobs writes the dump file [default: the system's temporary directory]
+    #[arg(long, value_name = "DIR", requires = "to_db")]
+    scratch: Option<PathBuf>,
     /// Restore only this path of a tree snapshot and what is below it (repeatable)
     #[arg(long = "include", value_name = "PATH")]
     includes: Vec<String>,
@@ -35,6 +51,18 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     let progress =
         Bar::boxed(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
     let options = RestoreOptions { includes: args.includes };
+    if let Some(conninfo) = &args.to_db {
+        let target = cairn::ops::pg::DbRestore {
+            conninfo: conninfo.clone(),
+            jobs: args.jobs,
+            clean: args.clean,
+            create: args.create,
+        };
+        let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
+        cairn::ops::pg::restore_to_db(&repo, &snapshot, &target, &scratch, progress.as_ref()).await?;
+        ctx.info(format!("restored snapshot {} into {}", id.short(), cairn::ops::pg::redact_conninfo(conninfo)));
+        return Ok(0);
+    }
     if let Some(content) = &snapshot.content {
         let written = if args.stdout {
             let mut out = std::io::stdout().lock();

@@ -114,8 +114,7 @@ pub async fn backup_stream<R: Read + Send>(
     .await
 }
 
-/// Run `command` with `sh -c` and back up its standard output. Its standard error passes
-/// through. No snapshot is committed unless it exits with status 0.
+/// Back up the output of a shell command; no snapshot unless it exits 0.
 pub async fn backup_command(
     repo: &Repository,
     command: &str,
@@ -123,16 +122,29 @@ pub async fn backup_command(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command);
+    backup_process(repo, cmd, &format!("producer `{command}`"), options, cancel, progress).await
+}
+
+/// Back up what a process writes to stdout; no snapshot unless it exits 0. `what` names
+/// it in messages (its stderr goes to ours, so its own message is shown too).
+pub async fn backup_process(
+    repo: &Repository,
+    mut command: Command,
+    what: &str,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
     let params = repo.config().chunker;
     run(repo, options, None, |saver, _, _| {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::source(format!("cannot run producer `{command}`: {e}")))?;
+            .map_err(|e| Error::source(format!("cannot run {what}: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         progress.begin("reading", None);
         let stored = stream::store_stream(saver, stdout, params, cancel, progress);
@@ -140,7 +152,7 @@ pub async fn backup_command(
         if stored.is_err() {
             let _ = child.kill();
         }
-        let status = child.wait().map_err(|e| Error::source(format!("cannot wait for producer `{command}`: {e}")))?;
+        let status = child.wait().map_err(|e| Error::source(format!("cannot wait for {what}: {e}")))?;
         let content = stored?;
         if !status.success() {
             let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
@@ -148,7 +160,7 @@ pub async fn backup_command(
                 (None, Some(signal)) => format!("was killed by signal {signal}"),
                 _ => "failed".to_string(),
             };
-            return Err(Error::source(format!("producer `{command}` {how}; no snapshot was written")));
+            return Err(Error::source(format!("{what} {how}; no snapshot was written")));
         }
         Ok(Root::Content(content))
     })

@@ -321,3 +321,151 @@ fn wal_fetch_distinguishes_absent_from_broken() {
     assert!(text(&out).contains(name) && text(&out).contains("recovery must stop"), "{}", text(&out));
     assert_eq!(std::fs::read_dir(&dest_dir).unwrap().count(), 0, "no partial file");
 }
+
+impl Cluster {
+    /// A libpq connection string for `dbname` on this cluster.
+    pub fn conninfo(&self, dbname: &str) -> String {
+        format!("host={} port={} user=postgres dbname={dbname}", self.root.join("sock").display(), self.port)
+    }
+
+    pub fn sql_in(&self, dbname: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "--dbname", &self.conninfo(dbname), "-c", sql])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sql}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+fn app_data(cluster: &Cluster) {
+    cluster.sql("create database app");
+    cluster.sql_in(
+        "app",
+        "create table accounts (id int primary key, name text, balance numeric);
+         insert into accounts select i, 'customer ' || i, i * 1.5 from generate_series(1, 20000) i;
+         create table notes (id serial primary key, body text);
+         insert into notes (body) select repeat('note ', 20) from generate_series(1, 500);",
+    );
+}
+
+/// backup pg (custom, the default) restores into a new database, in parallel into
+/// another cluster with --create, and a plain dump piped through `backup stdin` restores
+/// byte for byte with --stdout and into a database with psql.
+#[test]
+fn pg_dump_backup_restores_into_databases() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", "");
+    main.start();
+    app_data(&main);
+    let out = env
+        .cairn_cmd()
+        .args(["--json", "backup", "pg", "--name", "app", "--dbname", &main.conninfo("app")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap();
+    let snapshots: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let meta = &snapshots[0]["meta"];
+    assert_eq!(meta["format"], "custom");
+    assert_eq!(meta["database"], "app");
+    assert!(meta["server_version"].as_str().unwrap().starts_with("15"), "{meta}");
+
+    main.sql("create database copy");
+    let out = env.cairn_cmd().args(["restore", "latest", "--to-db", &main.conninfo("copy")]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        main.sql_in("copy", "select count(*), sum(balance) from accounts"),
+        main.sql_in("app", "select count(*), sum(balance) from accounts")
+    );
+
+    let mut other = env.cluster("other", "");
+    other.start();
+    let out = env
+        .cairn_cmd()
+        .args(["restore", "latest", "--to-db", &other.conninfo("postgres"), "--create", "--jobs", "2", "--scratch"])
+        .arg(env.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(other.sql_in("app", "select count(*) from notes"), "500");
+
+    // pg_dump piped in by hand, plain format.
+    let dump = Command::new("pg_dump").args(["--format=plain", "--dbname", &main.conninfo("app")]).output().unwrap();
+    assert!(dump.status.success());
+    let mut backup = env.cairn_cmd();
+    backup
+        .args(["backup", "stdin", "--name", "app-plain", "--kind", "pg"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = backup.spawn().unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), &dump.stdout).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    let out = env.cairn_cmd().args(["restore", "latest", "--name", "app-plain", "--stdout"]).output().unwrap();
+    assert!(out.stdout == dump.stdout, "--stdout reproduces the dump byte for byte");
+    main.sql("create database plaincopy");
+    let out = env
+        .cairn_cmd()
+        .args(["restore", "latest", "--name", "app-plain", "--to-db", &main.conninfo("plaincopy")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(main.sql_in("plaincopy", "select count(*) from accounts"), "20000");
+    let out = env
+        .cairn_cmd()
+        .args(["restore", "latest", "--name", "app-plain", "--to-db", &main.conninfo("plaincopy"), "--clean"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "--clean needs a custom dump: {}", text(&out));
+    assert!(text(&out).contains("plain SQL dump"), "{}", text(&out));
+    other.stop();
+    main.stop();
+}
+
+/// A pg_dump whose connection is killed mid-stream, a wrong conninfo, and a PATH without
+/// the PostgreSQL client: exit 1, a message naming the cause, no snapshot.
+#[test]
+fn failed_pg_dumps_commit_nothing() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", "");
+    main.start();
+    main.pgbench(&["-i", "-s", "8", "-q"]);
+    let mut child = env
+        .cairn_cmd()
+        .args(["backup", "pg", "--name", "db", "--dbname", &main.conninfo("postgres")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let killed = main
+            .sql("select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name = 'pg_dump'");
+        if killed != "0" {
+            break;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the dump finished before it could be killed");
+        assert!(Instant::now() < deadline, "pg_dump never connected");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("pg_dump exited with status 1; no snapshot was written"), "{}", text(&out));
+    let snaps = env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&snaps.stdout).trim(), "[]");
+
+    let bad = main.conninfo("nosuchdb");
+    let out = env.cairn_cmd().args(["backup", "pg", "--name", "db", "--dbname", &bad]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("nosuchdb") && text(&out).contains("check --dbname"), "{}", text(&out));
+
+    let out = env
+        .cairn_cmd()
+        .args(["backup", "pg", "--name", "db", "--dbname", &main.conninfo("postgres")])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("not found in PATH"), "{}", text(&out));
+    main.stop();
+}
