@@ -229,6 +229,29 @@ pub async fn push(backend: &Backend, key: &MasterKey, source: &str, path: &Path)
     }
 }
 
+/// Read one archived file into memory (`NotFound` if it is not archived).
+pub async fn read(backend: &Backend, key: &MasterKey, source: &str, name: &str) -> Result<Vec<u8>> {
+    check_source(source)?;
+    classify(name)?;
+    let object = object_key(source, name);
+    open(key, &object, &backend.get(&object).await?)
+}
+
+/// Parse an LSN written as `X/Y` (hex).
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
+/// The name of the segment holding `lsn` on `timeline`.
+pub fn segment_of(timeline: u32, lsn: u64, segment_size: u32) -> String {
+    segment_name(timeline, lsn / u64::from(segment_size), segment_size)
+}
+
 /// Restore one archived file to `dest`: written to a temporary file beside it, synced,
 /// then renamed, so `dest` is never partial. `NotFound` means the archive does not have it.
 pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<u64> {

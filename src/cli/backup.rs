@@ -16,6 +16,24 @@ pub enum BackupCommand {
     Files(FilesArgs),
     /// Back up a PostgreSQL database with pg_dump (custom format, uncompressed)
     Pg(PgArgs),
+    /// Physical base backup of a PostgreSQL cluster (pg_basebackup), for point-in-time recovery
+    #[command(name = "pg-base")]
+    PgBase(PgBaseArgs),
+}
+
+#[derive(Args)]
+pub struct PgBaseArgs {
+    /// Snapshot name: snapshots of one name form a series
+    #[arg(long)]
+    name: String,
+    /// Connection string or URI for pg_basebackup and psql [default: libpq's PG* variables]
+    #[arg(long, value_name = "CONNINFO")]
+    dbname: Option<String>,
+    /// The WAL source this cluster's archive_command pushes to
+    #[arg(long)]
+    source: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -138,6 +156,24 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 args.dbname.as_deref(),
                 format,
                 &args.pg_dump_args,
+                &options,
+                &ctx.cancel,
+                progress.as_ref(),
+            )
+            .await?
+        }
+        BackupCommand::PgBase(args) => {
+            let options = BackupOptions {
+                name: args.name,
+                kind: "pg-base".into(),
+                tags: args.common.tags,
+                time: args.common.time,
+                meta: Default::default(),
+            };
+            cairn::ops::pg::backup_base(
+                &repo,
+                args.dbname.as_deref(),
+                &args.source,
                 &options,
                 &ctx.cancel,
                 progress.as_ref(),

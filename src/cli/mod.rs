@@ -13,6 +13,7 @@ mod copy;
 mod init;
 mod key;
 mod output;
+mod pitr;
 mod restore;
 mod snapshots;
 mod stats;
@@ -58,6 +59,8 @@ enum Command {
     /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list
     #[command(subcommand)]
     Wal(wal::WalCommand),
+    /// Point-in-time recovery of a PostgreSQL cluster from a base backup and archived WAL
+    Pitr(pitr::PitrArgs),
     /// Show what the repository holds and how well it deduplicates
     Stats,
     /// Print a decrypted repository object as JSON, for debugging
@@ -116,6 +119,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Check(args) => check::run(ctx, args).await,
         Command::Copy(args) => copy::run(ctx, args).await,
         Command::Wal(cmd) => wal::run(ctx, cmd).await,
+        Command::Pitr(args) => pitr::run(ctx, args).await,
         Command::Stats => stats::run(ctx).await,
         Command::Cat(args) => cat::run(ctx, args).await,
     }

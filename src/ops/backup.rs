@@ -44,10 +44,12 @@ pub struct BackupResult {
 pub enum Root {
     Content(Content),
     Tree(crate::id::BlobId, Vec<String>),
+    /// A tree, with metadata learned while producing it (e.g. a base backup's LSNs).
+    TreeWithMeta(crate::id::BlobId, Vec<String>, BTreeMap<String, serde_json::Value>),
 }
 
 /// Run `producer` against a saver and commit a snapshot of what it produced.
-async fn run<F>(
+pub(crate) async fn run<F>(
     repo: &Repository,
     options: &BackupOptions,
     parent: Option<SnapshotId>,
@@ -69,12 +71,17 @@ where
     stats.added_blobs = saved.added_blobs;
     stats.warnings = warnings.len() as u64;
     stats.duration_ms = started.elapsed().as_millis() as u64;
+    let mut learned = BTreeMap::new();
     let (tree, content, paths) = match root {
         Root::Content(c) => {
             stats.size = c.size;
             (None, Some(c), Vec::new())
         }
         Root::Tree(id, paths) => (Some(id), None, paths),
+        Root::TreeWithMeta(id, paths, extra) => {
+            learned = extra;
+            (Some(id), None, paths)
+        }
     };
     let snapshot = SnapshotFile {
         version: SNAPSHOT_VERSION,
@@ -89,7 +96,7 @@ where
         content,
         parent,
         stats,
-        meta: options.meta.clone(),
+        meta: options.meta.clone().into_iter().chain(learned).collect(),
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
     };
     let id = repo.save_snapshot(&snapshot).await?;

@@ -4,3 +4,4 @@
 pub mod files;
 pub mod glob;
 pub mod stream;
+pub mod tar;

@@ -469,3 +469,132 @@ fn failed_pg_dumps_commit_nothing() {
     assert!(text(&out).contains("not found in PATH"), "{}", text(&out));
     main.stop();
 }
+
+impl PgEnv {
+    /// `cairn pitr` into `<dir>/<name>` with --start on a free port; returns the output
+    /// and the port.
+    fn pitr(&self, name: &str, target: &[&str]) -> (Output, u16) {
+        let port = free_port();
+        let out = self
+            .cairn_cmd()
+            .args([
+                "pitr",
+                "--source",
+                "main",
+                "--start",
+                "--archive-mode",
+                "off",
+                "--port",
+                &port.to_string(),
+                "--pgdata",
+            ])
+            .arg(self.path(name))
+            .args(target)
+            .output()
+            .unwrap();
+        (out, port)
+    }
+
+    /// Count rows of t in a restored server, then stop it.
+    fn count_and_stop(&self, name: &str, port: u16) -> String {
+        let data = self.path(name);
+        let out = Command::new("psql")
+            .args([
+                "-X",
+                "-A",
+                "-t",
+                "-h",
+                data.to_str().unwrap(),
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                "select count(*) from t",
+            ])
+            .output()
+            .unwrap();
+        as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+/// Base backup, two batches of commits with a recorded time, xid, LSN and restore point
+/// between them; PITR to each of those ends with exactly the first batch, and to the
+/// latest with both. A damaged segment stops recovery instead of letting it promote early.
+#[test]
+fn pitr_to_time_xid_lsn_name_and_latest() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", &env.archiving("main"));
+    main.start();
+    main.sql("create table t (x int)");
+    main.switch_wal();
+    let out = env
+        .cairn_cmd()
+        .args(["backup", "pg-base", "--name", "base", "--source", "main", "--dbname", &main.conninfo("postgres")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap().stdout).unwrap();
+    let meta = &snaps[0]["meta"];
+    assert_eq!(snaps[0]["kind"], "pg-base");
+    for key in ["start_lsn", "stop_lsn", "timeline", "system_identifier", "start_time", "stop_time"] {
+        assert!(!meta[key].is_null(), "{key} recorded: {meta}");
+    }
+
+    let xid =
+        main.sql_in("postgres", "begin; insert into t select generate_series(1, 100); select txid_current(); commit;");
+    let xid = xid.lines().find(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty()).unwrap().to_string();
+    let lsn = main.sql("select pg_current_wal_lsn()");
+    main.sql("select pg_create_restore_point('after_batch_1')");
+    let time = main.sql("select to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1200));
+    main.sql("insert into t select generate_series(101, 300)");
+    let last = main.switch_wal();
+    main.wait_archived(&last);
+
+    let cases: [(&str, Vec<&str>, &str); 5] = [
+        ("by-time", vec!["--target-time", &time], "100"),
+        ("by-xid", vec!["--target-xid", &xid], "100"),
+        ("by-lsn", vec!["--target-lsn", &lsn], "100"),
+        ("by-name", vec!["--target-name", "after_batch_1"], "100"),
+        ("latest", vec!["--latest"], "300"),
+    ];
+    for (name, target, expected) in cases {
+        let (out, port) = env.pitr(name, &target);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains("recovery ended: promoted"), "{name}: {}", text(&out));
+        assert_eq!(env.count_and_stop(name, port), expected, "{name}");
+        let mode = std::fs::metadata(env.path(name)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(mode.permissions().mode() & 0o777, 0o700, "{name}: PGDATA is 0700");
+    }
+
+    // Bad input: a non-empty directory, a target before the base, an LSN past the archive.
+    let (out, _) = env.pitr("by-time", &["--latest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not empty"), "{}", text(&out));
+    let (out, _) = env.pitr("too-early", &["--target-time", "2000-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no base backup"), "{}", text(&out));
+    let (out, _) = env.pitr("too-late", &["--target-lsn", "FF/0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("after the last archived WAL"), "{}", text(&out));
+
+    // A damaged copy of the last segment: fetch exits 126, so recovery stops instead of
+    // treating it as the end of the WAL and promoting with only the first batch.
+    let stored = env.path("repo").join("wal/main").join(&last);
+    let mut bytes = std::fs::read(&stored).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&stored, bytes).unwrap();
+    let (out, _) = env.pitr("damaged", &["--latest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("stopped during recovery") || text(&out).contains("did not start"), "{}", text(&out));
+    assert!(!env.path("damaged/postmaster.pid").exists(), "the server is not running");
+    main.stop();
+}

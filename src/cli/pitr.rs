@@ -1,0 +1,140 @@
+//! `cairn pitr`: point-in-time recovery of a PostgreSQL cluster.
+
+use super::context::{usage, Context};
+use super::output::{print_json, Bar};
+use super::Outcome;
+use cairn::ops::pg::{PitrOptions, Target};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("target_kind").required(true)
+    .args(["target_time", "target_lsn", "target_xid", "target_name", "target_immediate", "latest"])))]
+pub struct PitrArgs {
+    /// The data directory to create (must be empty or absent)
+    #[arg(long, value_name = "DIR")]
+    pgdata: PathBuf,
+    /// The WAL source the cluster archived to
+    #[arg(long)]
+    source: String,
+    /// Recover to this time (RFC 3339, e.g. 2026-11-22T07:40:00Z)
+    #[arg(long, value_name = "TIME")]
+    target_time: Option<jiff::Timestamp>,
+    /// Recover to this LSN (e.g. 0/3000060)
+    #[arg(long, value_name = "LSN")]
+    target_lsn: Option<String>,
+    /// Recover through the commit of this transaction id
+    #[arg(long, value_name = "XID")]
+    target_xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long, value_name = "NAME")]
+    target_name: Option<String>,
+    /// Stop as soon as the base backup is consistent
+    #[arg(long)]
+    target_immediate: bool,
+    /// Replay all archived WAL
+    #[arg(long)]
+    latest: bool,
+    /// What the server does at the target
+    #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
+    target_action: String,
+    /// Timeline to recover along: current, latest or a number [default: PostgreSQL's, latest]
+    #[arg(long, value_name = "TIMELINE")]
+    target_timeline: Option<String>,
+    /// off: the restored server does not archive (a drill must not push a new timeline
+    /// into the production archive); preserve: keep the backup's setting
+    #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
+    archive_mode: String,
+    /// Use this base backup (snapshot id prefix) instead of the newest that fits the target
+    #[arg(long, value_name = "SNAP")]
+    base: Option<String>,
+    /// Start the server, wait for recovery to end, and report where it ended
+    #[arg(long)]
+    start: bool,
+    /// The restored server's port
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+/// The restore_command for the restored server: this cairn, this repository, this secret.
+fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<String> {
+    let exe = std::env::current_exe()?;
+    let (url, is_default) = ctx.repo_url();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut cmd = format!("{} --repo {}", quote(&exe.display().to_string()), quote(&url));
+    if let Some(f) = &ctx.args.key_file {
+        cmd.push_str(&format!(" --key-file {}", quote(&std::path::absolute(f)?.display().to_string())));
+    } else if let Some(f) = &ctx.args.password_file {
+        cmd.push_str(&format!(" --password-file {}", quote(&std::path::absolute(f)?.display().to_string())));
+    } else if let Some(c) = &ctx.args.password_command {
+        cmd.push_str(&format!(" --password-command {}", quote(c)));
+    } else if is_default {
+        let key = super::context::default_key_file();
+        cmd.push_str(&format!(" --key-file {}", quote(&key.display().to_string())));
+    } else {
+        return Err(usage(
+            "pitr writes a restore_command that the server runs, and a password in CAIRN_PASSWORD would not reach it: \
+             give --key-file, --password-file or --password-command",
+        ));
+    }
+    cmd.push_str(&format!(" wal fetch %f %p --source {}", quote(source)));
+    Ok(cmd)
+}
+
+pub async fn run(ctx: &Context, args: PitrArgs) -> Outcome {
+    let target = if let Some(t) = args.target_time {
+        Target::Time(t)
+    } else if let Some(l) = &args.target_lsn {
+        Target::Lsn(
+            cairn::wal::parse_lsn(l)
+                .ok_or_else(|| usage(format!("--target-lsn {l:?} is not an LSN like 0/3000060")))?,
+        )
+    } else if let Some(x) = &args.target_xid {
+        Target::Xid(x.clone())
+    } else if let Some(n) = &args.target_name {
+        Target::Name(n.clone())
+    } else if args.target_immediate {
+        Target::Immediate
+    } else {
+        Target::Latest
+    };
+    let options = PitrOptions {
+        pgdata: std::path::absolute(&args.pgdata)?,
+        restore_command: restore_command(ctx, &args.source)?,
+        source: args.source,
+        target,
+        action: args.target_action,
+        timeline: args.target_timeline,
+        archive_off: args.archive_mode == "off",
+        base: args.base,
+        port: args.port,
+        start: args.start,
+    };
+    let repo = ctx.open().await?;
+    let progress = Bar::boxed(ctx.progress_enabled());
+    let report = cairn::ops::pg::pitr(&repo, &options, progress.as_ref()).await?;
+    if ctx.args.json {
+        print_json(&report);
+        return Ok(0);
+    }
+    ctx.info(format!(
+        "restored base backup {} (ends at {}) into {}; archived WAL from {} through {} is available",
+        report.base.short(),
+        report.base_stop_lsn,
+        options.pgdata.display(),
+        report.first_wal,
+        report.last_archived_wal
+    ));
+    match &report.server_state {
+        Some(state) => ctx.info(format!(
+            "recovery ended: {state}; reached LSN {}, last transaction at {}",
+            report.reached_lsn.as_deref().unwrap_or("?"),
+            report.reached_time.as_deref().unwrap_or("(none replayed)")
+        )),
+        None => ctx.info(format!(
+            "recovery is configured (recovery.signal, postgresql.auto.conf); start the server: pg_ctl -D {} start",
+            options.pgdata.display()
+        )),
+    }
+    Ok(0)
+}
