@@ -128,7 +128,9 @@ pub fn segment_info(name: &str, data: &[u8]) -> Result<SourceInfo> {
 
 fn seal(key: &MasterKey, data: &[u8]) -> Vec<u8> {
     let mut plain = (data.len() as u64).to_le_bytes().to_vec();
-    plain.extend_from_slice(&crate::compress::encode(data, LEVEL));
+    // Compress on every core: a push is latency the server waits for.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    plain.extend_from_slice(&crate::compress::encode_parallel(data, LEVEL, cores));
     object::seal(key, WAL_MAGIC, &plain)
 }
 
