@@ -205,7 +205,14 @@ fn wal_push_under_pgbench_loses_no_segment() {
     let mut main = env.cluster("main", &env.archiving("main"));
     main.start();
     main.pgbench(&["-i", "-s", "4", "-q"]);
-    main.pgbench(&["-c", "4", "-j", "2", "-T", "4"]);
+    main.pgbench(&["-c", "4", "-j", "2", "-t", "500"]);
+    // A few more segments whatever the machine's speed: each switch completes one.
+    main.sql("create table marks (at timestamptz)");
+    for _ in 0..4 {
+        main.sql("insert into marks values (now())");
+        main.switch_wal();
+    }
+    main.sql("insert into marks values (now())");
     let last = main.switch_wal();
     main.wait_archived(&last);
 
