@@ -712,7 +712,12 @@ fn run_recovery(pgdata: &std::path::Path, uid: u32, options: &PitrOptions, repor
         .args(["-o", &server_opts, "start"])
         .output()
         .map_err(|e| spawn_error("pg_ctl", e))?;
+    let reached_shutdown = || std::fs::read_to_string(&log).unwrap_or_default().contains("shutdown at recovery target");
     if !out.status.success() {
+        if options.action == "shutdown" && reached_shutdown() {
+            report.server_state = Some("shut down at the target".into());
+            return Ok(());
+        }
         return Err(Error::source(format!(
             "the restored server did not start: {}; see {}",
             log_tail(&log),
@@ -736,7 +741,7 @@ fn run_recovery(pgdata: &std::path::Path, uid: u32, options: &PitrOptions, repor
         std::thread::sleep(std::time::Duration::from_millis(200));
         if !alive() {
             let tail = log_tail(&log);
-            if options.action == "shutdown" && tail.contains("shut down") {
+            if options.action == "shutdown" && reached_shutdown() {
                 report.server_state = Some("shut down at the target".into());
                 return Ok(());
             }

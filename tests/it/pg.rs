@@ -35,18 +35,41 @@ fn chown_postgres(path: &Path) {
 pub struct PgEnv {
     pub dir: tempfile::TempDir,
     pub cairn: PathBuf,
+    /// The repository URL (a local directory unless made by `new_s3`).
+    pub repo: String,
+    /// Environment for every cairn command and for the servers (storage credentials).
+    pub vars: Vec<(String, String)>,
 }
 
 impl PgEnv {
     /// A fresh area with a repository (opened by a key file) owned by postgres.
     pub fn new() -> Self {
+        Self::with_repo(None, Vec::new())
+    }
+
+    /// The repository on an S3 server (reached through `endpoint`).
+    pub fn new_s3(url: &str, endpoint: &str) -> Self {
+        let vars = [
+            ("AWS_ACCESS_KEY_ID", crate::s3server::ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", crate::s3server::SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+        ];
+        Self::with_repo(Some(url), vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    fn with_repo(url: Option<&str>, vars: Vec<(String, String)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let env = PgEnv { dir, cairn: assert_cmd::cargo::cargo_bin("cairn") };
+        let repo = url.map(str::to_string).unwrap_or_else(|| dir.path().join("repo").display().to_string());
+        let env = PgEnv { dir, cairn: assert_cmd::cargo::cargo_bin("cairn"), repo, vars };
         let out = env.cairn_cmd().arg("init").output().unwrap();
         assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
-        chown_postgres(&env.path("repo"));
+        if url.is_none() {
+            chown_postgres(&env.path("repo"));
+        }
         chown_postgres(&env.path("key"));
         std::fs::create_dir_all(env.path("cache")).unwrap();
         chown_postgres(&env.path("cache"));
@@ -62,7 +85,7 @@ impl PgEnv {
         format!(
             "{} --repo {} --key-file {} --cache-dir {}",
             self.cairn.display(),
-            self.path("repo").display(),
+            self.repo,
             self.path("key").display(),
             self.path("cache").display()
         )
@@ -76,8 +99,9 @@ impl PgEnv {
                 cmd.env_remove(key);
             }
         }
-        cmd.args(["--repo", self.path("repo").to_str().unwrap(), "--key-file", self.path("key").to_str().unwrap()])
-            .args(["--cache-dir", self.path("cache-root").to_str().unwrap()]);
+        cmd.args(["--repo", &self.repo, "--key-file", self.path("key").to_str().unwrap()])
+            .args(["--cache-dir", self.path("cache-root").to_str().unwrap()])
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
@@ -97,7 +121,7 @@ impl PgEnv {
         let mut text = std::fs::read_to_string(&conf_path).unwrap();
         text.push_str(&settings);
         std::fs::write(&conf_path, text).unwrap();
-        Cluster { root, data, port, running: false }
+        Cluster { root, data, port, running: false, vars: self.vars.clone() }
     }
 
     /// `archive_mode = on` with `cairn wal push` into `source`.
@@ -114,15 +138,21 @@ pub struct Cluster {
     pub data: PathBuf,
     pub port: u16,
     running: bool,
+    /// Environment the server (and so archive_command) runs with.
+    vars: Vec<(String, String)>,
 }
 
 impl Cluster {
     pub fn start(&mut self) {
         let log = self.root.join("server.log");
-        as_postgres(
-            "pg_ctl",
-            &["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"],
-        );
+        let out = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bindir().join("pg_ctl"))
+            .args(["-D", self.data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "60", "start"])
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start: {}", text(&out));
         self.running = true;
     }
 
@@ -564,22 +594,28 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
     let last = main.switch_wal();
     main.wait_archived(&last);
 
-    let cases: [(&str, Vec<&str>, &str); 5] = [
-        ("by-time", vec!["--target-time", &time], "100"),
-        ("by-xid", vec!["--target-xid", &xid], "100"),
-        ("by-lsn", vec!["--target-lsn", &lsn], "100"),
-        ("by-name", vec!["--target-name", "after_batch_1"], "100"),
-        ("latest", vec!["--latest"], "300"),
+    let cases: [(&str, Vec<&str>, &str, &str); 7] = [
+        ("by-time", vec!["--target-time", &time], "100", "promoted"),
+        ("by-xid", vec!["--target-xid", &xid], "100", "promoted"),
+        ("by-lsn", vec!["--target-lsn", &lsn], "100", "promoted"),
+        ("by-name", vec!["--target-name", "after_batch_1"], "100", "promoted"),
+        ("latest", vec!["--latest"], "300", "promoted"),
+        ("immediate", vec!["--target-immediate"], "0", "promoted"),
+        ("paused", vec!["--target-name", "after_batch_1", "--target-action", "pause"], "100", "paused at the target"),
     ];
-    for (name, target, expected) in cases {
+    for (name, target, expected, state) in cases {
         let (out, port) = env.pitr(name, &target);
         assert!(out.status.success(), "{name}: {}", text(&out));
-        assert!(text(&out).contains("recovery ended: promoted"), "{name}: {}", text(&out));
+        assert!(text(&out).contains(&format!("recovery ended: {state}")), "{name}: {}", text(&out));
         assert_eq!(env.count_and_stop(name, port), expected, "{name}");
         let mode = std::fs::metadata(env.path(name)).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o700, "{name}: PGDATA is 0700");
     }
+    let (out, _) = env.pitr("shutdown", &["--target-xid", &xid, "--target-action", "shutdown"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("shut down at the target"), "{}", text(&out));
+    assert!(!env.path("shutdown/postmaster.pid").exists(), "the server stopped at the target");
 
     // Bad input: a non-empty directory, a target before the base, an LSN past the archive.
     let (out, _) = env.pitr("by-time", &["--latest"]);
@@ -604,4 +640,53 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
     assert!(text(&out).contains("stopped during recovery") || text(&out).contains("did not start"), "{}", text(&out));
     assert!(!env.path("damaged/postmaster.pid").exists(), "the server is not running");
     main.stop();
+}
+
+/// The archive on S3, reached through a proxy: transient 500s on WAL reads are retried
+/// and recovery replays everything; when WAL reads keep failing, fetch exits 126 and the
+/// server stops recovery instead of promoting without the WAL.
+#[test]
+fn pitr_from_s3_retries_transient_faults_and_stops_on_persistent_ones() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let server = crate::s3server::S3Server::start();
+    server.create_bucket("pgarchive");
+    let broken = Arc::new(AtomicBool::new(false));
+    let failed_once: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
+    let (b, f) = (broken.clone(), failed_once.clone());
+    let proxy = crate::s3server::FaultProxy::start(server.port, move |method, path, _| {
+        let wal_read = method == "GET" && path.contains("/wal/main/0");
+        if wal_read && (b.load(Ordering::SeqCst) || f.lock().unwrap().insert(path.to_string())) {
+            crate::s3server::Fault::ServerError
+        } else {
+            crate::s3server::Fault::Pass
+        }
+    });
+    let env = PgEnv::new_s3("s3://pgarchive/cluster", &proxy.endpoint());
+    let mut main = env.cluster("main", &env.archiving("main"));
+    main.start();
+    main.sql("create table t (x int)");
+    main.switch_wal();
+    let out = env
+        .cairn_cmd()
+        .args(["backup", "pg-base", "--name", "base", "--source", "main", "--dbname", &main.conninfo("postgres")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    main.sql("insert into t select generate_series(1, 100)");
+    let last = main.switch_wal();
+    main.wait_archived(&last);
+    main.stop();
+
+    let (out, port) = env.pitr("transient", &["--latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.count_and_stop("transient", port), "100", "every segment was replayed despite the faults");
+    assert!(failed_once.lock().unwrap().len() >= 2, "faults were injected");
+
+    broken.store(true, Ordering::SeqCst);
+    let (out, _) = env.pitr("persistent", &["--latest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!env.path("persistent/postmaster.pid").exists(), "the server stopped instead of promoting");
+    let log = std::fs::read_to_string(env.path("persistent/cairn-pitr.log")).unwrap();
+    assert!(!log.contains("selected new timeline ID"), "never promoted: {log}");
 }
