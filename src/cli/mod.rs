@@ -10,6 +10,7 @@ mod cat;
 mod check;
 mod context;
 mod copy;
+mod forget;
 mod init;
 mod key;
 mod output;
@@ -56,6 +57,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Copy snapshots to another repository, sending only what it lacks
     Copy(copy::CopyArgs),
+    /// Forget snapshots by a retention policy (keep last/hourly/daily/weekly/monthly/yearly/within/tag)
+    Forget(forget::ForgetArgs),
     /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -118,6 +121,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Restore(args) => restore::run(ctx, args).await,
         Command::Check(args) => check::run(ctx, args).await,
         Command::Copy(args) => copy::run(ctx, args).await,
+        Command::Forget(args) => forget::run(ctx, args).await,
         Command::Wal(cmd) => wal::run(ctx, cmd).await,
         Command::Pitr(args) => pitr::run(ctx, args).await,
         Command::Stats => stats::run(ctx).await,

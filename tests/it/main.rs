@@ -6,6 +6,7 @@ mod copy;
 mod crash;
 mod errors;
 mod faults;
+mod forget;
 mod harness;
 mod pg;
 mod races;

@@ -1,0 +1,144 @@
+//! `cairn forget`
+
+use super::context::{usage, Context};
+use super::output::{bytes, print_json};
+use super::snapshots::FilterArgs;
+use super::Outcome;
+use cairn::ops::forget::{self, Count, GroupBy, Policy};
+use clap::Args;
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Keep the N newest snapshots (`unlimited` or -1: all)
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    keep_last: Option<Count>,
+    /// Keep the newest snapshot of each of the N most recent hours that have one
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    keep_hourly: Option<Count>,
+    /// ... of each of the N most recent days
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    keep_daily: Option<Count>,
+    /// ... of each of the N most recent ISO weeks
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    keep_weekly: Option<Count>,
+    /// ... of each of the N most recent months
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    keep_monthly: Option<Count>,
+    /// ... of each of the N most recent years
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    keep_yearly: Option<Count>,
+    /// Keep every snapshot within this duration of the group's newest (e.g. 1y5m7d2h)
+    #[arg(long, value_name = "DURATION")]
+    keep_within: Option<String>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long = "keep-tag", value_name = "TAG")]
+    keep_tags: Vec<String>,
+    /// Apply the policy to each group of snapshots sharing these fields
+    #[arg(long, default_value = "host,kind,name", value_name = "FIELDS")]
+    group_by: String,
+    /// Time zone for the calendar buckets (IANA name, e.g. Europe/Berlin) [default: local]
+    #[arg(long, value_name = "ZONE")]
+    tz: Option<String>,
+    /// Show what would be kept and forgotten, and change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Allow the policy to forget every snapshot of a group
+    #[arg(long)]
+    allow_empty: bool,
+    /// Then remove data no snapshot needs any more (a removal run, see `cairn prune`)
+    #[arg(long)]
+    prune: bool,
+}
+
+fn parse_count(text: &str) -> Result<Count, String> {
+    match text {
+        "unlimited" | "-1" => Ok(Count::Unlimited),
+        n => n.parse::<u32>().map(Count::N).map_err(|_| format!("{n:?} is not a count (a number, or unlimited)")),
+    }
+}
+
+pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
+    let policy = Policy {
+        last: args.keep_last,
+        hourly: args.keep_hourly,
+        daily: args.keep_daily,
+        weekly: args.keep_weekly,
+        monthly: args.keep_monthly,
+        yearly: args.keep_yearly,
+        within: args.keep_within.as_deref().map(forget::parse_within).transpose()?,
+        tags: args.keep_tags.clone(),
+    };
+    if policy.is_empty() {
+        return Err(usage("an empty policy would forget everything: give at least one --keep-* rule"));
+    }
+    let group_by = GroupBy::parse(&args.group_by).map_err(|e| usage(e.message().to_string()))?;
+    let tz = match &args.tz {
+        Some(name) => jiff::tz::TimeZone::get(name).map_err(|e| usage(format!("--tz {name:?}: {e}")))?,
+        None => jiff::tz::TimeZone::system(),
+    };
+    let repo = ctx.open().await?;
+    let filter = args.filter.filter();
+    let snapshots: Vec<_> = repo.catalog().snapshots()?.into_iter().filter(|(_, s)| filter.matches(s)).collect();
+    let plans = forget::plan(&snapshots, &policy, group_by, &tz)?;
+    let describe = |g: &forget::GroupKey| {
+        [("host", &g.host), ("kind", &g.kind), ("name", &g.name)]
+            .iter()
+            .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} {v}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !args.allow_empty {
+        if let Some(p) = plans.iter().find(|p| p.snapshots.iter().all(|d| !d.keep)) {
+            return Err(anyhow::anyhow!(
+                "the policy would forget every snapshot of group ({}): refusing; pass --allow-empty if that is meant",
+                describe(&p.group)
+            ));
+        }
+    }
+    if ctx.args.json && args.dry_run {
+        print_json(&plans);
+        return Ok(0);
+    }
+    if !ctx.args.json {
+        for p in &plans {
+            let kept = p.snapshots.iter().filter(|d| d.keep).count();
+            println!("group {}: keep {kept}, forget {}", describe(&p.group), p.snapshots.len() - kept);
+            for d in &p.snapshots {
+                let verdict = if d.keep { "keep  " } else { "forget" };
+                println!(
+                    "  {}  {}  {verdict}  {}",
+                    d.id.short(),
+                    d.time.strftime("%Y-%m-%d %H:%M:%S"),
+                    d.reasons.join(", ")
+                );
+            }
+        }
+    }
+    if args.dry_run {
+        return Ok(0);
+    }
+    let mut forgotten = Vec::new();
+    for d in plans.iter().flat_map(|p| &p.snapshots).filter(|d| !d.keep) {
+        repo.backend().delete(&cairn::backend::keys::snapshot(&d.id)).await?;
+        forgotten.push(d.id);
+    }
+    let report = if args.prune { Some(cairn::repo::gc::collect(&repo).await?) } else { None };
+    if ctx.args.json {
+        print_json(&serde_json::json!({ "groups": plans, "forgotten": forgotten, "prune": report }));
+    } else {
+        ctx.info(format!("forgot {} snapshots", forgotten.len()));
+        if let Some(r) = report {
+            ctx.info(format!(
+                "removal run (generation {}): deleted {} packs ({}); marked {} packs ({}) for the next run",
+                r.generation,
+                r.deleted_packs,
+                bytes(r.deleted_bytes),
+                r.marked_packs,
+                bytes(r.marked_bytes)
+            ));
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,104 @@
+//! `cairn forget`: a year of daily snapshots (dated with --time) against a kept set
+//! computed here by grouping dates, independently of the bucket walk cairn uses.
+
+use crate::harness::Env;
+use jiff::civil::Date;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn year_of_dailies(env: &Env) -> Vec<Date> {
+    let last: Date = "2026-11-22".parse().unwrap();
+    let dates: Vec<Date> = (0..365).rev().map(|back| last.checked_sub(jiff::Span::new().days(back)).unwrap()).collect();
+    for date in &dates {
+        let time = format!("{date}T02:00:00Z");
+        env.cmd()
+            .args(["backup", "stdin", "--name", "db", "--time", &time])
+            .write_stdin(date.to_string())
+            .assert()
+            .success();
+    }
+    dates
+}
+
+/// The newest date of each of the `n` most recent groups of `dates` under `key`.
+fn newest_per_group<K: Ord>(dates: &[Date], n: usize, key: impl Fn(&Date) -> K) -> BTreeSet<Date> {
+    let mut groups: BTreeMap<K, Date> = BTreeMap::new();
+    for d in dates {
+        let newest = groups.entry(key(d)).or_insert(*d);
+        *newest = (*newest).max(*d);
+    }
+    groups.values().rev().take(n).copied().collect()
+}
+
+fn remaining_dates(env: &Env) -> BTreeSet<Date> {
+    env.snapshots().iter().map(|s| s["time"].as_str().unwrap()[..10].parse().unwrap()).collect()
+}
+
+#[test]
+fn a_year_of_dailies_keeps_exactly_the_tiers() {
+    let env = Env::new();
+    let dates = year_of_dailies(&env);
+
+    let mut expected: BTreeSet<Date> = dates.iter().rev().take(7).copied().collect();
+    expected.extend(newest_per_group(&dates, 4, |d| {
+        let w = d.iso_week_date();
+        (w.year(), w.week())
+    }));
+    expected.extend(newest_per_group(&dates, 12, |d| (d.year(), d.month())));
+    expected.extend(newest_per_group(&dates, 3, |d| d.year()));
+    assert!(expected.len() > 20, "the tiers overlap only partly: {}", expected.len());
+
+    let policy =
+        ["--keep-daily", "7", "--keep-weekly", "4", "--keep-monthly", "12", "--keep-yearly", "3", "--tz", "UTC"];
+    // Dry run: reports every snapshot, changes nothing; the newest satisfies all four rules.
+    let out = env.cmd().args(["--json", "forget", "--dry-run"]).args(policy).assert().success();
+    let plan: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let decisions = plan[0]["snapshots"].as_array().unwrap();
+    assert_eq!(decisions.len(), 365);
+    assert_eq!(decisions[0]["reasons"], serde_json::json!(["daily 1", "weekly 1", "monthly 1", "yearly 1"]));
+    let kept: BTreeSet<Date> = decisions
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["time"].as_str().unwrap()[..10].parse().unwrap())
+        .collect();
+    assert_eq!(kept, expected, "dry run plan");
+    assert_eq!(env.snapshots().len(), 365, "a dry run forgets nothing");
+
+    env.cmd().arg("forget").args(policy).assert().success();
+    assert_eq!(remaining_dates(&env), expected, "exactly the tiers remain");
+    env.check_read_data();
+}
+
+#[test]
+fn keep_within_tags_and_refusals() {
+    let env = Env::new();
+    let last: Date = "2026-11-22".parse().unwrap();
+    for back in (0..60).rev() {
+        let date = last.checked_sub(jiff::Span::new().days(back)).unwrap();
+        let mut cmd = env.cmd();
+        cmd.args(["backup", "stdin", "--name", "db", "--time", &format!("{date}T02:00:00Z")]);
+        if back == 45 {
+            cmd.args(["--tag", "before-upgrade"]);
+        }
+        cmd.write_stdin(date.to_string()).assert().success();
+    }
+    // Within 30 days of the newest: 31 snapshots (the boundary is inclusive), plus the tag.
+    let out = env
+        .cmd()
+        .args(["--json", "forget", "--dry-run", "--keep-within", "30d", "--keep-tag", "before-upgrade"])
+        .assert()
+        .success();
+    let plan: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let kept: Vec<&serde_json::Value> =
+        plan[0]["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == true).collect();
+    assert_eq!(kept.len(), 32);
+    assert!(kept.iter().any(|d| d["reasons"] == serde_json::json!(["tag before-upgrade"])));
+
+    // An empty policy is a usage error; one that empties a group is refused without --allow-empty.
+    let out = env.cmd().args(["forget"]).assert().code(2);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("empty policy"));
+    let out = env.cmd().args(["forget", "--keep-tag", "no-such-tag"]).assert().code(1);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("--allow-empty"));
+    assert_eq!(env.snapshots().len(), 60, "nothing was forgotten");
+    env.cmd().args(["forget", "--keep-tag", "no-such-tag", "--allow-empty", "--name", "db"]).assert().success();
+    assert!(env.snapshots().is_empty());
+}
