@@ -124,7 +124,7 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
         repo.backend().delete(&cairn::backend::keys::snapshot(&d.id)).await?;
         forgotten.push(d.id);
     }
-    let report = if args.prune { Some(cairn::repo::gc::collect(&repo).await?) } else { None };
+    let report = if args.prune { Some(cairn::repo::gc::collect(&repo, false).await?) } else { None };
     if ctx.args.json {
         print_json(&serde_json::json!({ "groups": plans, "forgotten": forgotten, "prune": report }));
     } else {

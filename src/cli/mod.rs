@@ -15,6 +15,7 @@ mod init;
 mod key;
 mod output;
 mod pitr;
+mod prune;
 mod restore;
 mod snapshots;
 mod stats;
@@ -59,6 +60,8 @@ enum Command {
     Copy(copy::CopyArgs),
     /// Forget snapshots by a retention policy (keep last/hourly/daily/weekly/monthly/yearly/within/tag)
     Forget(forget::ForgetArgs),
+    /// Remove data no snapshot needs (one removal run; safe next to running backups)
+    Prune(prune::PruneArgs),
     /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -122,6 +125,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Check(args) => check::run(ctx, args).await,
         Command::Copy(args) => copy::run(ctx, args).await,
         Command::Forget(args) => forget::run(ctx, args).await,
+        Command::Prune(args) => prune::run(ctx, args).await,
         Command::Wal(cmd) => wal::run(ctx, cmd).await,
         Command::Pitr(args) => pitr::run(ctx, args).await,
         Command::Stats => stats::run(ctx).await,

@@ -191,7 +191,9 @@ pub struct CollectReport {
 
 /// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now.
 /// Never blocks writers; see the module documentation.
-pub async fn collect(repo: &Repository) -> Result<CollectReport> {
+/// With `dry_run`, nothing is written or deleted: the report says what this run would
+/// delete and mark.
+pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> {
     let backend = repo.backend();
     let key = repo.key();
     if !backend.conditional_writes() {
@@ -204,7 +206,10 @@ pub async fn collect(repo: &Repository) -> Result<CollectReport> {
         ));
     }
     let start = read_view(backend, key).await?;
-    let fence = advance(backend, key, &start, start.pending.clone()).await?;
+    let fence = match dry_run {
+        true => start.clone(),
+        false => advance(backend, key, &start, start.pending.clone()).await?,
+    };
     let mut report = CollectReport::default();
 
     // Sweep. Everything read from here on is read after the fence.
@@ -262,19 +267,30 @@ pub async fn collect(repo: &Repository) -> Result<CollectReport> {
         }
         report.swept_sets += 1;
     }
-    if !doomed_packs.is_empty() {
+    if !doomed_packs.is_empty() && !dry_run {
         report.rewritten_index_files = drop_from_index(backend, key, &index, &doomed_packs).await?;
-        for pack in &doomed_packs {
-            if let Some(size) = stored_size.get(pack) {
+    }
+    for pack in &doomed_packs {
+        if let Some(size) = stored_size.get(pack) {
+            if !dry_run {
                 backend.delete(&keys::pack(pack)).await?;
-                report.deleted_packs += 1;
-                report.deleted_bytes += size;
             }
+            report.deleted_packs += 1;
+            report.deleted_bytes += size;
         }
     }
 
-    // Mark, against the state after the sweep.
-    let index: Vec<(IndexId, IndexFile)> = read_index(backend, key).await?;
+    // Mark, against the state after the sweep (in a dry run: as it would be).
+    let index: Vec<(IndexId, IndexFile)> = if dry_run {
+        index
+            .into_iter()
+            .map(|(id, f)| {
+                (id, IndexFile { packs: f.packs.into_iter().filter(|p| !doomed_packs.contains(&p.id)).collect() })
+            })
+            .collect()
+    } else {
+        read_index(backend, key).await?
+    };
     repo.catalog().refresh(backend, key).await?;
     let snapshots = list_snapshots(repo).await?;
     let mut referenced = HashSet::new();
@@ -325,6 +341,10 @@ pub async fn collect(repo: &Repository) -> Result<CollectReport> {
     report.marked_packs = candidates.len() as u64;
     report.marked_bytes = marked_bytes;
     let generation = fence.generation + 1;
+    if dry_run {
+        report.generation = start.generation;
+        return Ok(report);
+    }
     let pending = if candidates.is_empty() && watch.is_empty() {
         Vec::new()
     } else {

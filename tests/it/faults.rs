@@ -123,7 +123,7 @@ async fn storage_without_create_only_writes_is_detected_and_removal_refuses() {
     backup_stream(&repo, &data[..], &options("lax"), &Cancel::new(), &Silent).await.unwrap();
     drop(repo);
     verify(lax.clone(), std::slice::from_ref(&data)).await;
-    let err = cairn::repo::gc::collect(&open(lax).await).await.unwrap_err();
+    let err = cairn::repo::gc::collect(&open(lax).await, false).await.unwrap_err();
     assert_eq!(err.kind(), cairn::error::ErrorKind::Unsupported, "{err}");
     assert!(err.message().contains("create-only"), "{err}");
 }

@@ -102,3 +102,56 @@ fn keep_within_tags_and_refusals() {
     env.cmd().args(["forget", "--keep-tag", "no-such-tag", "--allow-empty", "--name", "db"]).assert().success();
     assert!(env.snapshots().is_empty());
 }
+
+fn prune_json(env: &Env, dry_run: bool) -> serde_json::Value {
+    let mut cmd = env.cmd();
+    cmd.args(["--json", "prune"]);
+    if dry_run {
+        cmd.arg("--dry-run");
+    }
+    serde_json::from_slice(&cmd.assert().success().get_output().stdout).unwrap()
+}
+
+/// Forgotten data goes on the third removal run (watch, mark, delete); a dry run changes
+/// nothing; what is still referenced restores; a damaged repository is not pruned.
+#[test]
+fn prune_removes_forgotten_data_on_the_third_run_and_refuses_damage() {
+    let env = Env::new();
+    let data: Vec<Vec<u8>> = (0..3).map(|i| crate::harness::noise(3 << 20, 100 + i)).collect();
+    for (i, d) in data.iter().enumerate() {
+        env.backup_stdin(&format!("s{i}"), d);
+    }
+    env.cmd().args(["forget", "--name", "s0", "--keep-tag", "none", "--allow-empty"]).assert().success();
+    let packs_before = env.packs().len();
+
+    let first = prune_json(&env, false);
+    assert_eq!(first["report"]["marked_packs"], 0, "first sight only watches: {first}");
+    let second = prune_json(&env, false);
+    assert!(second["report"]["marked_packs"].as_u64().unwrap() >= 1, "{second}");
+    let dry = prune_json(&env, true);
+    assert!(dry["report"]["deleted_packs"].as_u64().unwrap() >= 1, "{dry}");
+    assert_eq!(env.packs().len(), packs_before, "dry run and marking delete nothing");
+    let third = prune_json(&env, false);
+    assert_eq!(third["report"]["deleted_packs"], dry["report"]["deleted_packs"], "the dry run predicted it");
+    assert!(env.packs().len() < packs_before);
+    env.check_read_data();
+    for (i, d) in data.iter().enumerate().skip(1) {
+        let id =
+            env.snapshots().iter().find(|s| s["name"] == format!("s{i}")).unwrap()["id"].as_str().unwrap().to_string();
+        assert!(env.restore_stdout(&id) == *d, "s{i} restores");
+    }
+
+    // Damage: a snapshot that no longer decrypts. Prune deletes nothing and exits 13.
+    env.cmd().args(["forget", "--name", "s1", "--keep-tag", "none", "--allow-empty"]).assert().success();
+    let snapshot = crate::harness::walk(&env.repo.join("snapshots")).pop().unwrap();
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&snapshot, bytes).unwrap();
+    let before = env.packs();
+    for _ in 0..3 {
+        let out = env.cmd().arg("prune").assert().code(13);
+        assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("prune deletes nothing"));
+    }
+    assert_eq!(env.packs(), before, "nothing was deleted");
+}

@@ -101,7 +101,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
                     committed.lock().unwrap().remove(&id.to_hex());
                 }
             }
-            let report = gc::collect(&repo).await.unwrap();
+            let report = gc::collect(&repo, false).await.unwrap();
             collects += 1;
             deleted_packs += report.deleted_packs;
             rescued_packs += report.rescued_packs;
@@ -126,7 +126,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
     // Two final collects: everything forgotten is gone, nothing needed went with it.
     for _ in 0..2 {
         let repo = open(&store).await;
-        deleted_packs += gc::collect(&repo).await.unwrap().deleted_packs;
+        deleted_packs += gc::collect(&repo, false).await.unwrap().deleted_packs;
     }
 
     let repo = open(&store).await;
@@ -178,7 +178,7 @@ async fn forget_all(store: &Arc<dyn ObjectStore>) {
 }
 
 async fn collect(store: &Arc<dyn ObjectStore>) -> gc::CollectReport {
-    gc::collect(&open(store).await).await.unwrap()
+    gc::collect(&open(store).await, false).await.unwrap()
 }
 
 async fn restores(store: &Arc<dyn ObjectStore>, data: &[u8]) {
