@@ -94,6 +94,12 @@ pub struct FilesArgs {
     common: CommonArgs,
 }
 
+impl CommonArgs {
+    fn options(self, name: String, kind: String) -> BackupOptions {
+        BackupOptions { name, kind, tags: self.tags, time: self.time, meta: Default::default() }
+    }
+}
+
 fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
     text.parse::<jiff::Timestamp>()
         .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-31T02:00:00Z: {e}"))
@@ -104,13 +110,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
     let progress = Bar::boxed(ctx.progress_enabled());
     let result = match command {
         BackupCommand::Stdin(args) => {
-            let options = BackupOptions {
-                name: args.name,
-                kind: args.kind,
-                tags: args.common.tags,
-                time: args.common.time,
-                meta: Default::default(),
-            };
+            let options = args.common.options(args.name, args.kind);
             match &args.command {
                 Some(cmd) => backup::backup_command(&repo, cmd, &options, &ctx.cancel, progress.as_ref()).await?,
                 None => {
@@ -143,13 +143,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
             backup::backup_files(&repo, &files, &options, &ctx.cancel, progress.as_ref()).await?
         }
         BackupCommand::Pg(args) => {
-            let options = BackupOptions {
-                name: args.name,
-                kind: "pg".into(),
-                tags: args.common.tags,
-                time: args.common.time,
-                meta: Default::default(),
-            };
+            let options = args.common.options(args.name, "pg".into());
             let format = cairn::ops::pg::DumpFormat::parse(&args.format)?;
             cairn::ops::pg::backup_dump(
                 &repo,
@@ -163,13 +157,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
             .await?
         }
         BackupCommand::PgBase(args) => {
-            let options = BackupOptions {
-                name: args.name,
-                kind: "pg-base".into(),
-                tags: args.common.tags,
-                time: args.common.time,
-                meta: Default::default(),
-            };
+            let options = args.common.options(args.name, "pg-base".into());
             cairn::ops::pg::backup_base(
                 &repo,
                 args.dbname.as_deref(),

@@ -559,12 +559,8 @@ impl PgEnv {
     }
 }
 
-/// Base backup, two batches of commits with a recorded time, xid, LSN and restore point
-/// between them; PITR to each of those ends with exactly the first batch, and to the
-/// latest with both. A damaged segment stops recovery instead of letting it promote early.
-#[test]
-fn pitr_to_time_xid_lsn_name_and_latest() {
-    let env = PgEnv::new();
+/// A cluster archiving into source `main` with an empty table `t`, and a base backup.
+fn base_backed_up(env: &PgEnv) -> Cluster {
     let mut main = env.cluster("main", &env.archiving("main"));
     main.start();
     main.sql("create table t (x int)");
@@ -575,6 +571,16 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+    main
+}
+
+/// Base backup, two batches of commits with a recorded time, xid, LSN and restore point
+/// between them; PITR to each of those ends with exactly the first batch, and to the
+/// latest with both. A damaged segment stops recovery instead of letting it promote early.
+#[test]
+fn pitr_to_time_xid_lsn_name_and_latest() {
+    let env = PgEnv::new();
+    let mut main = base_backed_up(&env);
     let snaps: serde_json::Value =
         serde_json::from_slice(&env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap().stdout).unwrap();
     let meta = &snaps[0]["meta"];
@@ -663,16 +669,7 @@ fn pitr_from_s3_retries_transient_faults_and_stops_on_persistent_ones() {
         }
     });
     let env = PgEnv::new_s3("s3://pgarchive/cluster", &proxy.endpoint());
-    let mut main = env.cluster("main", &env.archiving("main"));
-    main.start();
-    main.sql("create table t (x int)");
-    main.switch_wal();
-    let out = env
-        .cairn_cmd()
-        .args(["backup", "pg-base", "--name", "base", "--source", "main", "--dbname", &main.conninfo("postgres")])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    let mut main = base_backed_up(&env);
     main.sql("insert into t select generate_series(1, 100)");
     let last = main.switch_wal();
     main.wait_archived(&last);
