@@ -144,7 +144,7 @@ const GROUP_GAP: u64 = 1 << 20;
 /// Plaintext bytes of the stream planned at once: its blobs are grouped by pack, so a
 /// stream whose blobs alternate between packs (a dump that changed in many places) still
 /// costs about one request per pack and window, not one per switch.
-const WINDOW_BYTES: u64 = 32 << 20;
+const WINDOW_BYTES: u64 = 16 << 20;
 const WINDOW_BLOBS: usize = 8192;
 
 impl Group {
