@@ -12,11 +12,12 @@
 //! 2. **sweep** every pending set: list snapshots now; any snapshot the mark did not see
 //!    rescues the packs holding doomed blobs it references; rewrite index files without
 //!    the remaining packs, then delete those packs;
-//! 3. **mark**: walk every snapshot, pick the packs none of whose blobs is referenced
-//!    (and unindexed packs), write them as a new candidate set, and publish it by
-//!    creating the next generation, whose pending list holds only the new set.
+//! 3. **mark**: walk every snapshot; packs none of whose blobs is referenced (and
+//!    unindexed packs) are marked if the previous mark watched them, and watched
+//!    otherwise; write the new candidate set and publish it by creating the next
+//!    generation, whose pending list holds only the new set.
 //!
-//! A pack is therefore deleted only by a run *after* the one that marked it. Writers:
+//! A pack is therefore deleted at the earliest by the third run that finds it unreferenced. Writers:
 //! * read the generation when they open the repository, before loading the catalog, and
 //!   never reuse blobs from packs of a pending set ([`Catalog::exclude_packs`]);
 //! * before writing a snapshot, read the generation again; if a set was marked since
