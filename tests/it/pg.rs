@@ -637,7 +637,8 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
     // A damaged copy of the last segment: fetch exits 126, so recovery stops instead of
     // treating it as the end of the WAL and promoting with only the first batch.
     let stored = env.path("repo").join("wal/main").join(&last);
-    let mut bytes = std::fs::read(&stored).unwrap();
+    let original = std::fs::read(&stored).unwrap();
+    let mut bytes = original.clone();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&stored, bytes).unwrap();
@@ -645,6 +646,39 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("stopped during recovery") || text(&out).contains("did not start"), "{}", text(&out));
     assert!(!env.path("damaged/postmaster.pid").exists(), "the server is not running");
+    std::fs::write(&stored, &original).unwrap();
+
+    // Archiving preserved (last: its timeline 2 would now lead --latest around the damaged
+    // segment): the promoted copy starts timeline 2 and archives its history
+    // file (and its WAL) into the same source, which `wal list` shows.
+    let port = free_port();
+    let out = env
+        .cairn_cmd()
+        .args(["pitr", "--source", "main", "--start", "--port", &port.to_string(), "--pgdata"])
+        .arg(env.path("promoted"))
+        .args(["--target-name", "after_batch_1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let promoted = env.path("promoted");
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .args(["-X", "-A", "-t", "-h", promoted.to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
+            .args(["-d", "postgres", "-c", sql])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") != "00000002.history" {
+        assert!(Instant::now() < deadline, "the new timeline's history file was not archived");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    as_postgres("pg_ctl", &["-D", promoted.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    let out = env.cairn_cmd().args(["--json", "wal", "list", "--source", "main"]).output().unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listing[0]["history"][0]["name"], "00000002.history", "{listing}");
+    assert!(!listing[0]["backup_labels"].as_array().unwrap().is_empty(), "the base backup's .backup file: {listing}");
     main.stop();
 }
 
