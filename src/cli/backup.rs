@@ -1,4 +1,4 @@
-//! `cairn backup stdin|files`
+//! `cairn backup stdin|files|pg|pg-base|tar`
 
 use super::context::Context;
 use super::output::{bytes, print_json, Bar};
@@ -19,6 +19,21 @@ pub enum BackupCommand {
     /// Physical base backup of a PostgreSQL cluster (pg_basebackup), for point-in-time recovery
     #[command(name = "pg-base")]
     PgBase(PgBaseArgs),
+    /// Back up a tar archive (plain, gzip or zstd) member by member, so nightly tarballs
+    /// deduplicate; `restore --tar` gives the archive back
+    Tar(TarArgs),
+}
+
+#[derive(Args)]
+pub struct TarArgs {
+    /// Snapshot name: snapshots of one name form a series
+    #[arg(long)]
+    name: String,
+    /// The archive to read, or `-` for standard input
+    #[arg(default_value = "-", value_name = "FILE|-")]
+    file: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -167,6 +182,15 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 progress.as_ref(),
             )
             .await?
+        }
+        BackupCommand::Tar(args) => {
+            let options = args.common.options(args.name, "tar".into());
+            if args.file.as_os_str() == "-" {
+                backup::backup_tar(&repo, std::io::stdin(), &options, &ctx.cancel, progress.as_ref()).await?
+            } else {
+                let file = std::fs::File::open(&args.file).map_err(|e| cairn::Error::io("open", &args.file, e))?;
+                backup::backup_tar(&repo, file, &options, &ctx.cancel, progress.as_ref()).await?
+            }
         }
     };
     report(ctx, &result);

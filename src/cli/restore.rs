@@ -50,7 +50,8 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     let (id, snapshot) = repo.find_snapshot(&args.snapshot, &args.filter.filter())?;
     let progress =
         Bar::boxed(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
-    let options = RestoreOptions { includes: args.includes };
+    let archive = cairn::ops::archive::is_archive(&snapshot);
+    let options = RestoreOptions { includes: args.includes, confine_links: archive };
     if let Some(conninfo) = &args.to_db {
         let target = cairn::ops::pg::DbRestore {
             conninfo: conninfo.clone(),
@@ -63,7 +64,7 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
         ctx.info(format!("restored snapshot {} into {}", id.short(), cairn::ops::pg::redact_conninfo(conninfo)));
         return Ok(0);
     }
-    if let Some(content) = &snapshot.content {
+    if let Some(content) = snapshot.content.as_ref().filter(|_| !snapshot.is_tree()) {
         let written = if args.stdout {
             let mut out = std::io::stdout().lock();
             restore::restore_stream(&repo, content, &mut out, progress.as_ref()).await?
@@ -92,11 +93,16 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     let stats = if let Some(dir) = &args.to {
         restore::restore_tree_to_dir(&repo, &root, dir, &options, progress.as_ref()).await?
     } else if let Some(tar) = &args.tar {
-        if tar.as_os_str() == "-" {
-            restore::restore_tree_to_tar(&repo, &root, std::io::BufWriter::new(std::io::stdout()), &options).await?
+        let out: Box<dyn std::io::Write + Send> = if tar.as_os_str() == "-" {
+            Box::new(std::io::stdout())
         } else {
-            let file = std::fs::File::create(tar).map_err(|e| cairn::Error::io("create", tar, e))?;
-            restore::restore_tree_to_tar(&repo, &root, std::io::BufWriter::new(file), &options).await?
+            Box::new(std::fs::File::create(tar).map_err(|e| cairn::Error::io("create", tar, e))?)
+        };
+        let out = std::io::BufWriter::with_capacity(1 << 20, out);
+        if archive {
+            cairn::ops::archive::restore_archive_to_tar(&repo, &snapshot, out, &options).await?
+        } else {
+            restore::restore_tree_to_tar(&repo, &root, out, &options).await?
         }
     } else {
         return Err(usage(format!("snapshot {} is a file tree: restore it with --to DIR or --tar FILE", id.short())));

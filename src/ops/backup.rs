@@ -46,6 +46,8 @@ pub enum Root {
     Tree(crate::id::BlobId, Vec<String>),
     /// A tree, with metadata learned while producing it (e.g. a base backup's LSNs).
     TreeWithMeta(crate::id::BlobId, Vec<String>, BTreeMap<String, serde_json::Value>),
+    /// A tree with a stream beside it (a tar archive's member list, in archive order).
+    TreeAndContent(crate::id::BlobId, Content, BTreeMap<String, serde_json::Value>),
 }
 
 /// Run `producer` against a saver and commit a snapshot of what it produced.
@@ -81,6 +83,10 @@ where
         Root::TreeWithMeta(id, paths, extra) => {
             learned = extra;
             (Some(id), None, paths)
+        }
+        Root::TreeAndContent(id, content, extra) => {
+            learned = extra;
+            (Some(id), Some(content), Vec::new())
         }
     };
     let snapshot = SnapshotFile {
@@ -193,6 +199,35 @@ pub async fn backup_files(
         let mut walker = files::Walker::new(repo, saver, &handle, files, cancel, progress, stats, warnings);
         let tree = walker.run(parent_tree)?;
         Ok(Root::Tree(tree, files.paths.iter().map(|p| p.display().to_string()).collect()))
+    })
+    .await
+}
+
+/// Back up a tar archive (plain, gzip or zstd) as a tree of its members, with the member
+/// order and names kept for `restore --tar`. Members that climb out with `..` are not
+/// stored (a warning each, exit 3); a truncated or corrupt stream stores no snapshot.
+pub async fn backup_tar<R: Read + Send>(
+    repo: &Repository,
+    reader: R,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    use crate::source::tar::{import_any, ImportOptions};
+    let params = repo.config().chunker;
+    run(repo, options, None, |saver, stats, warnings| {
+        progress.begin("reading tar", None);
+        let import = ImportOptions { record_members: true, skip_unsafe: true, ..Default::default() };
+        let (imported, compression) = import_any(saver, reader, params, &import, cancel, progress, stats)?;
+        progress.end();
+        warnings.extend(imported.warnings);
+        let members = stream::store_stream(saver, &imported.members[..], params, cancel, progress)?;
+        let meta = BTreeMap::from([
+            ("compression".to_string(), serde_json::json!(compression.name())),
+            ("tar_bytes".to_string(), serde_json::json!(imported.end_of_last)),
+            ("tar_top".to_string(), serde_json::to_value(&imported.top).expect("nodes serialize")),
+        ]);
+        Ok(Root::TreeAndContent(imported.root, members, meta))
     })
     .await
 }

@@ -1,5 +1,6 @@
 //! Operations: one file per command, each a short script of calls into the layers below.
 
+pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod copy;

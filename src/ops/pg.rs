@@ -325,7 +325,7 @@ pub async fn backup_base(
             saver,
             stdout,
             params,
-            &["backup_label", "tablespace_map"],
+            &crate::source::tar::ImportOptions { capture: &["backup_label", "tablespace_map"], ..Default::default() },
             cancel,
             progress,
             stats,

@@ -28,6 +28,10 @@ const COALESCE_GAP: u64 = 1 << 20;
 pub struct RestoreOptions {
     /// Restore only these paths (as stored: `/etc/app` or `etc/app`) and what is below them.
     pub includes: Vec<String>,
+    /// Refuse (with a warning) symlinks whose target leads outside the target directory:
+    /// absolute targets, or more `..` than the link is deep. Set for tar archives, whose
+    /// members come from elsewhere.
+    pub confine_links: bool,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -95,12 +99,12 @@ fn sibling_temp(path: &Path) -> PathBuf {
 }
 
 /// Normalised include paths: no leading or trailing slashes.
-fn includes(options: &RestoreOptions) -> Vec<Vec<u8>> {
+pub(crate) fn includes(options: &RestoreOptions) -> Vec<Vec<u8>> {
     options.includes.iter().map(|i| i.trim_matches('/').as_bytes().to_vec()).filter(|i| !i.is_empty()).collect()
 }
 
 /// Whether to restore `path` (relative, slash-separated) and whether to descend into it.
-fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
+pub(crate) fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
     if includes.is_empty() {
         return (true, true);
     }
@@ -109,7 +113,7 @@ fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
     (inside, inside || ancestor)
 }
 
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
     if parent.is_empty() {
         name.to_vec()
     } else {
@@ -183,6 +187,15 @@ pub async fn restore_tree_to_dir(
                 }
                 NodeKind::Symlink => {
                     let target_bytes = node.target_bytes().unwrap_or_default();
+                    if options.confine_links && super::archive::link_escapes(&rel_path, &target_bytes) {
+                        stats.warnings.push(format!(
+                            "{}: symlink to {:?} points outside {}; not created",
+                            path.display(),
+                            String::from_utf8_lossy(&target_bytes),
+                            target.display()
+                        ));
+                        continue;
+                    }
                     let _ = std::fs::remove_file(&path);
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target_bytes), &path)
                         .map_err(|e| Error::io("create symlink", &path, e))?;

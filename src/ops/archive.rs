@@ -1,0 +1,235 @@
+//! Restoring `backup tar` snapshots: the archive written back member for member, in its
+//! original order and under its original names, and safe extraction into a directory.
+//!
+//! A tar snapshot holds a tree (the members, deduplicated like files) and a stream of
+//! member records ([`MemberRecord`]) in archive order. Writing the archive back walks the
+//! records and takes each member's metadata and content from the tree node at its
+//! normalised path; hard links become hard-link members again.
+
+use super::restore::{includes, restore_stream, selected, RestoreOptions, RestoreStats};
+use crate::error::{Error, ErrorKind, Result};
+use crate::repo::Repository;
+use crate::snapshot::{Content, Node, NodeKind, SnapshotFile, Tree};
+use crate::source::tar::{normalise, MemberRecord};
+use std::collections::HashMap;
+use std::io::Write;
+
+fn tar_err(e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io, format!("cannot write the tar stream: {e}"))
+}
+
+/// The trees of a snapshot by directory path, loaded as members need them.
+struct Trees<'a> {
+    repo: &'a Repository,
+    loaded: HashMap<Vec<Vec<u8>>, Tree>,
+}
+
+impl Trees<'_> {
+    async fn node(&mut self, parents: &[Vec<u8>], name: &[u8]) -> Result<Option<Node>> {
+        for depth in 1..=parents.len() {
+            let path = &parents[..depth];
+            if self.loaded.contains_key(path) {
+                continue;
+            }
+            let Some(dir) = self.find(&parents[..depth - 1], &parents[depth - 1]) else { return Ok(None) };
+            let Some(subtree) = dir.subtree else { return Ok(None) };
+            let tree = self.repo.load_tree(&subtree).await?;
+            self.loaded.insert(path.to_vec(), tree);
+        }
+        Ok(self.find(parents, name))
+    }
+
+    fn find(&self, parents: &[Vec<u8>], name: &[u8]) -> Option<Node> {
+        let tree = self.loaded.get(parents)?;
+        tree.nodes.iter().find(|n| n.name_bytes() == name).cloned()
+    }
+}
+
+/// Append one entry whose name (and link name) are taken byte for byte, with GNU long-name
+/// entries for names of 100 bytes or more. The tar crate's own helpers refuse absolute
+/// names, which an archive may hold and `restore --tar` must give back.
+fn append_raw<W: Write>(
+    builder: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    name: &[u8],
+    link: Option<&[u8]>,
+    data: impl std::io::Read,
+) -> std::io::Result<()> {
+    let long = |builder: &mut tar::Builder<W>, kind: u8, value: &[u8]| -> std::io::Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.as_mut_bytes()[..13].copy_from_slice(b"././@LongLink");
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::new(kind));
+        let mut bytes = value.to_vec();
+        bytes.push(0);
+        h.set_size(bytes.len() as u64);
+        h.set_cksum();
+        builder.append(&h, &bytes[..])
+    };
+    if name.len() >= 100 {
+        long(builder, b'L', name)?;
+    }
+    if let Some(link) = link.filter(|l| l.len() >= 100) {
+        long(builder, b'K', link)?;
+    }
+    let bytes = header.as_mut_bytes();
+    bytes[..100].fill(0);
+    let n = name.len().min(100);
+    bytes[..n].copy_from_slice(&name[..n]);
+    if let Some(link) = link {
+        bytes[157..257].fill(0);
+        let n = link.len().min(100);
+        bytes[157..157 + n].copy_from_slice(&link[..n]);
+    }
+    header.set_cksum();
+    builder.append(header, data)
+}
+
+fn header_for(node: &Node, record: &MemberRecord) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(node.mode);
+    header.set_uid(node.uid.into());
+    header.set_gid(node.gid.into());
+    header.set_mtime(node.mtime.div_euclid(1_000_000_000).max(0) as u64);
+    header.set_size(0);
+    header.set_entry_type(tar::EntryType::new(record.kind));
+    if let Some(gnu) = header.as_gnu_mut() {
+        let n = record.uname.len().min(31);
+        gnu.uname[..n].copy_from_slice(&record.uname[..n]);
+        let n = record.gname.len().min(31);
+        gnu.gname[..n].copy_from_slice(&record.gname[..n]);
+    }
+    if let Some(rdev) = node.rdev {
+        let _ = header.set_device_major(libc::major(rdev));
+        let _ = header.set_device_minor(libc::minor(rdev));
+    }
+    header
+}
+
+/// Write a tar snapshot back as an archive equivalent to the one backed up: the same
+/// members in the same order, with the same names, modes, mtimes, owners and link targets.
+pub async fn restore_archive_to_tar<W: Write + Send>(
+    repo: &Repository,
+    snapshot: &SnapshotFile,
+    out: W,
+    options: &RestoreOptions,
+) -> Result<RestoreStats> {
+    let (Some(root), Some(members)) = (&snapshot.tree, &snapshot.content) else {
+        return Err(Error::corrupt("tar snapshot has no tree or no member list"));
+    };
+    let records = member_records(repo, members).await?;
+    let top: Option<Node> = snapshot.meta.get("tar_top").and_then(|v| serde_json::from_value(v.clone()).ok());
+    let includes = includes(options);
+    let mut trees = Trees { repo, loaded: HashMap::from([(Vec::new(), repo.load_tree(root).await?)]) };
+    let mut builder = tar::Builder::new(out);
+    let mut stats = RestoreStats::default();
+    for record in records {
+        let Some(parts) = normalise(&record.name) else { continue };
+        let rel = parts.join(&b'/');
+        if !selected(&includes, &rel).0 && !parts.is_empty() {
+            continue;
+        }
+        let Some((name, parents)) = parts.split_last() else {
+            if let Some(top) = &top {
+                let mut header = header_for(top, &record);
+                tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, &record.name, None, std::io::empty()))
+                    .map_err(tar_err)?;
+                stats.dirs += 1;
+            }
+            continue;
+        };
+        let node = trees.node(parents, name).await?.ok_or_else(|| {
+            Error::corrupt(format!(
+                "tar member {:?} is listed but missing from the snapshot's tree",
+                String::from_utf8_lossy(&record.name)
+            ))
+        })?;
+        let mut header = header_for(&node, &record);
+        let (name, kind) = (&record.name, tar::EntryType::new(record.kind));
+        let appended = if kind == tar::EntryType::Link {
+            tokio::task::block_in_place(|| {
+                append_raw(&mut builder, &mut header, name, Some(&record.link), std::io::empty())
+            })
+        } else {
+            match node.kind {
+                NodeKind::File => {
+                    header.set_size(node.size);
+                    let mut data = Vec::with_capacity(node.size.min(64 << 20) as usize);
+                    restore_stream(repo, &node.content.clone().unwrap_or_default(), &mut data, &crate::progress::Silent)
+                        .await?;
+                    stats.files += 1;
+                    stats.bytes += node.size;
+                    tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, &data[..]))
+                }
+                NodeKind::Symlink => {
+                    stats.symlinks += 1;
+                    let target = node.target_bytes().unwrap_or_default();
+                    tokio::task::block_in_place(|| {
+                        append_raw(&mut builder, &mut header, name, Some(&target), std::io::empty())
+                    })
+                }
+                NodeKind::Dir => {
+                    stats.dirs += 1;
+                    tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, std::io::empty()))
+                }
+                _ => tokio::task::block_in_place(|| {
+                    append_raw(&mut builder, &mut header, name, None, std::io::empty())
+                }),
+            }
+        };
+        appended.map_err(tar_err)?;
+    }
+    tokio::task::block_in_place(|| builder.into_inner().and_then(|mut w| w.flush())).map_err(tar_err)?;
+    Ok(stats)
+}
+
+async fn member_records(repo: &Repository, members: &Content) -> Result<Vec<MemberRecord>> {
+    let mut list = Vec::with_capacity(members.size.min(256 << 20) as usize);
+    restore_stream(repo, members, &mut list, &crate::progress::Silent).await?;
+    MemberRecord::decode_all(&list)
+}
+
+/// Whether a symlink at `rel` (a path inside the target, slash-separated) pointing at
+/// `target` would lead outside the target directory.
+pub fn link_escapes(rel: &[u8], target: &[u8]) -> bool {
+    if target.starts_with(b"/") {
+        return true;
+    }
+    // The link's own directory, as a depth below the target.
+    let mut depth = rel.split(|b| *b == b'/').filter(|p| !p.is_empty()).count() as i64 - 1;
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
+/// Whether a snapshot is a `backup tar` archive (a tree and its member list).
+pub fn is_archive(snapshot: &SnapshotFile) -> bool {
+    snapshot.kind == "tar" && snapshot.tree.is_some() && snapshot.content.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::link_escapes;
+
+    #[test]
+    fn links_that_leave_the_target_are_recognised() {
+        assert!(link_escapes(b"a", b"/etc/passwd"));
+        assert!(link_escapes(b"a", b"../x"));
+        assert!(link_escapes(b"d/a", b"../../x"));
+        assert!(link_escapes(b"d/a", b"x/../../../y"));
+        assert!(!link_escapes(b"d/a", b"../x"));
+        assert!(!link_escapes(b"d/a", b"b"));
+        assert!(!link_escapes(b"d/e/a", b"../../x"));
+        assert!(!link_escapes(b"a", b"./b/../c"));
+    }
+}
