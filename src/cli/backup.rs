@@ -1,4 +1,4 @@
-//! `cairn backup stdin|files|pg|pg-base|tar`
+//! `cairn backup stdin|files|pg|pg-base|tar|sqlite`
 
 use super::context::Context;
 use super::output::{bytes, print_json, Bar};
@@ -22,6 +22,27 @@ pub enum BackupCommand {
     /// Back up a tar archive (plain, gzip or zstd) member by member, so nightly tarballs
     /// deduplicate; `restore --tar` gives the archive back
     Tar(TarArgs),
+    /// Consistent snapshot of a live SQLite database (online backup API), checked first
+    Sqlite(SqliteArgs),
+}
+
+#[derive(Args)]
+pub struct SqliteArgs {
+    /// The database file
+    #[arg(value_name = "DBFILE")]
+    path: PathBuf,
+    /// Snapshot name: snapshots of one name form a series
+    #[arg(long)]
+    name: String,
+    /// Check run on the copy before it is stored: quick (PRAGMA quick_check), full
+    /// (PRAGMA integrity_check) or none
+    #[arg(long, default_value = "quick", value_parser = ["quick", "full", "none"])]
+    check: String,
+    /// Store a copy that fails its check anyway (tagged `corrupt`, exit code 3)
+    #[arg(long)]
+    allow_corrupt: bool,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -177,6 +198,20 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 &repo,
                 args.dbname.as_deref(),
                 &args.source,
+                &options,
+                &ctx.cancel,
+                progress.as_ref(),
+            )
+            .await?
+        }
+        BackupCommand::Sqlite(args) => {
+            let options = args.common.options(args.name, "sqlite".into());
+            let level = cairn::ops::sqlite::CheckLevel::parse(&args.check)?;
+            cairn::ops::sqlite::backup_sqlite(
+                &repo,
+                &args.path,
+                level,
+                args.allow_corrupt,
                 &options,
                 &ctx.cancel,
                 progress.as_ref(),

@@ -9,7 +9,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "tar", "to_db"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "tar", "to_db", "verify_only"])))]
 pub struct RestoreArgs {
     /// `latest` or a snapshot id prefix of at least 8 hex characters
     snapshot: String,
@@ -35,9 +35,18 @@ pub struct RestoreArgs {
     /// With --to-db: create the dumped database first (connect --to-db to another one, e.g. postgres)
     #[arg(long, requires = "to_db")]
     create: bool,
-    /// Where --jobs writes the dump file [default: the system's temporary directory]
-    #[arg(long, value_name = "DIR", requires = "to_db")]
+    /// Where --jobs writes the dump file, and --verify-only its scratch copy [default: the
+    /// system's temporary directory]
+    #[arg(long, value_name = "DIR")]
     scratch: Option<PathBuf>,
+    /// SQLite snapshots: restore into a scratch directory, run the check and report it;
+    /// nothing else is touched
+    #[arg(long)]
+    verify_only: bool,
+    /// SQLite snapshots: the check run on the restored database before it replaces
+    /// anything: quick (PRAGMA quick_check) or full (PRAGMA integrity_check)
+    #[arg(long, default_value = "quick", value_parser = ["quick", "full"])]
+    check: String,
     /// Restore only this path of a tree snapshot and what is below it (repeatable)
     #[arg(long = "include", value_name = "PATH")]
     includes: Vec<String>,
@@ -63,6 +72,51 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
         cairn::ops::pg::restore_to_db(&repo, &snapshot, &target, &scratch, progress.as_ref()).await?;
         ctx.info(format!("restored snapshot {} into {}", id.short(), cairn::ops::pg::redact_conninfo(conninfo)));
         return Ok(0);
+    }
+    if snapshot.kind == "sqlite" && (args.verify_only || args.to.is_some()) {
+        let level = cairn::ops::sqlite::CheckLevel::parse(&args.check)?;
+        let report = match &args.to {
+            Some(path) if !args.verify_only => {
+                cairn::ops::sqlite::restore_sqlite(&repo, &snapshot, path, level, progress.as_ref()).await?
+            }
+            _ => {
+                let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
+                cairn::ops::sqlite::verify_sqlite(&repo, &snapshot, &scratch, level, progress.as_ref()).await?
+            }
+        };
+        if ctx.args.json {
+            print_json(&report);
+        } else if args.verify_only {
+            ctx.info(format!(
+                "snapshot {} verified: {} ok, {} pages of {} bytes, user_version {}",
+                id.short(),
+                report.check.check,
+                report.facts.page_count,
+                report.facts.page_size,
+                report.facts.user_version
+            ));
+        } else {
+            let aside = report
+                .safety_copy
+                .as_ref()
+                .map(|p| format!("; the previous database is now {}", p.display()))
+                .unwrap_or_default();
+            ctx.info(format!(
+                "restored snapshot {} to {}: {}, {} ok{aside}",
+                id.short(),
+                report.path.display(),
+                bytes(report.bytes),
+                report.check.check
+            ));
+        }
+        return Ok(0);
+    }
+    if args.verify_only {
+        return Err(usage(format!(
+            "--verify-only is for SQLite snapshots; snapshot {} is {}: use `cairn check --read-data` or a drill",
+            id.short(),
+            snapshot.kind
+        )));
     }
     if let Some(content) = snapshot.content.as_ref().filter(|_| !snapshot.is_tree()) {
         let written = if args.stdout {

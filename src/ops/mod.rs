@@ -7,6 +7,7 @@ pub mod copy;
 pub mod forget;
 pub mod pg;
 pub mod restore;
+pub mod sqlite;
 pub mod stats;
 
 use crate::error::{Error, Result};
