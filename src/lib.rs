@@ -23,6 +23,7 @@ pub mod ops;
 pub mod pack;
 pub mod progress;
 pub mod repo;
+pub mod secrets;
 pub mod snapshot;
 pub mod source;
 pub mod wal;

@@ -1,4 +1,4 @@
-//! `cairn backup stdin|files|pg|pg-base|tar|sqlite`
+//! `cairn backup stdin|files|pg|pg-base|tar|sqlite|secrets`
 
 use super::context::Context;
 use super::output::{bytes, print_json, Bar};
@@ -24,6 +24,21 @@ pub enum BackupCommand {
     Tar(TarArgs),
     /// Consistent snapshot of a live SQLite database (online backup API), checked first
     Sqlite(SqliteArgs),
+    /// Back up keys and credentials into the secrets compartment (needs its password):
+    /// names and contents unreadable with the repository password alone
+    Secrets(SecretsArgs),
+}
+
+#[derive(Args)]
+pub struct SecretsArgs {
+    /// Files and directories to seal
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Snapshot name: snapshots of one name form a series
+    #[arg(long)]
+    name: String,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -217,6 +232,12 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 progress.as_ref(),
             )
             .await?
+        }
+        BackupCommand::Secrets(args) => {
+            let secrets = ctx.require_secrets(&repo).await?;
+            let options = args.common.options(args.name, cairn::secrets::KIND.into());
+            cairn::secrets::backup_secrets(&repo, &secrets, &args.paths, &options, &ctx.cancel, progress.as_ref())
+                .await?
         }
         BackupCommand::Tar(args) => {
             let options = args.common.options(args.name, "tar".into());

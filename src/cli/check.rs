@@ -44,7 +44,13 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
     };
     let repo = ctx.open_unrefreshed().await?;
     let progress = Bar::boxed(ctx.progress_enabled());
-    let report = check::check(&repo, read_data, progress.as_ref()).await?;
+    let mut report = check::check(&repo, read_data, progress.as_ref()).await?;
+    if read_data != ReadData::None {
+        // The secrets' inner layer needs the catalog (their content is read like a restore).
+        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        let secrets = ctx.open_secrets(&repo).await?;
+        check::check_secrets(&repo, secrets.as_ref(), &mut report).await?;
+    }
     if ctx.args.json {
         print_json(&report);
     } else {
@@ -64,6 +70,15 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
             ctx.info(format!(
                 "{} packs are not in any index (left by an interrupted backup; harmless)",
                 report.unindexed_packs
+            ));
+        }
+        if report.secrets_verified > 0 {
+            ctx.info(format!("opened and read {} secrets snapshots", report.secrets_verified));
+        }
+        if report.secrets_skipped > 0 {
+            ctx.info(format!(
+                "skipped the sealed contents of {} secrets snapshots (no secrets password given; their packs were verified)",
+                report.secrets_skipped
             ));
         }
         if report.is_ok() {

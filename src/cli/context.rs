@@ -33,6 +33,13 @@ pub struct GlobalArgs {
     /// Unlock with a key file instead of a password (0600; opens in milliseconds)
     #[arg(long, global = true, env = "CAIRN_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Read the secrets compartment's password from this file (first line); also
+    /// CAIRN_SECRETS_PASSWORD
+    #[arg(long, global = true, env = "CAIRN_SECRETS_PASSWORD_FILE", value_name = "FILE")]
+    pub secrets_password_file: Option<PathBuf>,
+    /// Run this shell command and use its output as the secrets compartment's password
+    #[arg(long, global = true, env = "CAIRN_SECRETS_PASSWORD_COMMAND", value_name = "CMD")]
+    pub secrets_password_command: Option<String>,
     /// Directory for the local catalog cache [default: the user's cache dir]
     #[arg(long, global = true, env = "CAIRN_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -149,6 +156,40 @@ impl Context {
             return Ok(Some(Secret::Password(password)));
         }
         Ok(None)
+    }
+
+    /// The secrets compartment's password, if one was given.
+    pub fn secrets_password(&self) -> anyhow::Result<Option<String>> {
+        if let Some(command) = &self.args.secrets_password_command {
+            return Ok(Some(password_from_command(command)?));
+        }
+        if let Some(path) = &self.args.secrets_password_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read secrets password file {}", path.display()))?;
+            return Ok(Some(first_line(&text)));
+        }
+        Ok(std::env::var("CAIRN_SECRETS_PASSWORD").ok())
+    }
+
+    /// The unlocked secrets compartment, if its password was given.
+    pub async fn open_secrets(&self, repo: &Repository) -> anyhow::Result<Option<cairn::secrets::SecretsKey>> {
+        match self.secrets_password()? {
+            Some(password) => Ok(Some(cairn::secrets::unlock(repo, &password).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The unlocked secrets compartment; an error (exit 12) naming the ways to give its
+    /// password if none was given.
+    pub async fn require_secrets(&self, repo: &Repository) -> anyhow::Result<cairn::secrets::SecretsKey> {
+        self.open_secrets(repo).await?.ok_or_else(|| {
+            cairn::Error::new(
+                cairn::ErrorKind::WrongPassword,
+                "no secrets password given: set CAIRN_SECRETS_PASSWORD, --secrets-password-file or \
+                 --secrets-password-command",
+            )
+            .into()
+        })
     }
 
     pub fn secret_or_default(&self, is_default: bool) -> anyhow::Result<Secret> {

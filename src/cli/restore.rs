@@ -111,6 +111,33 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
         }
         return Ok(0);
     }
+    if snapshot.kind == cairn::secrets::KIND {
+        let Some(dir) = &args.to else {
+            return Err(usage(format!(
+                "snapshot {} is in the secrets compartment: restore it with --to DIR",
+                id.short()
+            )));
+        };
+        // Without the compartment's password nothing is read: exit 12 before any output.
+        let secrets = ctx.open_secrets(&repo).await?;
+        let stats =
+            cairn::secrets::restore_secrets(&repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes).await?;
+        for warning in &stats.warnings {
+            eprintln!("cairn: warning: {warning}");
+        }
+        if ctx.args.json {
+            print_json(&stats);
+        } else {
+            ctx.info(format!(
+                "restored snapshot {}: {} files (0600), {} dirs (0700), {}",
+                id.short(),
+                stats.files,
+                stats.dirs,
+                bytes(stats.bytes)
+            ));
+        }
+        return Ok(if stats.warnings.is_empty() { 0 } else { 3 });
+    }
     if args.verify_only {
         return Err(usage(format!(
             "--verify-only is for SQLite snapshots; snapshot {} is {}: use `cairn check --read-data` or a drill",

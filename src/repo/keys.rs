@@ -16,6 +16,19 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const SLOT_AAD: &[u8] = b"cairn key slot v1";
+
+/// Where a set of key slots lives and what binds their sealed keys to it: the
+/// repository's own slots, or the secrets compartment's (`src/secrets.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct SlotPlace {
+    pub prefix: &'static str,
+    pub aad: &'static [u8],
+    pub what: &'static str,
+}
+
+pub const REPOSITORY_SLOTS: SlotPlace = SlotPlace { prefix: objkeys::KEYS, aad: SLOT_AAD, what: "key slot" };
+pub const SECRETS_SLOTS: SlotPlace =
+    SlotPlace { prefix: "secrets/keys/", aad: b"cairn secrets slot v1", what: "secrets key slot" };
 /// The most memory a key slot may ask Argon2id for (4 GiB).
 pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
 
@@ -65,10 +78,15 @@ impl KeySlotFile {
 
     /// Unwrap the master key, or `None` if the password does not fit.
     pub fn unwrap_key(&self, password: &[u8]) -> Result<Option<MasterKey>> {
+        self.unwrap_key_at(REPOSITORY_SLOTS, password)
+    }
+
+    /// Unwrap the key a slot of `place` holds, or `None` if the password does not fit.
+    pub fn unwrap_key_at(&self, place: SlotPlace, password: &[u8]) -> Result<Option<MasterKey>> {
         let salt = hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
         let wrapped = hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot wrapped key is not hex"))?;
         let kek = SealKey::new(&derive_password_key(password, &salt, self.params)?);
-        match kek.open(SLOT_AAD, &wrapped) {
+        match kek.open(place.aad, &wrapped) {
             Ok(bytes) => Ok(Some(MasterKey::from_bytes(&bytes)?)),
             Err(_) => Ok(None),
         }
@@ -77,6 +95,17 @@ impl KeySlotFile {
 
 /// Wrap `key` under `password` in a new key slot.
 pub async fn add_slot(backend: &Backend, key: &MasterKey, password: &[u8], params: KdfParams) -> Result<KeyId> {
+    add_slot_at(backend, REPOSITORY_SLOTS, key, password, params).await
+}
+
+/// Wrap `key` under `password` in a new slot of `place`.
+pub async fn add_slot_at(
+    backend: &Backend,
+    place: SlotPlace,
+    key: &MasterKey,
+    password: &[u8],
+    params: KdfParams,
+) -> Result<KeyId> {
     if password.is_empty() {
         return Err(Error::invalid("the password is empty; give a non-empty password"));
     }
@@ -93,23 +122,28 @@ pub async fn add_slot(backend: &Backend, key: &MasterKey, password: &[u8], param
         kdf: "argon2id".into(),
         params,
         salt: hex::encode(salt),
-        wrapped: hex::encode(kek.seal(crypto::random_bytes(), SLOT_AAD, &key.to_bytes())),
+        wrapped: hex::encode(kek.seal(crypto::random_bytes(), place.aad, &key.to_bytes())),
         created: jiff::Timestamp::now(),
         host: super::hostname(),
         user: super::username(),
     };
     let id = KeyId::random();
     let json = serde_json::to_vec_pretty(&slot).expect("key slots serialize");
-    backend.put(&objkeys::key(&id), json.into(), WriteMode::Create).await?;
+    backend.put(&format!("{}{id}", place.prefix), json.into(), WriteMode::Create).await?;
     Ok(id)
 }
 
 /// All readable key slots, by id, and the problems of those that could not be parsed
 /// (a damaged or newer-format slot must not lock out the passwords of the others).
 pub async fn list_slots(backend: &Backend) -> Result<(Vec<(KeyId, KeySlotFile)>, Vec<String>)> {
+    list_slots_at(backend, REPOSITORY_SLOTS).await
+}
+
+/// The readable slots of `place`, and the problems of the others.
+pub async fn list_slots_at(backend: &Backend, place: SlotPlace) -> Result<(Vec<(KeyId, KeySlotFile)>, Vec<String>)> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
-    for object in backend.list(objkeys::KEYS).await? {
+    for object in backend.list(place.prefix).await? {
         let name = objkeys::name(&object.key);
         let Ok(id) = KeyId::from_hex(name) else { continue };
         let bytes = backend.get(&object.key).await?;
@@ -127,29 +161,37 @@ pub async fn unlock(backend: &Backend, secret: &Secret) -> Result<(MasterKey, Op
     match secret {
         Secret::KeyFile(path) => Ok((KeyFile::read(path)?.master_key()?, None)),
 
-        Secret::Password(password) => {
-            let (slots, skipped) = list_slots(backend).await?;
-            for (id, slot) in &slots {
-                let slot = slot.clone();
-                let password = password.clone();
-                let found = tokio::task::spawn_blocking(move || slot.unwrap_key(password.as_bytes()))
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("key derivation task failed: {e}")))??;
-                if let Some(key) = found {
-                    return Ok((key, Some(*id)));
-                }
-            }
-            let mut message = format!(
-                "wrong password or no key slot matches ({} slots tried at {})",
-                slots.len(),
-                backend.location()
-            );
-            if !skipped.is_empty() {
-                message.push_str(&format!("; {} unreadable slots skipped: {}", skipped.len(), skipped.join("; ")));
-            }
-            Err(Error::new(ErrorKind::WrongPassword, message))
+        Secret::Password(password) => unlock_password_at(backend, REPOSITORY_SLOTS, password).await,
+    }
+}
+
+/// Try every slot of `place` with the password.
+pub async fn unlock_password_at(
+    backend: &Backend,
+    place: SlotPlace,
+    password: &str,
+) -> Result<(MasterKey, Option<KeyId>)> {
+    let (slots, skipped) = list_slots_at(backend, place).await?;
+    for (id, slot) in &slots {
+        let slot = slot.clone();
+        let password = password.to_string();
+        let found = tokio::task::spawn_blocking(move || slot.unwrap_key_at(place, password.as_bytes()))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Io, format!("key derivation task failed: {e}")))??;
+        if let Some(key) = found {
+            return Ok((key, Some(*id)));
         }
     }
+    let mut message = format!(
+        "wrong password or no {} matches ({} slots tried at {})",
+        place.what,
+        slots.len(),
+        backend.location()
+    );
+    if !skipped.is_empty() {
+        message.push_str(&format!("; {} unreadable slots skipped: {}", skipped.len(), skipped.join("; ")));
+    }
+    Err(Error::new(ErrorKind::WrongPassword, message))
 }
 
 /// An unwrapped master key on local disk (mode 0600).

@@ -1,0 +1,605 @@
+//! The secrets compartment: private keys and credentials stored under a second key with
+//! its own password, so the repository password alone reveals neither their names nor
+//! their contents (docs/secrets.md).
+//!
+//! * The compartment key is a random 64-byte key in its own key slots
+//!   (`secrets/keys/<id>`, the repository's slot format with associated data
+//!   `"cairn secrets slot v1"`). `secrets/config` (sealed under the repository key, so
+//!   nobody without it can swap the compartment) records the key's fingerprint.
+//! * A secrets snapshot is an ordinary stream snapshot of kind `secrets` whose bytes are a
+//!   sealed archive: `magic "CAIRNsc1" | salt (32) | frame...`, each frame
+//!   `length u32 | nonce | ciphertext | tag` holding up to 1 MiB of a tar stream of the
+//!   files, sealed with AES-256-GCM under a key derived from the compartment key and the
+//!   salt, nonce = frame counter, associated data `"cairn secrets frame" | counter u64 |
+//!   last u8`. The last frame is marked, so a cut-off archive is detected. The ciphertext
+//!   is fresh each time, so secrets never deduplicate against anything; the repository
+//!   key protects it a second time, and `check --read-data` verifies it like any data.
+//! * Restores create files 0600 and directories 0700, whatever they were.
+
+use crate::backend::WriteMode;
+use crate::crypto::{counter_nonce, KdfParams, MasterKey, SealKey};
+use crate::error::{Error, ErrorKind, Result};
+use crate::id::{KeyId, SnapshotId};
+use crate::object;
+use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
+use crate::ops::restore::{includes, selected, RestoreStats};
+use crate::ops::Cancel;
+use crate::progress::Progress;
+use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
+use crate::repo::Repository;
+use crate::snapshot::SnapshotFile;
+use crate::source::stream;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+const CONFIG: &str = "secrets/config";
+const CONFIG_MAGIC: &[u8; 8] = b"CAIRNsk1";
+const STREAM_MAGIC: &[u8; 8] = b"CAIRNsc1";
+const FRAME: usize = 1 << 20;
+const FRAME_AAD: &[u8] = b"cairn secrets frame";
+const STREAM_KEY_CONTEXT: &str = "cairn 2026-11-29 secrets stream key v1";
+/// Snapshot kind of secrets snapshots.
+pub const KIND: &str = "secrets";
+
+/// The unlocked compartment key.
+pub struct SecretsKey {
+    key: MasterKey,
+    pub slot: Option<KeyId>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CompartmentConfig {
+    version: u32,
+    /// BLAKE3 of the compartment key: slots holding any other key are refused.
+    fingerprint: String,
+    created: jiff::Timestamp,
+}
+
+fn fingerprint(key: &MasterKey) -> String {
+    hex::encode(blake3::derive_key("cairn 2026-11-29 secrets key fingerprint v1", &key.to_bytes()))
+}
+
+fn stream_key(key: &MasterKey, salt: &[u8; 32]) -> SealKey {
+    let mut material = [0u8; 96];
+    material[..64].copy_from_slice(&key.to_bytes());
+    material[64..].copy_from_slice(salt);
+    SealKey::new(&blake3::derive_key(STREAM_KEY_CONTEXT, &material))
+}
+
+fn frame_aad(counter: u64, last: bool) -> Vec<u8> {
+    let mut aad = FRAME_AAD.to_vec();
+    aad.extend_from_slice(&counter.to_le_bytes());
+    aad.push(last as u8);
+    aad
+}
+
+fn no_compartment(repo: &Repository) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!(
+            "the repository at {} has no secrets compartment; create one with `cairn key init-secrets`",
+            repo.backend().location()
+        ),
+    )
+}
+
+/// Whether the repository has a secrets compartment.
+pub async fn exists(repo: &Repository) -> Result<bool> {
+    Ok(repo.backend().head(CONFIG).await?.is_some())
+}
+
+/// Create the compartment: a new key under `password` (which must not open the
+/// repository itself, or the compartment would protect nothing).
+pub async fn init(repo: &Repository, password: &str, params: KdfParams) -> Result<KeyId> {
+    if exists(repo).await? {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!("the repository at {} already has a secrets compartment", repo.backend().location()),
+        ));
+    }
+    if crate::repo::keys::unlock_password_at(repo.backend(), crate::repo::keys::REPOSITORY_SLOTS, password)
+        .await
+        .is_ok()
+    {
+        return Err(Error::invalid(
+            "the secrets password opens the repository too; choose a different password for the compartment",
+        ));
+    }
+    let key = MasterKey::random();
+    let slot = add_slot_at(repo.backend(), SECRETS_SLOTS, &key, password.as_bytes(), params).await?;
+    let config = CompartmentConfig { version: 1, fingerprint: fingerprint(&key), created: jiff::Timestamp::now() };
+    let sealed = object::seal(repo.key(), CONFIG_MAGIC, &serde_json::to_vec(&config).expect("config serializes"));
+    repo.backend().put(CONFIG, sealed.into(), WriteMode::Create).await?;
+    Ok(slot)
+}
+
+/// Unlock the compartment with its password.
+pub async fn unlock(repo: &Repository, password: &str) -> Result<SecretsKey> {
+    let sealed = match repo.backend().get(CONFIG).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Err(no_compartment(repo)),
+        Err(e) => return Err(e),
+    };
+    let config: CompartmentConfig = serde_json::from_slice(&object::open(repo.key(), CONFIG_MAGIC, CONFIG, &sealed)?)
+        .map_err(|e| Error::corrupt(format!("{CONFIG} is not valid: {e}")))?;
+    let (key, slot) = unlock_password_at(repo.backend(), SECRETS_SLOTS, password).await?;
+    if fingerprint(&key) != config.fingerprint {
+        return Err(Error::corrupt(format!(
+            "secrets key slot {} holds a key that is not this repository's compartment key; remove it",
+            slot.map(|s| s.short()).unwrap_or_default()
+        )));
+    }
+    Ok(SecretsKey { key, slot })
+}
+
+/// Add a slot for the compartment key under a new password.
+pub async fn add_password(repo: &Repository, key: &SecretsKey, password: &str, params: KdfParams) -> Result<KeyId> {
+    add_slot_at(repo.backend(), SECRETS_SLOTS, &key.key, password.as_bytes(), params).await
+}
+
+/// Seals what is written into frames and hands each sealed frame on.
+struct SealWriter<F: FnMut(Vec<u8>) -> std::io::Result<()>> {
+    key: SealKey,
+    counter: u64,
+    buf: Vec<u8>,
+    out: F,
+}
+
+impl<F: FnMut(Vec<u8>) -> std::io::Result<()>> SealWriter<F> {
+    fn new(secrets: &SecretsKey, mut out: F) -> std::io::Result<Self> {
+        let salt: [u8; 32] = crate::crypto::random_bytes();
+        let mut head = STREAM_MAGIC.to_vec();
+        head.extend_from_slice(&salt);
+        out(head)?;
+        Ok(SealWriter { key: stream_key(&secrets.key, &salt), counter: 0, buf: Vec::with_capacity(FRAME), out })
+    }
+
+    fn emit(&mut self, last: bool) -> std::io::Result<()> {
+        let mut frame = Vec::with_capacity(self.buf.len() + 64);
+        frame.extend_from_slice(&[0; 4]);
+        self.key.seal_into(counter_nonce(self.counter), &frame_aad(self.counter, last), &self.buf, &mut frame);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_le_bytes());
+        self.counter += 1;
+        self.buf.clear();
+        (self.out)(frame)
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        self.emit(true)
+    }
+}
+
+impl<F: FnMut(Vec<u8>) -> std::io::Result<()>> Write for SealWriter<F> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(FRAME - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == FRAME {
+            self.emit(false)?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Opens a sealed archive read from `inner`, frame by frame.
+struct OpenReader<R: Read> {
+    inner: R,
+    key: SealKey,
+    counter: u64,
+    plain: Vec<u8>,
+    pos: usize,
+    done: bool,
+}
+
+fn damaged(what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sealed secrets archive: {what}"))
+}
+
+impl<R: Read> OpenReader<R> {
+    fn new(secrets: &SecretsKey, mut inner: R) -> std::io::Result<Self> {
+        let mut head = [0u8; 40];
+        inner.read_exact(&mut head).map_err(|_| damaged("shorter than its header"))?;
+        if &head[..8] != STREAM_MAGIC {
+            return Err(damaged("bad magic"));
+        }
+        let salt: [u8; 32] = head[8..].try_into().unwrap();
+        Ok(OpenReader { inner, key: stream_key(&secrets.key, &salt), counter: 0, plain: Vec::new(), pos: 0, done: false })
+    }
+
+    fn next_frame(&mut self) -> std::io::Result<()> {
+        let mut len = [0u8; 4];
+        self.inner.read_exact(&mut len).map_err(|_| damaged(format!("cut off before frame {}", self.counter)))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > FRAME + 64 {
+            return Err(damaged(format!("frame {} claims {len} bytes", self.counter)));
+        }
+        let mut sealed = vec![0u8; len];
+        self.inner.read_exact(&mut sealed).map_err(|_| damaged(format!("frame {} is cut off", self.counter)))?;
+        for last in [false, true] {
+            if let Ok(plain) = self.key.open(&frame_aad(self.counter, last), &sealed) {
+                self.plain = plain;
+                self.pos = 0;
+                self.done = last;
+                self.counter += 1;
+                return Ok(());
+            }
+        }
+        Err(damaged(format!("frame {} does not authenticate (wrong key or tampered data)", self.counter)))
+    }
+}
+
+impl<R: Read> Read for OpenReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.plain.len() {
+            if self.done {
+                return Ok(0);
+            }
+            self.next_frame()?;
+        }
+        let n = out.len().min(self.plain.len() - self.pos);
+        out[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Bytes handed from one thread to another through a bounded channel.
+struct ChannelReader {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.buf.len() {
+            match self.rx.recv() {
+                Ok(buf) => (self.buf, self.pos) = (buf, 0),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Write the files under `paths` as a tar stream (names: absolute paths without the
+/// leading slash), counting files and bytes. Unreadable entries are warnings.
+fn archive_paths<W: Write>(
+    paths: &[PathBuf],
+    out: W,
+    cancel: &Cancel,
+    warnings: &mut Vec<String>,
+) -> Result<(W, u64, u64)> {
+    let mut builder = tar::Builder::new(out);
+    builder.follow_symlinks(false);
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("cannot seal the secrets archive: {e}"));
+    for top in paths {
+        for entry in walkdir::WalkDir::new(top).sort_by_file_name() {
+            cancel.check()?;
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    warnings.push(format!("{e}"));
+                    continue;
+                }
+            };
+            let path = entry.path();
+            let name = path.strip_prefix("/").unwrap_or(path);
+            if name.as_os_str().is_empty() {
+                continue;
+            }
+            let kind = entry.file_type();
+            if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+                warnings.push(format!("{}: not a file, directory or symlink; skipped", path.display()));
+                continue;
+            }
+            match builder.append_path_with_name(path, name) {
+                Ok(()) => {
+                    if kind.is_file() {
+                        files += 1;
+                        bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Err(io(e)),
+                Err(e) => warnings.push(format!("{}: cannot read: {e}", path.display())),
+            }
+        }
+    }
+    let out = builder.into_inner().map_err(io)?;
+    Ok((out, files, bytes))
+}
+
+/// Back up files into the compartment.
+pub async fn backup_secrets(
+    repo: &Repository,
+    secrets: &SecretsKey,
+    paths: &[PathBuf],
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    for path in paths {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(Error::source(format!("{}: no such file or directory; no snapshot was written", path.display())));
+        }
+    }
+    let paths: Vec<PathBuf> = paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
+    let mut options = options.clone();
+    options.kind = KIND.into();
+    options.meta.insert("compartment".into(), serde_json::json!("secrets"));
+    let params = repo.config().chunker;
+    backup::run(repo, &options, None, |saver, stats, warnings| {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let producer = scope.spawn(move || -> Result<(u64, u64, Vec<String>)> {
+                let mut warnings = Vec::new();
+                let send = move |frame: Vec<u8>| tx.send(frame).map_err(|_| std::io::ErrorKind::BrokenPipe.into());
+                let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("cannot seal the secrets archive: {e}"));
+                let writer = SealWriter::new(secrets, send).map_err(io)?;
+                let (writer, files, bytes) = archive_paths(&paths, writer, cancel, &mut warnings)?;
+                writer.finish().map_err(io)?;
+                Ok((files, bytes, warnings))
+            });
+            progress.begin("sealing secrets", None);
+            let stored = stream::store_stream(saver, ChannelReader { rx, buf: Vec::new(), pos: 0 }, params, cancel, progress);
+            progress.end();
+            let produced = producer.join().unwrap_or_else(|_| Err(Error::source("the secrets archiver panicked")));
+            let (files, _bytes, found) = produced?;
+            let content = stored?;
+            stats.files = files;
+            warnings.extend(found);
+            Ok(Root::Content(content))
+        })
+    })
+    .await
+}
+
+/// The snapshot's sealed archive, opened: a tar stream.
+async fn open_archive(
+    repo: &Repository,
+    snapshot: &SnapshotFile,
+    secrets: &SecretsKey,
+    mut each: impl FnMut(&mut tar::Archive<&mut dyn Read>) -> Result<()> + Send,
+) -> Result<()> {
+    let content = snapshot.content.clone().ok_or_else(|| Error::corrupt("secrets snapshot has no content"))?;
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+            let reader = scope.spawn(move || -> Result<()> {
+                let io = |e: std::io::Error| Error::new(ErrorKind::Corrupt, e.to_string());
+                let mut opened = OpenReader::new(secrets, ChannelReader { rx, buf: Vec::new(), pos: 0 }).map_err(io)?;
+                let result = {
+                    let dyn_reader: &mut dyn Read = &mut opened;
+                    let mut archive = tar::Archive::new(dyn_reader);
+                    each(&mut archive)
+                };
+                result?;
+                // Every frame up to the marked last one must be there and authentic.
+                std::io::copy(&mut opened, &mut std::io::sink()).map_err(io)?;
+                if !opened.done {
+                    return Err(Error::corrupt("sealed secrets archive ends before its last frame"));
+                }
+                Ok(())
+            });
+            let fed = handle.block_on(async {
+                use futures::TryStreamExt;
+                let mut blobs = std::pin::pin!(crate::repo::load::read_content(repo, &content));
+                while let Some(blob) = blobs.try_next().await? {
+                    if tx.send(blob).is_err() {
+                        break;
+                    }
+                }
+                Ok::<_, Error>(())
+            });
+            drop(tx);
+            let opened = reader.join().unwrap_or_else(|_| Err(Error::corrupt("the secrets reader panicked")));
+            fed?;
+            opened
+        })
+    })
+}
+
+fn locked(id: &SnapshotId) -> Error {
+    Error::new(
+        ErrorKind::WrongPassword,
+        format!(
+            "snapshot {} is in the secrets compartment: give its password (CAIRN_SECRETS_PASSWORD, \
+             --secrets-password-file or --secrets-password-command); nothing was restored",
+            id.short()
+        ),
+    )
+}
+
+/// Restore a secrets snapshot into `target`: files 0600, directories 0700, owners kept
+/// when running as root. Only paths under `includes` when given.
+pub async fn restore_secrets(
+    repo: &Repository,
+    id: &SnapshotId,
+    snapshot: &SnapshotFile,
+    secrets: Option<&SecretsKey>,
+    target: &Path,
+    include: &[String],
+) -> Result<RestoreStats> {
+    let secrets = secrets.ok_or_else(|| locked(id))?;
+    std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
+    let wanted = includes(&crate::ops::restore::RestoreOptions { includes: include.to_vec(), confine_links: true });
+    let root = crate::ops::restore::is_root();
+    let mut stats = RestoreStats::default();
+    open_archive(repo, snapshot, secrets, |archive| {
+        let bad = |e: std::io::Error| Error::corrupt(format!("secrets snapshot {}: {e}", id.short()));
+        for entry in archive.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let name = entry.path_bytes().into_owned();
+            let Some(parts) = crate::source::tar::normalise(&name) else {
+                stats.warnings.push(format!("{}: climbs out with '..'; skipped", String::from_utf8_lossy(&name)));
+                continue;
+            };
+            let rel = parts.join(&b'/');
+            if parts.is_empty() || !selected(&wanted, &rel).0 {
+                continue;
+            }
+            let path = target.join(std::ffi::OsStr::from_bytes(&rel));
+            if let Some(parent) = path.parent() {
+                create_private_dirs(target, parent)?;
+            }
+            let header = entry.header().clone();
+            match header.entry_type() {
+                tar::EntryType::Directory => {
+                    create_private_dirs(target, &path)?;
+                    stats.dirs += 1;
+                }
+                tar::EntryType::Symlink => {
+                    let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
+                    if crate::ops::archive::link_escapes(&rel, &link) {
+                        stats.warnings.push(format!(
+                            "{}: symlink to {:?} points outside {}; not created",
+                            path.display(),
+                            String::from_utf8_lossy(&link),
+                            target.display()
+                        ));
+                        continue;
+                    }
+                    let _ = std::fs::remove_file(&path);
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &path)
+                        .map_err(|e| Error::io("create symlink", &path, e))?;
+                    stats.symlinks += 1;
+                }
+                t if t.is_file() => {
+                    write_private(&path, &mut entry)?;
+                    stats.files += 1;
+                    stats.bytes += header.size().unwrap_or(0);
+                }
+                _ => continue,
+            }
+            if root {
+                let (uid, gid) = (header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
+                if let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
+                    stats.warnings.push(format!("{}: cannot set owner: {e}", path.display()));
+                }
+            }
+            if let Ok(mtime) = header.mtime() {
+                let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
+                let _ = filetime::set_symlink_file_times(&path, t, t);
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(stats)
+}
+
+/// Create `dir` and its missing parents below `top` with mode 0700.
+fn create_private_dirs(top: &Path, dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("create", dir, e))?;
+    let mut at = dir;
+    while at.starts_with(top) && at != top {
+        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io("set mode 0700 on", at, e))?;
+        at = match at.parent() {
+            Some(p) => p,
+            None => break,
+        };
+    }
+    Ok(())
+}
+
+/// Write a file that is 0600 from its first byte (through a temporary name beside it).
+fn write_private(path: &Path, data: &mut impl Read) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(format!(".cairn-{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| Error::io("create", &tmp, e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io("chmod", &tmp, e))?;
+        std::io::copy(data, &mut file).map_err(|e| Error::io("write", &tmp, e))?;
+        file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Open every frame of a secrets snapshot and read its archive through: returns the
+/// number of files and bytes inside. Used by `check --read-data` with the password.
+pub async fn verify(repo: &Repository, id: &SnapshotId, snapshot: &SnapshotFile, secrets: &SecretsKey) -> Result<(u64, u64)> {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    open_archive(repo, snapshot, secrets, |archive| {
+        let bad = |e: std::io::Error| Error::corrupt(format!("secrets snapshot {}: {e}", id.short()));
+        for entry in archive.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            if entry.header().entry_type().is_file() {
+                files += 1;
+                bytes += std::io::copy(&mut entry, &mut std::io::sink()).map_err(bad)?;
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    Ok((files, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SecretsKey {
+        SecretsKey { key: MasterKey::random(), slot: None }
+    }
+
+    fn seal(key: &SecretsKey, data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut w = SealWriter::new(key, |f| {
+            out.extend(f);
+            Ok(())
+        })
+        .unwrap();
+        w.write_all(data).unwrap();
+        w.finish().unwrap();
+        out
+    }
+
+    fn open(key: &SecretsKey, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut r = OpenReader::new(key, sealed)?;
+        let mut out = Vec::new();
+        r.read_to_end(&mut out)?;
+        if !r.done {
+            return Err(damaged("no last frame"));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn sealed_archives_round_trip_and_detect_cuts_and_tampering() {
+        let k = key();
+        let data: Vec<u8> = (0..(3 * FRAME + 17)).map(|i| (i * 7) as u8).collect();
+        let sealed = seal(&k, &data);
+        assert_eq!(open(&k, &sealed).unwrap(), data);
+        assert!(open(&key(), &sealed).is_err(), "another key must not open it");
+        // Cut at a frame boundary: the last frame is missing.
+        let first = 40 + 4 + u32::from_le_bytes(sealed[40..44].try_into().unwrap()) as usize;
+        assert!(open(&k, &sealed[..first]).is_err());
+        let mut tampered = sealed.clone();
+        tampered[first + 100] ^= 1;
+        assert!(open(&k, &tampered).is_err());
+        assert_eq!(open(&k, &seal(&k, b"")).unwrap(), b"");
+    }
+}
