@@ -207,7 +207,14 @@ impl<R: Read> OpenReader<R> {
             return Err(damaged("bad magic"));
         }
         let salt: [u8; 32] = head[8..].try_into().unwrap();
-        Ok(OpenReader { inner, key: stream_key(&secrets.key, &salt), counter: 0, plain: Vec::new(), pos: 0, done: false })
+        Ok(OpenReader {
+            inner,
+            key: stream_key(&secrets.key, &salt),
+            counter: 0,
+            plain: Vec::new(),
+            pos: 0,
+            done: false,
+        })
     }
 
     fn next_frame(&mut self) -> std::io::Result<()> {
@@ -328,7 +335,10 @@ pub async fn backup_secrets(
 ) -> Result<BackupResult> {
     for path in paths {
         if std::fs::symlink_metadata(path).is_err() {
-            return Err(Error::source(format!("{}: no such file or directory; no snapshot was written", path.display())));
+            return Err(Error::source(format!(
+                "{}: no such file or directory; no snapshot was written",
+                path.display()
+            )));
         }
     }
     let paths: Vec<PathBuf> = paths.iter().map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())).collect();
@@ -349,7 +359,8 @@ pub async fn backup_secrets(
                 Ok((files, bytes, warnings))
             });
             progress.begin("sealing secrets", None);
-            let stored = stream::store_stream(saver, ChannelReader { rx, buf: Vec::new(), pos: 0 }, params, cancel, progress);
+            let stored =
+                stream::store_stream(saver, ChannelReader { rx, buf: Vec::new(), pos: 0 }, params, cancel, progress);
             progress.end();
             let produced = producer.join().unwrap_or_else(|_| Err(Error::source("the secrets archiver panicked")));
             let (files, _bytes, found) = produced?;
@@ -540,7 +551,12 @@ fn write_private(path: &Path, data: &mut impl Read) -> Result<()> {
 
 /// Open every frame of a secrets snapshot and read its archive through: returns the
 /// number of files and bytes inside. Used by `check --read-data` with the password.
-pub async fn verify(repo: &Repository, id: &SnapshotId, snapshot: &SnapshotFile, secrets: &SecretsKey) -> Result<(u64, u64)> {
+pub async fn verify(
+    repo: &Repository,
+    id: &SnapshotId,
+    snapshot: &SnapshotFile,
+    secrets: &SecretsKey,
+) -> Result<(u64, u64)> {
     let (mut files, mut bytes) = (0u64, 0u64);
     open_archive(repo, snapshot, secrets, |archive| {
         let bad = |e: std::io::Error| Error::corrupt(format!("secrets snapshot {}: {e}", id.short()));

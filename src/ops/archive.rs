@@ -132,8 +132,10 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
         let Some((name, parents)) = parts.split_last() else {
             if let Some(top) = &top {
                 let mut header = header_for(top, &record);
-                tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, &record.name, None, std::io::empty()))
-                    .map_err(tar_err)?;
+                tokio::task::block_in_place(|| {
+                    append_raw(&mut builder, &mut header, &record.name, None, std::io::empty())
+                })
+                .map_err(tar_err)?;
                 stats.dirs += 1;
             }
             continue;
@@ -155,8 +157,13 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
                 NodeKind::File => {
                     header.set_size(node.size);
                     let mut data = Vec::with_capacity(node.size.min(64 << 20) as usize);
-                    restore_stream(repo, &node.content.clone().unwrap_or_default(), &mut data, &crate::progress::Silent)
-                        .await?;
+                    restore_stream(
+                        repo,
+                        &node.content.clone().unwrap_or_default(),
+                        &mut data,
+                        &crate::progress::Silent,
+                    )
+                    .await?;
                     stats.files += 1;
                     stats.bytes += node.size;
                     tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, &data[..]))
@@ -172,9 +179,9 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
                     stats.dirs += 1;
                     tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, std::io::empty()))
                 }
-                _ => tokio::task::block_in_place(|| {
-                    append_raw(&mut builder, &mut header, name, None, std::io::empty())
-                }),
+                _ => {
+                    tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, std::io::empty()))
+                }
             }
         };
         appended.map_err(tar_err)?;

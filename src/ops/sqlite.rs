@@ -71,7 +71,10 @@ pub struct DbFacts {
 fn db_error(path: &Path, e: rusqlite::Error) -> Error {
     let not_a_db = matches!(&e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase);
     if not_a_db {
-        return Error::source(format!("{} is not a SQLite database (give the path of a database file)", path.display()));
+        return Error::source(format!(
+            "{} is not a SQLite database (give the path of a database file)",
+            path.display()
+        ));
     }
     Error::source(format!("{}: {e}", path.display()))
 }
@@ -84,7 +87,9 @@ fn open_existing(path: &Path) -> Result<Connection> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
-        .or_else(|_| Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX))
+        .or_else(|_| {
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        })
         .map_err(|e| db_error(path, e))?;
     conn.busy_timeout(LOCK_WAIT).map_err(|e| db_error(path, e))?;
     // Reading the schema is what tells a database from any other file.
@@ -110,10 +115,8 @@ pub fn run_check(conn: &Connection, path: &Path, level: CheckLevel) -> Result<Ch
         return Ok(CheckOutcome { check: "none", ok: true, messages: Vec::new() });
     };
     let mut stmt = conn.prepare(&format!("PRAGMA {pragma}(20)")).map_err(|e| db_error(path, e))?;
-    let messages: Vec<String> = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| db_error(path, e))?;
+    let messages: Vec<String> =
+        stmt.query_map([], |r| r.get::<_, String>(0)).and_then(|rows| rows.collect()).map_err(|e| db_error(path, e))?;
     let ok = messages.len() == 1 && messages[0] == "ok";
     Ok(CheckOutcome { check: pragma, ok, messages })
 }
@@ -207,7 +210,10 @@ pub async fn backup_sqlite(
         ("journal_mode".to_string(), serde_json::json!(source_facts.journal_mode)),
         ("user_version".to_string(), serde_json::json!(copy_facts.user_version)),
         ("check".to_string(), serde_json::json!(check.check)),
-        ("check_result".to_string(), serde_json::json!(if check.ok { "ok".to_string() } else { check.messages.join("; ") })),
+        (
+            "check_result".to_string(),
+            serde_json::json!(if check.ok { "ok".to_string() } else { check.messages.join("; ") }),
+        ),
     ]);
     if !check.ok {
         options.meta.insert("corrupt".into(), serde_json::json!(true));

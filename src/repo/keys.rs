@@ -182,12 +182,8 @@ pub async fn unlock_password_at(
             return Ok((key, Some(*id)));
         }
     }
-    let mut message = format!(
-        "wrong password or no {} matches ({} slots tried at {})",
-        place.what,
-        slots.len(),
-        backend.location()
-    );
+    let mut message =
+        format!("wrong password or no {} matches ({} slots tried at {})", place.what, slots.len(), backend.location());
     if !skipped.is_empty() {
         message.push_str(&format!("; {} unreadable slots skipped: {}", skipped.len(), skipped.join("; ")));
     }

@@ -284,7 +284,8 @@ pub fn import(
     let mut archive = tar::Archive::new(reader);
     let bad = |e: std::io::Error| {
         // The tar crate quotes the bytes it could not parse; keep the message one short line.
-        let text: String = e.to_string().chars().map(|c| if c.is_control() || c == '\u{fffd}' { '?' } else { c }).collect();
+        let text: String =
+            e.to_string().chars().map(|c| if c.is_control() || c == '\u{fffd}' { '?' } else { c }).collect();
         let text = match text.char_indices().nth(100) {
             Some((cut, _)) => format!("{}...", &text[..cut]),
             None => text,

@@ -12,4 +12,7 @@ mod pg;
 mod races;
 mod s3;
 mod s3server;
+mod secrets;
+mod sqlite;
+mod tarballs;
 mod trees;

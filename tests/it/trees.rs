@@ -176,3 +176,39 @@ fn backing_up_the_root_directory() {
     assert_eq!(std::fs::read(target.join("etc/hostname")).unwrap(), std::fs::read("/etc/hostname").unwrap());
     assert!(!target.join("usr").exists());
 }
+
+/// The typical configuration set named in one command: a directory, a compose file and a
+/// dotenv file; each restored on its own with --include.
+#[test]
+fn config_set_in_one_command_restores_selectively() {
+    let env = Env::new();
+    let app = env.path("etc/app");
+    std::fs::create_dir_all(app.join("conf.d")).unwrap();
+    std::fs::write(app.join("app.toml"), "port = 8080\n").unwrap();
+    std::fs::write(app.join("conf.d/log.toml"), "level = 'info'\n").unwrap();
+    let compose = env.path("opt/app/docker-compose.yml");
+    std::fs::create_dir_all(compose.parent().unwrap()).unwrap();
+    std::fs::write(&compose, "services: {}\n").unwrap();
+    let dotenv = env.path("opt/app/.env");
+    std::fs::write(&dotenv, "TOKEN=abc\n").unwrap();
+    env.cmd().args(["backup", "files", "--name", "config"]).arg(&app).arg(&compose).arg(&dotenv).assert().success();
+    for (only, present, absent) in [
+        (&dotenv, vec![dotenv.clone()], vec![compose.clone(), app.clone()]),
+        (&app, vec![app.join("conf.d/log.toml"), app.join("app.toml")], vec![compose.clone(), dotenv.clone()]),
+    ] {
+        let target = env.path(&format!("restore-{}", only.file_name().unwrap().to_string_lossy()));
+        env.cmd()
+            .args(["restore", "latest", "--name", "config", "--to"])
+            .arg(&target)
+            .arg("--include")
+            .arg(only)
+            .assert()
+            .success();
+        for p in present {
+            assert_eq!(std::fs::read(restored(&target, &p)).unwrap(), std::fs::read(&p).unwrap(), "{}", p.display());
+        }
+        for p in absent {
+            assert!(!restored(&target, &p).exists(), "{} restored without being asked for", p.display());
+        }
+    }
+}
