@@ -345,6 +345,9 @@ pub async fn list(backend: &Backend, key: &MasterKey, source: &str) -> Result<Li
             Err(_) => {}
         }
     }
+    for list in [&mut listing.history, &mut listing.backup_labels, &mut listing.partial] {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     for (timeline, mut numbers) in segments {
         numbers.sort();
         let mut ranges: Vec<Range> = Vec::new();

@@ -1,7 +1,7 @@
 //! `cairn forget`
 
 use super::context::{usage, Context};
-use super::output::{bytes, print_json};
+use super::output::print_json;
 use super::snapshots::FilterArgs;
 use super::Outcome;
 use cairn::ops::forget::{self, Count, GroupBy, Policy};
@@ -50,6 +50,13 @@ pub struct ForgetArgs {
     /// Then remove data no snapshot needs any more (a removal run, see `cairn prune`)
     #[arg(long)]
     prune: bool,
+    #[command(flatten)]
+    prune_options: super::prune::PruneOptions,
+    /// Expire WAL of the base backups' sources: keep all WAL from the newest base at least
+    /// this much older than the newest base on (the PITR window), each older kept base's
+    /// start-to-stop WAL, and every .history file; remove the rest (e.g. 7d)
+    #[arg(long, value_name = "DURATION")]
+    keep_wal_within: Option<String>,
 }
 
 fn parse_count(text: &str) -> Result<Count, String> {
@@ -70,6 +77,11 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
         within: args.keep_within.as_deref().map(forget::parse_within).transpose()?,
         tags: args.keep_tags.clone(),
     };
+    let wal_within = args
+        .keep_wal_within
+        .as_deref()
+        .map(|t| forget::parse_within(t).map_err(|e| usage(e.message().replace("--keep-within", "--keep-wal-within"))))
+        .transpose()?;
     if policy.is_empty() {
         return Err(usage("an empty policy would forget everything: give at least one --keep-* rule"));
     }
@@ -97,8 +109,26 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
             ));
         }
     }
+    // WAL expiry plans against what remains after this forget, of every group.
+    let forgetting: std::collections::HashSet<_> =
+        plans.iter().flat_map(|p| &p.snapshots).filter(|d| !d.keep).map(|d| d.id).collect();
+    let mut wal_plans = Vec::new();
+    if let Some(within) = wal_within {
+        let remaining: Vec<_> =
+            repo.catalog().snapshots()?.into_iter().filter(|(id, _)| !forgetting.contains(id)).collect();
+        let mut sources: Vec<String> = snapshots
+            .iter()
+            .filter(|(_, s)| s.kind == "pg-base")
+            .filter_map(|(_, s)| s.meta.get("source").and_then(|v| v.as_str()).map(str::to_string))
+            .collect();
+        sources.sort();
+        sources.dedup();
+        for source in sources {
+            wal_plans.push(cairn::ops::walexpiry::plan(&repo, &remaining, &source, Some(within)).await?);
+        }
+    }
     if ctx.args.json && args.dry_run {
-        print_json(&plans);
+        print_json(&serde_json::json!({ "groups": plans, "wal": wal_plans }));
         return Ok(0);
     }
     if !ctx.args.json {
@@ -116,6 +146,11 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
             }
         }
     }
+    if !ctx.args.json {
+        for w in &wal_plans {
+            print_wal_plan(w, args.dry_run);
+        }
+    }
     if args.dry_run {
         return Ok(0);
     }
@@ -124,21 +159,47 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
         repo.backend().delete(&cairn::backend::keys::snapshot(&d.id)).await?;
         forgotten.push(d.id);
     }
-    let report = if args.prune { Some(cairn::repo::gc::collect(&repo, false).await?) } else { None };
+    // Snapshots first, then WAL: a crash in between leaves WAL that the next run expires.
+    for w in &wal_plans {
+        cairn::ops::walexpiry::expire(&repo, w).await?;
+    }
+    let report = if args.prune {
+        match super::prune::removal(&repo, &args.prune_options.collect_options(false)?).await? {
+            Ok(report) => Some(report),
+            Err(code) => return Ok(code),
+        }
+    } else {
+        None
+    };
     if ctx.args.json {
-        print_json(&serde_json::json!({ "groups": plans, "forgotten": forgotten, "prune": report }));
+        print_json(&serde_json::json!({ "groups": plans, "forgotten": forgotten, "wal": wal_plans, "prune": report }));
     } else {
         ctx.info(format!("forgot {} snapshots", forgotten.len()));
         if let Some(r) = report {
-            ctx.info(format!(
-                "removal run (generation {}): deleted {} packs ({}); marked {} packs ({}) for the next run",
-                r.generation,
-                r.deleted_packs,
-                bytes(r.deleted_bytes),
-                r.marked_packs,
-                bytes(r.marked_bytes)
-            ));
+            ctx.info(format!("removal run (generation {}): {}", r.generation, super::prune::describe(&r, false)));
         }
     }
     Ok(0)
+}
+
+/// Print which WAL of a source is kept and why, and what goes.
+pub fn print_wal_plan(plan: &cairn::ops::walexpiry::WalPlan, dry_run: bool) {
+    println!("wal source {}:", plan.source);
+    for k in &plan.kept {
+        match &k.to {
+            Some(to) => println!("  keep {} .. {}: {}", k.from, to, k.reason),
+            None => println!("  keep {} .. (latest): {}", k.from, k.reason),
+        }
+    }
+    if plan.kept.is_empty() {
+        println!("  keep everything: no base backup of this source remains");
+    }
+    println!("  keep every .history file: timelines must stay followable");
+    println!(
+        "  {} {} files ({}), keep {}",
+        if dry_run { "would remove" } else { "remove" },
+        plan.remove.len(),
+        super::output::bytes(plan.remove_bytes),
+        plan.kept_files
+    );
 }

@@ -1,22 +1,75 @@
-//! `cairn prune`: one removal run (docs/operations.md, docs/format.md §17).
+//! `cairn prune`: one removal run, with repacking and index consolidation
+//! (docs/operations.md, docs/format.md §17).
 
-use super::context::Context;
+use super::context::{usage, Context};
 use super::output::{bytes, print_json};
 use super::Outcome;
+use cairn::repo::gc::{CollectOptions, CollectReport};
+use cairn::repo::Repository;
 use clap::Args;
 
 #[derive(Args)]
 pub struct PruneArgs {
-    /// Show what this run would delete and mark; change nothing
+    /// Show what this run would delete, mark and repack; change nothing
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    options: PruneOptions,
 }
 
-pub async fn run(ctx: &Context, args: PruneArgs) -> Outcome {
-    let repo = ctx.open().await?;
+/// How much a removal run repacks (shared with `forget --prune`).
+#[derive(Args, Clone)]
+pub struct PruneOptions {
+    /// Repack packs with more than this share of unused bytes (`5%`, `20`, or `unlimited`
+    /// to never repack)
+    #[arg(long, default_value = "5%", value_name = "PCT")]
+    max_unused: String,
+    /// Repack at most this much of old packs in one run (e.g. 500M, 2G) [default: no limit]
+    #[arg(long, value_name = "SIZE")]
+    max_repack: Option<String>,
+}
+
+impl PruneOptions {
+    pub fn collect_options(&self, dry_run: bool) -> anyhow::Result<CollectOptions> {
+        let max_unused = match self.max_unused.trim() {
+            "unlimited" => None,
+            text => {
+                let pct: f64 = text.trim_end_matches('%').parse().map_err(|_| {
+                    usage(format!("--max-unused {text:?}: expected a percentage like 5% or `unlimited`"))
+                })?;
+                if !(0.0..100.0).contains(&pct) {
+                    return Err(usage(format!("--max-unused {text:?}: the percentage must be from 0 to below 100")));
+                }
+                Some(pct)
+            }
+        };
+        let max_repack = self.max_repack.as_deref().map(parse_size).transpose()?;
+        Ok(CollectOptions { dry_run, max_unused, max_repack, consolidate: true })
+    }
+}
+
+/// `500M`, `2G`, `1024` (bytes), with K, M, G, T in powers of 1024.
+fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(usage(format!("--max-repack {text:?}: expected a size like 500M or 2G"))),
+    };
+    let n: u64 =
+        digits.parse().map_err(|_| usage(format!("--max-repack {text:?}: expected a size like 500M or 2G")))?;
+    Ok(n << shift)
+}
+
+/// A removal run, refused (exit 13) while the repository shows damage.
+pub async fn removal(repo: &Repository, options: &CollectOptions) -> anyhow::Result<Result<CollectReport, u8>> {
     // Never delete from a damaged repository: what looks unreferenced may be what a
     // damaged snapshot or index no longer shows.
-    let check = cairn::ops::check::check(&repo, cairn::ops::check::ReadData::None, &cairn::progress::Silent).await?;
+    let check = cairn::ops::check::check(repo, cairn::ops::check::ReadData::None, &cairn::progress::Silent).await?;
     if !check.is_ok() {
         for problem in &check.errors {
             eprintln!("cairn: damage: {problem}");
@@ -25,22 +78,51 @@ pub async fn run(ctx: &Context, args: PruneArgs) -> Outcome {
             "cairn: error: the repository has damage ({} problems): prune deletes nothing until `cairn check` passes",
             check.errors.len()
         );
-        return Ok(13);
+        return Ok(Err(13));
     }
-    let report = cairn::repo::gc::collect(&repo, args.dry_run).await?;
+    Ok(Ok(cairn::repo::gc::collect_with(repo, options).await?))
+}
+
+/// The one-paragraph human summary of a removal run.
+pub fn describe(report: &CollectReport, dry_run: bool) -> String {
+    let (deleted, marked, repacked) =
+        if dry_run { ("would delete", "would mark", "would repack") } else { ("deleted", "marked", "repacked") };
+    let mut text = format!(
+        "{deleted} {} packs ({}) marked by the previous run ({} rescued by newer snapshots); {marked} {} packs ({}) for the next run",
+        report.deleted_packs,
+        bytes(report.deleted_bytes),
+        report.rescued_packs,
+        report.marked_packs,
+        bytes(report.marked_bytes)
+    );
+    if report.repacked_packs > 0 {
+        text.push_str(&format!(
+            "; {repacked} {} packs ({}) with unused space{}",
+            report.repacked_packs,
+            bytes(report.repacked_bytes),
+            if dry_run { String::new() } else { format!(" into {} of new packs", bytes(report.repack_added_bytes)) }
+        ));
+    }
+    if report.index_files_after < report.index_files_before {
+        text.push_str(&format!(
+            "; consolidated {} index files into {}",
+            report.index_files_before, report.index_files_after
+        ));
+    }
+    text
+}
+
+pub async fn run(ctx: &Context, args: PruneArgs) -> Outcome {
+    let options = args.options.collect_options(args.dry_run)?;
+    let repo = ctx.open().await?;
+    let report = match removal(&repo, &options).await? {
+        Ok(report) => report,
+        Err(code) => return Ok(code),
+    };
     if ctx.args.json {
         print_json(&serde_json::json!({ "dry_run": args.dry_run, "report": report }));
         return Ok(0);
     }
-    let verb = if args.dry_run { "would delete" } else { "deleted" };
-    ctx.info(format!(
-        "{verb} {} packs ({}) marked by the previous run ({} rescued by newer snapshots); {} {} packs ({}) for the next run",
-        report.deleted_packs,
-        bytes(report.deleted_bytes),
-        report.rescued_packs,
-        if args.dry_run { "would mark" } else { "marked" },
-        report.marked_packs,
-        bytes(report.marked_bytes)
-    ));
+    ctx.info(describe(&report, args.dry_run));
     Ok(0)
 }

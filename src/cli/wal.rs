@@ -47,6 +47,10 @@ pub struct ListArgs {
     /// Only this source [default: every source]
     #[arg(long)]
     source: Option<String>,
+    /// Also show which WAL `forget --keep-wal-within DURATION` would keep, and why, and
+    /// what it would remove
+    #[arg(long, value_name = "DURATION")]
+    keep_wal_within: Option<String>,
 }
 
 async fn unlock(ctx: &Context) -> anyhow::Result<(cairn::backend::Backend, cairn::crypto::MasterKey)> {
@@ -114,8 +118,30 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
             for source in &sources {
                 listings.push(wal::list(&backend, &key, source).await?);
             }
+            // What retention keeps, by the base backups that remain.
+            let mut retention = Vec::new();
+            let within = args
+                .keep_wal_within
+                .as_deref()
+                .map(|t| {
+                    cairn::ops::forget::parse_within(t)
+                        .map_err(|e| super::context::usage(e.message().replace("--keep-within", "--keep-wal-within")))
+                })
+                .transpose()?;
+            {
+                let repo = ctx.open().await?;
+                let snapshots = repo.catalog().snapshots()?;
+                for source in &sources {
+                    retention.push(cairn::ops::walexpiry::plan(&repo, &snapshots, source, within).await?);
+                }
+            }
             if ctx.args.json {
-                print_json(&listings);
+                let out: Vec<_> = listings
+                    .iter()
+                    .zip(&retention)
+                    .map(|(l, r)| serde_json::json!({ "listing": l, "retention": r }))
+                    .collect();
+                print_json(&out);
                 return Ok(0);
             }
             for l in &listings {
@@ -150,6 +176,9 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
                 for p in &l.partial {
                     println!("  partial  {}", p.name);
                 }
+            }
+            for r in &retention {
+                super::forget::print_wal_plan(r, true);
             }
             Ok(0)
         }

@@ -9,6 +9,7 @@ pub mod pg;
 pub mod restore;
 pub mod sqlite;
 pub mod stats;
+pub mod walexpiry;
 
 use crate::error::{Error, Result};
 use std::sync::atomic::{AtomicBool, Ordering};

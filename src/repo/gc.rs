@@ -39,6 +39,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::index::{IndexFile, IndexPack};
 use crate::object;
+use crate::pack::PackEntry;
 use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -188,6 +189,14 @@ pub struct CollectReport {
     pub rewritten_index_files: u64,
     pub marked_packs: u64,
     pub marked_bytes: u64,
+    /// Packs whose live blobs were copied into new packs (the old ones are marked by a
+    /// later run, like any unreferenced pack).
+    pub repacked_packs: u64,
+    pub repacked_bytes: u64,
+    /// Bytes the new packs added.
+    pub repack_added_bytes: u64,
+    pub index_files_before: u64,
+    pub index_files_after: u64,
 }
 
 /// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now.
@@ -195,6 +204,25 @@ pub struct CollectReport {
 /// With `dry_run`, nothing is written or deleted: the report says what this run would
 /// delete and mark.
 pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> {
+    collect_with(repo, &CollectOptions { dry_run, ..Default::default() }).await
+}
+
+/// How a removal run goes beyond deleting unreferenced packs.
+#[derive(Debug, Clone, Default)]
+pub struct CollectOptions {
+    pub dry_run: bool,
+    /// Repack packs whose unused share (bytes no snapshot needs, or needed only from a
+    /// copy elsewhere) exceeds this percentage; `None`: never repack.
+    pub max_unused: Option<f64>,
+    /// Repack at most this many bytes of old packs in one run.
+    pub max_repack: Option<u64>,
+    /// Rewrite all index files as a few large ones.
+    pub consolidate: bool,
+}
+
+/// One removal run with options; see [`collect`].
+pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result<CollectReport> {
+    let dry_run = options.dry_run;
     let backend = repo.backend();
     let key = repo.key();
     if !backend.conditional_writes() {
@@ -216,7 +244,7 @@ pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> 
     // Sweep. Everything read from here on is read after the fence.
     let index = read_index(backend, key).await?;
     let stored = backend.list(keys::DATA).await?;
-    let stored_size: HashMap<PackId, u64> =
+    let mut stored_size: HashMap<PackId, u64> =
         stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
     repo.catalog().refresh(backend, key).await?;
     let snapshots = list_snapshots(repo).await?;
@@ -281,8 +309,8 @@ pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> 
         }
     }
 
-    // Mark, against the state after the sweep (in a dry run: as it would be).
-    let index: Vec<(IndexId, IndexFile)> = if dry_run {
+    // Repack and mark, against the state after the sweep (in a dry run: as it would be).
+    let mut index: Vec<(IndexId, IndexFile)> = if dry_run {
         index
             .into_iter()
             .map(|(id, f)| {
@@ -298,8 +326,23 @@ pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> 
     for (_, snapshot) in &snapshots {
         referenced_blobs(repo, snapshot, &mut referenced).await?;
     }
-    // Unreferenced now: indexed packs none of whose blobs a snapshot needs, and packs no
-    // index lists (left by an interrupted writer, or written by one still running).
+    let mut homes = Homes::new(&index, &referenced, &stored_size);
+    if let Some(max_unused) = options.max_unused {
+        let chosen = homes.repack_candidates(&index, max_unused, options.max_repack);
+        report.repacked_packs = chosen.len() as u64;
+        report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
+        if !dry_run && !chosen.is_empty() {
+            report.repack_added_bytes = repack(repo, &chosen, &homes).await?;
+            index = read_index(backend, key).await?;
+            repo.catalog().refresh(backend, key).await?;
+            let stored = backend.list(keys::DATA).await?;
+            stored_size =
+                stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
+            homes = Homes::new(&index, &referenced, &stored_size);
+        }
+    }
+    // Unreferenced now: indexed packs that hold no referenced blob's home copy, and packs
+    // no index lists (left by an interrupted writer, or written by one still running).
     let mut unreferenced: BTreeSet<PackId> = BTreeSet::new();
     let mut kept_blobs: HashSet<BlobId> = HashSet::new();
     let mut indexed: HashMap<PackId, &IndexPack> = HashMap::new();
@@ -307,7 +350,7 @@ pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> 
         indexed.insert(pack.id, pack);
     }
     for pack in indexed.values() {
-        if pack.blobs.iter().any(|b| referenced.contains(&b.id)) || !stored_size.contains_key(&pack.id) {
+        if homes.is_home(pack) || !stored_size.contains_key(&pack.id) {
             kept_blobs.extend(pack.blobs.iter().map(|b| b.id));
         } else {
             unreferenced.insert(pack.id);
@@ -341,10 +384,15 @@ pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> 
     let candidates = marked;
     report.marked_packs = candidates.len() as u64;
     report.marked_bytes = marked_bytes;
+    report.index_files_before = index.len() as u64;
+    report.index_files_after = report.index_files_before;
     let generation = fence.generation + 1;
     if dry_run {
         report.generation = start.generation;
         return Ok(report);
+    }
+    if options.consolidate && index.len() > 1 {
+        report.index_files_after = consolidate(backend, key, &index).await?;
     }
     let pending = if candidates.is_empty() && watch.is_empty() {
         Vec::new()
@@ -583,4 +631,154 @@ async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now
     .map_err(|e| Error::backend(format!("copy task failed: {e}")))??;
     saver.finish().await?;
     Ok(())
+}
+
+/// Which pack is the home of each referenced blob: of the packs that hold it, the one
+/// whose bytes are most in use (ties: the smaller id). A pack is kept if it is the home
+/// of at least one referenced blob; a pack whose live blobs all have homes elsewhere (a
+/// repacked pack, or a writer's duplicate) is unreferenced, and goes as any other.
+struct Homes {
+    home: HashMap<BlobId, PackId>,
+    /// Bytes of blobs whose home is the pack.
+    home_bytes: HashMap<PackId, u64>,
+}
+
+impl Homes {
+    fn new(index: &[(IndexId, IndexFile)], referenced: &HashSet<BlobId>, stored: &HashMap<PackId, u64>) -> Homes {
+        let packs = || index.iter().flat_map(|(_, f)| &f.packs).filter(|p| stored.contains_key(&p.id));
+        // In use: the share of a pack's blob bytes that snapshots reference.
+        let mut use_of: HashMap<PackId, f64> = HashMap::new();
+        for pack in packs() {
+            let total: u64 = pack.blobs.iter().map(|b| u64::from(b.length)).sum();
+            let live: u64 = pack.blobs.iter().filter(|b| referenced.contains(&b.id)).map(|b| u64::from(b.length)).sum();
+            use_of.insert(pack.id, if total == 0 { 0.0 } else { live as f64 / total as f64 });
+        }
+        let mut home: HashMap<BlobId, PackId> = HashMap::with_capacity(referenced.len());
+        for pack in packs() {
+            for blob in pack.blobs.iter().filter(|b| referenced.contains(&b.id)) {
+                match home.get(&blob.id) {
+                    Some(current)
+                        if (use_of[current], std::cmp::Reverse(*current))
+                            >= (use_of[&pack.id], std::cmp::Reverse(pack.id)) => {}
+                    _ => {
+                        home.insert(blob.id, pack.id);
+                    }
+                }
+            }
+        }
+        let mut home_bytes: HashMap<PackId, u64> = HashMap::new();
+        for pack in packs() {
+            for blob in &pack.blobs {
+                if home.get(&blob.id) == Some(&pack.id) {
+                    *home_bytes.entry(pack.id).or_default() += u64::from(blob.length);
+                }
+            }
+        }
+        Homes { home, home_bytes }
+    }
+
+    fn is_home(&self, pack: &IndexPack) -> bool {
+        self.home_bytes.get(&pack.id).is_some_and(|b| *b > 0)
+    }
+
+    /// The blobs of `pack` whose home it is.
+    fn homed<'p>(&self, pack: &'p IndexPack) -> Vec<&'p PackEntry> {
+        pack.blobs.iter().filter(|b| self.home.get(&b.id) == Some(&pack.id)).collect()
+    }
+
+    /// Packs worth repacking: home to something, with more than `max_unused` percent of
+    /// their bytes unused; most wasteful first, up to `max_repack` bytes of packs.
+    fn repack_candidates(
+        &self,
+        index: &[(IndexId, IndexFile)],
+        max_unused: f64,
+        max_repack: Option<u64>,
+    ) -> Vec<IndexPack> {
+        let mut wasteful: Vec<(f64, &IndexPack)> = index
+            .iter()
+            .flat_map(|(_, f)| &f.packs)
+            .filter(|p| self.is_home(p))
+            .filter_map(|p| {
+                let total: u64 = p.blobs.iter().map(|b| u64::from(b.length)).sum();
+                let unused = 100.0 * (1.0 - self.home_bytes[&p.id] as f64 / total.max(1) as f64);
+                (unused > max_unused).then_some((unused, p))
+            })
+            .collect();
+        wasteful.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+        let mut seen = HashSet::new();
+        let mut budget = max_repack.unwrap_or(u64::MAX);
+        let mut out = Vec::new();
+        for (_, pack) in wasteful {
+            if !seen.insert(pack.id) || pack.size > budget {
+                continue;
+            }
+            budget -= pack.size;
+            out.push(pack.clone());
+        }
+        out
+    }
+}
+
+/// Copy the live blobs of `packs` into new packs (indexed when this returns). Returns the
+/// bytes the new packs added.
+async fn repack(repo: &Repository, packs: &[IndexPack], homes: &Homes) -> Result<u64> {
+    let saver = super::saver::Saver::start(repo, &tokio::runtime::Handle::current());
+    let copied = async {
+        for pack in packs {
+            let bytes = repo.backend().get(&keys::pack(&pack.id)).await?;
+            let pack_key = repo.key().pack_key(&pack.salt);
+            for entry in homes.homed(pack) {
+                let end = entry.end() as usize;
+                let sealed = bytes.get(entry.offset as usize..end).ok_or_else(|| {
+                    Error::corrupt(format!("pack {} is shorter than its index says (blob {})", pack.id, entry.id))
+                })?;
+                let data = crate::pack::open_blob(repo.key(), &pack_key, entry, sealed)
+                    .map_err(|e| e.context(format!("repacking pack {}", pack.id)))?;
+                tokio::task::block_in_place(|| saver.save_copy(entry.kind, entry.id, data))?;
+            }
+        }
+        Ok::<_, Error>(())
+    }
+    .await;
+    let finished = saver.finish().await;
+    copied?;
+    Ok(finished?.added_bytes)
+}
+
+/// Most blobs one consolidated index file lists (about 10 MiB of entries).
+const BLOBS_PER_INDEX_FILE: usize = 200_000;
+
+/// Rewrite `index` as few files as possible: the new files first, then the old ones go,
+/// so every pack stays listed throughout. Index files written meanwhile by backups are
+/// not in `index` and are left alone. Returns the number of files written.
+async fn consolidate(backend: &Backend, key: &MasterKey, index: &[(IndexId, IndexFile)]) -> Result<u64> {
+    let mut files = Vec::new();
+    let mut current = IndexFile::default();
+    let mut blobs = 0;
+    let mut seen = HashSet::new();
+    for pack in index.iter().flat_map(|(_, f)| &f.packs) {
+        if !seen.insert(pack.id) {
+            continue;
+        }
+        if blobs + pack.blobs.len() > BLOBS_PER_INDEX_FILE && !current.packs.is_empty() {
+            files.push(std::mem::take(&mut current));
+            blobs = 0;
+        }
+        blobs += pack.blobs.len();
+        current.packs.push(pack.clone());
+    }
+    if !current.packs.is_empty() {
+        files.push(current);
+    }
+    if files.len() >= index.len() {
+        return Ok(index.len() as u64);
+    }
+    for file in &files {
+        let sealed = object::seal(key, object::INDEX_MAGIC, &file.encode());
+        backend.put(&keys::index(&IndexId::random()), sealed.into(), WriteMode::Create).await?;
+    }
+    for (id, _) in index {
+        backend.delete(&keys::index(id)).await?;
+    }
+    Ok(files.len() as u64)
 }

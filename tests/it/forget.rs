@@ -52,7 +52,7 @@ fn a_year_of_dailies_keeps_exactly_the_tiers() {
     // Dry run: reports every snapshot, changes nothing; the newest satisfies all four rules.
     let out = env.cmd().args(["--json", "forget", "--dry-run"]).args(policy).assert().success();
     let plan: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    let decisions = plan[0]["snapshots"].as_array().unwrap();
+    let decisions = plan["groups"][0]["snapshots"].as_array().unwrap();
     assert_eq!(decisions.len(), 365);
     assert_eq!(decisions[0]["reasons"], serde_json::json!(["daily 1", "weekly 1", "monthly 1", "yearly 1"]));
     let kept: BTreeSet<Date> = decisions
@@ -89,7 +89,7 @@ fn keep_within_tags_and_refusals() {
         .success();
     let plan: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     let kept: Vec<&serde_json::Value> =
-        plan[0]["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == true).collect();
+        plan["groups"][0]["snapshots"].as_array().unwrap().iter().filter(|d| d["keep"] == true).collect();
     assert_eq!(kept.len(), 32);
     assert!(kept.iter().any(|d| d["reasons"] == serde_json::json!(["tag before-upgrade"])));
 

@@ -249,6 +249,7 @@ fn wal_push_under_pgbench_loses_no_segment() {
     let out = env.cairn_cmd().args(["--json", "wal", "list", "--source", "main"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listing = serde_json::json!([listing[0]["listing"]]);
     let timeline = &listing[0]["timelines"][0];
     assert_eq!(timeline["timeline"], 1);
     assert_eq!(timeline["gaps"].as_array().unwrap().len(), 0, "no gap: {listing}");
@@ -677,6 +678,7 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
     as_postgres("pg_ctl", &["-D", promoted.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
     let out = env.cairn_cmd().args(["--json", "wal", "list", "--source", "main"]).output().unwrap();
     let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listing = serde_json::json!([listing[0]["listing"]]);
     assert_eq!(listing[0]["history"][0]["name"], "00000002.history", "{listing}");
     assert!(!listing[0]["backup_labels"].as_array().unwrap().is_empty(), "the base backup's .backup file: {listing}");
     main.stop();
@@ -720,4 +722,98 @@ fn pitr_from_s3_retries_transient_faults_and_stops_on_persistent_ones() {
     assert!(!env.path("persistent/postmaster.pid").exists(), "the server stopped instead of promoting");
     let log = std::fs::read_to_string(env.path("persistent/cairn-pitr.log")).unwrap();
     assert!(!log.contains("selected new timeline ID"), "never promoted: {log}");
+}
+
+/// WAL expiry: four base backups dated 60, 10, 5 and 1 days back; forget keeps the two
+/// newest and the one tagged monthly, with a 3-day PITR window. After forget and prune,
+/// the WAL between the monthly base's stop and the window's anchor is gone, and yet the
+/// monthly base restores to its end, the anchor base restores to its end, and a time
+/// inside the window is recovered from the anchor.
+#[test]
+fn wal_expiry_after_forget_and_prune_keeps_every_kept_base_restorable() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", &env.archiving("main"));
+    main.start();
+    main.sql("create table t (x int)");
+    let first = main.switch_wal();
+    main.wait_archived(&first);
+    let now = jiff::Timestamp::now();
+    let mut ids = Vec::new();
+    for (days, tag) in [(60, "monthly"), (10, "daily"), (5, "daily"), (1, "daily")] {
+        let time = now.checked_sub(jiff::SignedDuration::from_hours(24 * days)).unwrap().to_string();
+        let out = env
+            .cairn_cmd()
+            .args(["--json", "backup", "pg-base", "--name", "base", "--source", "main", "--tag", tag, "--time", &time])
+            .args(["--dbname", &main.conninfo("postgres")])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ids.push(report["id"].as_str().unwrap().to_string());
+        main.sql("insert into t select generate_series(1, 10)");
+        main.switch_wal();
+        main.switch_wal();
+    }
+    // Rows: 0 at the first base, 10 at the second, 20 at the third, 30 at the fourth, 40
+    // at `time`, 50 at the end.
+    let time = main.sql("select to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1200));
+    main.sql("insert into t select generate_series(1, 10)");
+    let last = main.switch_wal();
+    main.wait_archived(&last);
+    let segments = |env: &PgEnv| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(env.path("repo").join("wal/main"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.len() == 24)
+            .collect();
+        names.sort();
+        names
+    };
+    let before = segments(&env);
+
+    // The dry run of `wal list` explains what the policy keeps.
+    let out = env.cairn_cmd().args(["wal", "list", "--source", "main", "--keep-wal-within", "3d"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("PITR window") && said.contains(&ids[2][..8]), "{said}");
+    assert!(said.contains("every .history file"), "{said}");
+
+    let out = env
+        .cairn_cmd()
+        .args(["--json", "forget", "--keep-last", "2", "--keep-tag", "monthly", "--keep-wal-within", "3d", "--prune"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["forgotten"].as_array().unwrap().len(), 1, "{report}");
+    let plan = &report["wal"][0];
+    assert_eq!(plan["kept"].as_array().unwrap().len(), 2, "window from the third base, and the monthly base: {plan}");
+    for _ in 0..2 {
+        let out = env.cairn_cmd().args(["prune"]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let after = segments(&env);
+    let removed: Vec<&String> = before.iter().filter(|s| !after.contains(s)).collect();
+    eprintln!("{said}\nremoved {} of {} segments: {removed:?}", removed.len(), before.len());
+    assert!(removed.len() >= 2, "WAL between the monthly base and the window expired: {before:?} -> {after:?}");
+    // The forgotten base's own start segment is among them.
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap().stdout).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 3);
+
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        ("monthly-end", vec!["--base", &ids[0], "--target-immediate"], "0"),
+        ("anchor-end", vec!["--base", &ids[2], "--target-immediate"], "20"),
+        ("in-window", vec!["--base", &ids[2], "--target-time", &time], "40"),
+    ];
+    for (name, target, expected) in cases {
+        let (out, port) = env.pitr(name, &target);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert_eq!(env.count_and_stop(name, port), expected, "{name}");
+    }
+    let out = env.cairn_cmd().args(["check", "--read-data"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    main.stop();
 }
