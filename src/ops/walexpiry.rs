@@ -42,7 +42,9 @@ pub struct WalPlan {
 }
 
 /// A segment's place in the WAL, whatever its timeline: (log, seg).
-fn position(name: &str) -> Option<(u32, u32)> {
+type Position = (u32, u32);
+
+fn position(name: &str) -> Option<Position> {
     match wal::classify(name).ok()? {
         WalKind::Segment { log, seg, .. } => Some((log, seg)),
         WalKind::Partial | WalKind::Backup => match wal::classify(name.get(..24)?).ok()? {
@@ -74,7 +76,8 @@ pub async fn plan(
 ) -> Result<WalPlan> {
     wal::check_source(source)?;
     let bases = bases(snapshots, source);
-    let mut kept: Vec<(Option<(u32, u32)>, Option<(u32, u32)>, KeptRange)> = Vec::new();
+    // (first position kept, last position kept (None: onwards), why)
+    let mut kept: Vec<(Position, Option<Position>, KeptRange)> = Vec::new();
     let span = |s: &SnapshotFile, key: &str| -> Result<(String, (u32, u32))> {
         let name = meta(s, key).ok_or_else(|| Error::corrupt(format!("base backup snapshot lacks {key}")))?;
         let pos =
@@ -111,7 +114,7 @@ pub async fn plan(
                 anchor_base.time.strftime("%Y-%m-%d %H:%M")
             ),
         };
-        kept.push((Some(pos), None, KeptRange { from, to: None, reason }));
+        kept.push((pos, None, KeptRange { from, to: None, reason }));
         for (id, base) in &bases[..anchor] {
             let (from, start) = span(base, "start_wal")?;
             let (to, stop) = span(base, "stop_wal")?;
@@ -120,7 +123,7 @@ pub async fn plan(
                 id.short(),
                 base.time.strftime("%Y-%m-%d %H:%M")
             );
-            kept.push((Some(start), Some(stop), KeptRange { from, to: Some(to), reason }));
+            kept.push((start, Some(stop), KeptRange { from, to: Some(to), reason }));
         }
     }
     let mut plan =
@@ -133,7 +136,7 @@ pub async fn plan(
             None => true,
             // With no base backup, nothing expires.
             Some(_) if kept.is_empty() => true,
-            Some(pos) => kept.iter().any(|(from, to, _)| from.is_none_or(|f| pos >= f) && to.is_none_or(|t| pos <= t)),
+            Some(pos) => kept.iter().any(|(from, to, _)| pos >= *from && to.is_none_or(|t| pos <= t)),
         };
         if keep {
             plan.kept_files += 1;
