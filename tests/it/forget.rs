@@ -155,3 +155,70 @@ fn prune_removes_forgotten_data_on_the_third_run_and_refuses_damage() {
     }
     assert_eq!(env.packs(), before, "nothing was deleted");
 }
+
+/// Packs half of whose bytes no snapshot needs are repacked (bounded by --max-repack,
+/// previewed by --dry-run, skipped with --max-unused unlimited); the old packs go on the
+/// following runs; index files are consolidated; everything restores and checks.
+#[test]
+fn prune_repacks_wasteful_packs_and_consolidates_the_index() {
+    let env = Env::new();
+    let dir = env.path("tree");
+    std::fs::create_dir_all(&dir).unwrap();
+    // One backup puts a kept file and a dropped file into the same packs, twice over.
+    let keep: Vec<Vec<u8>> = (0..2u64).map(|i| crate::harness::noise(3 << 20, 300 + i)).collect();
+    for (i, k) in keep.iter().enumerate() {
+        std::fs::write(dir.join(format!("keep{i}")), k).unwrap();
+        std::fs::write(dir.join(format!("drop{i}")), crate::harness::noise(3 << 20, 400 + i as u64)).unwrap();
+    }
+    env.cmd().args(["backup", "files", "--name", "t"]).arg(&dir).assert().success();
+    for i in 0..2 {
+        std::fs::remove_file(dir.join(format!("drop{i}"))).unwrap();
+    }
+    env.cmd().args(["backup", "files", "--name", "t"]).arg(&dir).assert().success();
+    for i in 0..4 {
+        env.backup_stdin(&format!("small{i}"), &crate::harness::noise(1000, 500 + i));
+    }
+    env.cmd().args(["forget", "--name", "t", "--keep-last", "1"]).assert().success();
+    let index_files = || crate::harness::walk(&env.repo.join("index")).len();
+    assert!(index_files() >= 6, "one index file per backup at least");
+    let bytes_stored = |env: &Env| env.packs().iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>();
+    let stored_before = bytes_stored(&env);
+
+    // Never repack: nothing repacked, but the index is consolidated.
+    let out = env.cmd().args(["--json", "prune", "--max-unused", "unlimited"]).assert().success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["report"]["repacked_packs"], 0, "{report}");
+    assert_eq!(report["report"]["index_files_after"], 1, "{report}");
+    assert_eq!(index_files(), 1);
+    // A budget smaller than any pack repacks nothing; a dry run shows what would go.
+    let out = env.cmd().args(["--json", "prune", "--dry-run", "--max-repack", "1K"]).assert().success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["report"]["repacked_packs"], 0, "{report}");
+    let out = env.cmd().args(["--json", "prune", "--dry-run", "--max-unused", "20%"]).assert().success();
+    let dry: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let would = dry["report"]["repacked_packs"].as_u64().unwrap();
+    assert!(would >= 1, "{dry}");
+
+    let out = env.cmd().args(["--json", "prune", "--max-unused", "20%"]).assert().success();
+    let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(report["report"]["repacked_packs"].as_u64(), Some(would), "the dry run predicted it: {report}");
+    assert!(report["report"]["repack_added_bytes"].as_u64().unwrap() > 5 << 20, "{report}");
+    // The next runs mark and delete the old packs, and repack nothing more.
+    for _ in 0..2 {
+        let out = env.cmd().args(["--json", "prune", "--max-unused", "20%"]).assert().success();
+        let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        assert_eq!(report["report"]["repacked_packs"], 0, "{report}");
+    }
+    let stored_after = bytes_stored(&env);
+    assert!(
+        stored_after < stored_before * 6 / 10,
+        "the dropped files' bytes are gone: {stored_before} -> {stored_after}"
+    );
+    env.check_read_data();
+    let out = env.path("out");
+    env.cmd().args(["restore", "latest", "--name", "t", "--to"]).arg(&out).assert().success();
+    for (i, k) in keep.iter().enumerate() {
+        let restored = out.join(dir.strip_prefix("/").unwrap()).join(format!("keep{i}"));
+        assert!(std::fs::read(restored).unwrap() == *k, "keep{i} restores");
+    }
+}

@@ -1,5 +1,7 @@
-//! Writers race the removal primitive (`gc::collect`) and forgets, many times; afterwards
-//! every committed snapshot restores byte-exact and check --read-data finds nothing.
+//! Writers and WAL pushes race the removal primitive (`gc::collect`, repacking and
+//! consolidating the index) and forgets, many times; afterwards every committed snapshot
+//! restores byte-exact, every pushed WAL file reads back, and check --read-data finds
+//! nothing.
 
 use crate::harness::noise;
 use cairn::backend::Backend;
@@ -69,8 +71,28 @@ async fn writers_racing_removal_never_lose_committed_data() {
     );
     let committed: Arc<Mutex<HashMap<String, Vec<u8>>>> = Default::default();
     let (mut failed_cleanly, mut deleted_packs, mut rescued_packs, mut collects, mut verified) = (0, 0, 0, 0, 0);
+    let (mut repacked, mut consolidated) = (0, 0);
+    let wal_dir = tempfile::tempdir().unwrap();
+    let mut pushed: Vec<(String, Vec<u8>)> = Vec::new();
+    let removal = gc::CollectOptions { max_unused: Some(0.0), consolidate: true, ..Default::default() };
     for round in 0..16u64 {
         let mut writers = Vec::new();
+        // PostgreSQL's archive_command, meanwhile: two 1 MiB segments a round.
+        let segments: Vec<(String, Vec<u8>)> = (0..2).map(|i| wal_segment(round * 2 + i)).collect();
+        pushed.extend(segments.iter().cloned());
+        let pusher = {
+            let store = store.clone();
+            let dir = wal_dir.path().to_path_buf();
+            tokio::spawn(async move {
+                let repo = open(&store).await;
+                for (name, bytes) in segments {
+                    let path = dir.join(&name);
+                    std::fs::write(&path, &bytes).unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    cairn::wal::push(repo.backend(), repo.key(), "race", &path).await.unwrap();
+                }
+            })
+        };
         for writer in 0..3u64 {
             let store = store.clone();
             let committed = committed.clone();
@@ -101,11 +123,14 @@ async fn writers_racing_removal_never_lose_committed_data() {
                     committed.lock().unwrap().remove(&id.to_hex());
                 }
             }
-            let report = gc::collect(&repo, false).await.unwrap();
+            let report = gc::collect_with(&repo, &removal).await.unwrap();
             collects += 1;
             deleted_packs += report.deleted_packs;
             rescued_packs += report.rescued_packs;
+            repacked += report.repacked_packs;
+            consolidated += report.index_files_before - report.index_files_after;
         }
+        pusher.await.unwrap();
         for w in writers {
             if let Err(e) = w.await.unwrap() {
                 assert_eq!(e.kind(), ErrorKind::Locked, "a writer failed other than cleanly: {e}");
@@ -132,6 +157,10 @@ async fn writers_racing_removal_never_lose_committed_data() {
     let repo = open(&store).await;
     let report = check(&repo, ReadData::All, &Silent).await.unwrap();
     assert!(report.is_ok(), "check after the races: {:?}", report.errors);
+    for (name, bytes) in &pushed {
+        let stored = cairn::wal::read(repo.backend(), repo.key(), "race", name).await.unwrap();
+        assert!(stored == *bytes, "WAL {name} reads back as pushed");
+    }
     let committed = committed.lock().unwrap().clone();
     let snapshots = repo.catalog().snapshots().unwrap();
     assert_eq!(snapshots.len(), committed.len(), "every committed, unforgotten snapshot is there");
@@ -144,12 +173,27 @@ async fn writers_racing_removal_never_lose_committed_data() {
     eprintln!(
         "{collects} collects: {deleted_packs} packs deleted, {rescued_packs} rescued, {copied} blobs copied by writers, \
          {excluded} marked blobs stored afresh, \
-         {failed_cleanly} writers failed cleanly, {verified} restores verified during the rounds, {} at the end",
-        snapshots.len()
+         {failed_cleanly} writers failed cleanly, {verified} restores verified during the rounds, {} at the end; \
+         {repacked} packs repacked, {consolidated} index files consolidated away, {} WAL files pushed",
+        snapshots.len(),
+        pushed.len()
     );
+    assert!(repacked > 0, "repacking raced the writers");
+    assert!(consolidated > 0, "index consolidation raced the writers");
     assert!(deleted_packs > 10, "removal really removed data ({deleted_packs} packs)");
     assert!(rescued_packs + copied + excluded > 0, "the race was exercised: some writer needed a marked blob");
     assert!(failed_cleanly < 16, "most writers succeed ({failed_cleanly} of 48 failed)");
+}
+
+/// A 1 MiB WAL segment of a made-up cluster, numbered `n`, with a valid long page header.
+fn wal_segment(n: u64) -> (String, Vec<u8>) {
+    let mut bytes = noise(1 << 20, 5000 + n);
+    bytes[0..2].copy_from_slice(&0xD113u16.to_le_bytes()); // xlp_magic of PostgreSQL 15
+    bytes[2..4].copy_from_slice(&0x0002u16.to_le_bytes()); // XLP_LONG_HEADER
+    bytes[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
+    bytes[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    (cairn::wal::segment_name(1, n + 1, 1 << 20), bytes)
 }
 
 async fn fresh_store() -> Arc<dyn ObjectStore> {
