@@ -64,7 +64,10 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
     let backend = repo.backend();
     let key = repo.key();
     let mut report = CheckReport::default();
-    let catalog = Catalog::open(None)?;
+    // Its own catalog, on disk in a private scratch directory: a repository's index is
+    // read afresh (not from the cache being checked), and a million blobs stay out of RAM.
+    let scratch = super::sqlite::Scratch::new(&std::env::temp_dir(), "check")?;
+    let catalog = Catalog::open(Some(&scratch.path().join("catalog.sqlite")))?;
 
     for object in backend.list(keys::INDEX).await? {
         let Ok(id) = IndexId::from_hex(keys::name(&object.key)) else { continue };

@@ -326,7 +326,7 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     for (_, snapshot) in &snapshots {
         referenced_blobs(repo, snapshot, &mut referenced).await?;
     }
-    let mut homes = Homes::new(&index, &referenced, &stored_size);
+    let mut homes = Homes::new(&index, referenced, &stored_size);
     if let Some(max_unused) = options.max_unused {
         let chosen = homes.repack_candidates(&index, max_unused, options.max_repack);
         report.repacked_packs = chosen.len() as u64;
@@ -338,24 +338,25 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             let stored = backend.list(keys::DATA).await?;
             stored_size =
                 stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
-            homes = Homes::new(&index, &referenced, &stored_size);
+            homes.assign(&index, &stored_size);
         }
     }
     // Unreferenced now: indexed packs that hold no referenced blob's home copy, and packs
     // no index lists (left by an interrupted writer, or written by one still running).
     let mut unreferenced: BTreeSet<PackId> = BTreeSet::new();
-    let mut kept_blobs: HashSet<BlobId> = HashSet::new();
+    let mut kept_packs: Vec<&IndexPack> = Vec::new();
     let mut indexed: HashMap<PackId, &IndexPack> = HashMap::new();
     for pack in index.iter().flat_map(|(_, f)| &f.packs) {
         indexed.insert(pack.id, pack);
     }
     for pack in indexed.values() {
         if homes.is_home(pack) || !stored_size.contains_key(&pack.id) {
-            kept_blobs.extend(pack.blobs.iter().map(|b| b.id));
+            kept_packs.push(pack);
         } else {
             unreferenced.insert(pack.id);
         }
     }
+    drop(homes);
     for pack in stored_size.keys() {
         if !indexed.contains_key(pack) && !doomed_packs.contains(pack) {
             unreferenced.insert(*pack);
@@ -365,7 +366,8 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     let (candidates, watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
         unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
     let mut marked_bytes = 0;
-    let mut doomed: BTreeSet<BlobId> = BTreeSet::new();
+    // Doomed: blobs of marked packs that no kept pack also holds.
+    let mut doomed: HashSet<BlobId> = HashSet::new();
     let mut marked: Vec<PackId> = Vec::new();
     for pack in &candidates {
         let ids = match indexed.get(pack) {
@@ -377,10 +379,18 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
                 Err(_) => continue,
             },
         };
-        doomed.extend(ids.into_iter().filter(|b: &BlobId| !kept_blobs.contains(b)));
+        doomed.extend(ids);
         marked.push(*pack);
         marked_bytes += stored_size.get(pack).copied().unwrap_or(0);
     }
+    if !doomed.is_empty() {
+        for pack in &kept_packs {
+            for blob in &pack.blobs {
+                doomed.remove(&blob.id);
+            }
+        }
+    }
+    let doomed: BTreeSet<BlobId> = doomed.into_iter().collect();
     let candidates = marked;
     report.marked_packs = candidates.len() as u64;
     report.marked_bytes = marked_bytes;
@@ -638,43 +648,54 @@ async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now
 /// of at least one referenced blob; a pack whose live blobs all have homes elsewhere (a
 /// repacked pack, or a writer's duplicate) is unreferenced, and goes as any other.
 struct Homes {
-    home: HashMap<BlobId, PackId>,
+    /// Every referenced blob, with its home once assigned.
+    home: HashMap<BlobId, Option<PackId>>,
     /// Bytes of blobs whose home is the pack.
     home_bytes: HashMap<PackId, u64>,
 }
 
 impl Homes {
-    fn new(index: &[(IndexId, IndexFile)], referenced: &HashSet<BlobId>, stored: &HashMap<PackId, u64>) -> Homes {
+    /// Takes the referenced set over (one map of the referenced blobs, not two).
+    fn new(index: &[(IndexId, IndexFile)], referenced: HashSet<BlobId>, stored: &HashMap<PackId, u64>) -> Homes {
+        let mut homes = Homes { home: referenced.into_iter().map(|b| (b, None)).collect(), home_bytes: HashMap::new() };
+        homes.assign(index, stored);
+        homes
+    }
+
+    /// (Re)assign every referenced blob's home among the packs of `index`.
+    fn assign(&mut self, index: &[(IndexId, IndexFile)], stored: &HashMap<PackId, u64>) {
         let packs = || index.iter().flat_map(|(_, f)| &f.packs).filter(|p| stored.contains_key(&p.id));
         // In use: the share of a pack's blob bytes that snapshots reference.
         let mut use_of: HashMap<PackId, f64> = HashMap::new();
         for pack in packs() {
             let total: u64 = pack.blobs.iter().map(|b| u64::from(b.length)).sum();
-            let live: u64 = pack.blobs.iter().filter(|b| referenced.contains(&b.id)).map(|b| u64::from(b.length)).sum();
+            let live: u64 =
+                pack.blobs.iter().filter(|b| self.home.contains_key(&b.id)).map(|b| u64::from(b.length)).sum();
             use_of.insert(pack.id, if total == 0 { 0.0 } else { live as f64 / total as f64 });
         }
-        let mut home: HashMap<BlobId, PackId> = HashMap::with_capacity(referenced.len());
-        for pack in packs() {
-            for blob in pack.blobs.iter().filter(|b| referenced.contains(&b.id)) {
-                match home.get(&blob.id) {
-                    Some(current)
-                        if (use_of[current], std::cmp::Reverse(*current))
-                            >= (use_of[&pack.id], std::cmp::Reverse(pack.id)) => {}
-                    _ => {
-                        home.insert(blob.id, pack.id);
-                    }
-                }
-            }
-        }
-        let mut home_bytes: HashMap<PackId, u64> = HashMap::new();
+        self.home.values_mut().for_each(|h| *h = None);
         for pack in packs() {
             for blob in &pack.blobs {
-                if home.get(&blob.id) == Some(&pack.id) {
-                    *home_bytes.entry(pack.id).or_default() += u64::from(blob.length);
+                let Some(slot) = self.home.get_mut(&blob.id) else { continue };
+                let better = match slot {
+                    None => true,
+                    Some(current) => {
+                        (use_of[&pack.id], std::cmp::Reverse(pack.id)) > (use_of[current], std::cmp::Reverse(*current))
+                    }
+                };
+                if better {
+                    *slot = Some(pack.id);
                 }
             }
         }
-        Homes { home, home_bytes }
+        self.home_bytes.clear();
+        for pack in packs() {
+            for blob in &pack.blobs {
+                if self.home.get(&blob.id) == Some(&Some(pack.id)) {
+                    *self.home_bytes.entry(pack.id).or_default() += u64::from(blob.length);
+                }
+            }
+        }
     }
 
     fn is_home(&self, pack: &IndexPack) -> bool {
@@ -683,7 +704,7 @@ impl Homes {
 
     /// The blobs of `pack` whose home it is.
     fn homed<'p>(&self, pack: &'p IndexPack) -> Vec<&'p PackEntry> {
-        pack.blobs.iter().filter(|b| self.home.get(&b.id) == Some(&pack.id)).collect()
+        pack.blobs.iter().filter(|b| self.home.get(&b.id) == Some(&Some(pack.id))).collect()
     }
 
     /// Packs worth repacking: home to something, with more than `max_unused` percent of
