@@ -26,6 +26,8 @@ pub struct FaultPlan {
     /// Behave like a service without conditional writes: a create-only write silently
     /// replaces an existing object.
     pub ignore_create: bool,
+    /// Count deletes as writes (and fail them): a process that dies between deletes.
+    pub deletes: bool,
 }
 
 pub struct FaultyStore {
@@ -92,6 +94,9 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn delete(&self, location: &Path) -> Result<()> {
+        if self.plan.deletes && self.should_fail() {
+            return Err(Self::fault(location));
+        }
         self.inner.delete(location).await
     }
 

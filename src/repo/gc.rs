@@ -247,7 +247,31 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     let mut stored_size: HashMap<PackId, u64> =
         stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
     repo.catalog().refresh(backend, key).await?;
-    let snapshots = list_snapshots(repo).await?;
+    let snapshots = list_snapshots(repo).await.map_err(damage)?;
+    // One walk of every snapshot: what they reference, and whether all of it is there.
+    // Damage stops the run before anything is deleted: what looks unreferenced may be
+    // what a damaged snapshot or index no longer shows.
+    let mut referenced = HashSet::new();
+    for (id, snapshot) in &snapshots {
+        referenced_blobs(repo, snapshot, &mut referenced)
+            .await
+            .map_err(|e| damage(e.context(format!("snapshot {} ({} {})", id.short(), snapshot.kind, snapshot.name))))?;
+    }
+    for pack in index.iter().flat_map(|(_, f)| &f.packs) {
+        match stored_size.get(&pack.id) {
+            Some(size) if *size != pack.size => {
+                return Err(damage(Error::corrupt(format!(
+                    "pack {} has {size} bytes, the index says {}",
+                    pack.id, pack.size
+                ))))
+            }
+            _ => {}
+        }
+    }
+    let mut homes = Homes::new(&index, referenced, &stored_size);
+    if let Some(blob) = homes.missing() {
+        return Err(damage(Error::corrupt(format!("blob {blob} that a snapshot needs is in no stored pack"))));
+    }
     let mut doomed_packs: BTreeSet<PackId> = BTreeSet::new();
     // Packs the previous mark found unreferenced (marked or watched).
     let mut previously_unreferenced: HashSet<PackId> = HashSet::new();
@@ -309,7 +333,8 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         }
     }
 
-    // Repack and mark, against the state after the sweep (in a dry run: as it would be).
+    // Repack and mark, against the state after the sweep (in a dry run: as it would be),
+    // and the snapshots listed after the fence.
     let mut index: Vec<(IndexId, IndexFile)> = if dry_run {
         index
             .into_iter()
@@ -320,21 +345,19 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     } else {
         read_index(backend, key).await?
     };
-    repo.catalog().refresh(backend, key).await?;
-    let snapshots = list_snapshots(repo).await?;
-    let mut referenced = HashSet::new();
-    for (_, snapshot) in &snapshots {
-        referenced_blobs(repo, snapshot, &mut referenced).await?;
+    for pack in &doomed_packs {
+        stored_size.remove(pack);
     }
-    let mut homes = Homes::new(&index, referenced, &stored_size);
+    homes.assign(&index, &stored_size);
+    let mut repacked: HashSet<PackId> = HashSet::new();
     if let Some(max_unused) = options.max_unused {
         let chosen = homes.repack_candidates(&index, max_unused, options.max_repack);
         report.repacked_packs = chosen.len() as u64;
         report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
         if !dry_run && !chosen.is_empty() {
             report.repack_added_bytes = repack(repo, &chosen, &homes).await?;
+            repacked.extend(chosen.iter().map(|p| p.id));
             index = read_index(backend, key).await?;
-            repo.catalog().refresh(backend, key).await?;
             let stored = backend.list(keys::DATA).await?;
             stored_size =
                 stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
@@ -363,8 +386,11 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         }
     }
     // Marked: unreferenced at the previous mark too. The rest is watched until the next.
+    // Packs repacked in this run are old data whose live blobs now have homes elsewhere:
+    // they are marked at once (the second sighting protects fresh packs of running
+    // writers, which these are not; safety never depends on it).
     let (candidates, watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
-        unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
+        unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p) || repacked.contains(p));
     let mut marked_bytes = 0;
     // Doomed: blobs of marked packs that no kept pack also holds.
     let mut doomed: HashSet<BlobId> = HashSet::new();
@@ -643,6 +669,14 @@ async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now
     Ok(())
 }
 
+/// Damage found by a removal run: exit 13, and nothing deleted.
+fn damage(e: Error) -> Error {
+    if e.kind() == ErrorKind::Backend || e.kind() == ErrorKind::Io {
+        return e;
+    }
+    Error::corrupt(format!("{}; prune deletes nothing until `cairn check` passes", e.message()))
+}
+
 /// Which pack is the home of each referenced blob: of the packs that hold it, the one
 /// whose bytes are most in use (ties: the smaller id). A pack is kept if it is the home
 /// of at least one referenced blob; a pack whose live blobs all have homes elsewhere (a
@@ -664,7 +698,15 @@ impl Homes {
 
     /// (Re)assign every referenced blob's home among the packs of `index`.
     fn assign(&mut self, index: &[(IndexId, IndexFile)], stored: &HashMap<PackId, u64>) {
-        let packs = || index.iter().flat_map(|(_, f)| &f.packs).filter(|p| stored.contains_key(&p.id));
+        // A pack listed twice (an index rewrite interrupted before the old file went)
+        // counts once.
+        let mut seen = HashSet::new();
+        let unique: Vec<&IndexPack> = index
+            .iter()
+            .flat_map(|(_, f)| &f.packs)
+            .filter(|p| stored.contains_key(&p.id) && seen.insert(p.id))
+            .collect();
+        let packs = || unique.iter().copied();
         // In use: the share of a pack's blob bytes that snapshots reference.
         let mut use_of: HashMap<PackId, f64> = HashMap::new();
         for pack in packs() {
@@ -696,6 +738,11 @@ impl Homes {
                 }
             }
         }
+    }
+
+    /// A referenced blob that no stored pack holds, if any.
+    fn missing(&self) -> Option<BlobId> {
+        self.home.iter().find(|(_, h)| h.is_none()).map(|(b, _)| *b)
     }
 
     fn is_home(&self, pack: &IndexPack) -> bool {

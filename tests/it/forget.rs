@@ -222,3 +222,35 @@ fn prune_repacks_wasteful_packs_and_consolidates_the_index() {
         assert!(std::fs::read(restored).unwrap() == *k, "keep{i} restores");
     }
 }
+
+/// A pack that a snapshot needs has vanished: prune stops before deleting anything.
+#[test]
+fn prune_refuses_when_a_needed_pack_is_gone() {
+    let env = Env::new();
+    env.backup_stdin("keep", &crate::harness::noise(2 << 20, 600));
+    env.backup_stdin("drop", &crate::harness::noise(2 << 20, 601));
+    env.cmd().args(["forget", "--name", "drop", "--keep-tag", "none", "--allow-empty"]).assert().success();
+    let id = env.snapshots()[0]["id"].as_str().unwrap().to_string();
+    let mut packs = env.packs();
+    // Find a pack the kept snapshot needs: removing it makes its restore fail.
+    let victim = packs
+        .iter()
+        .find(|p| {
+            let saved = std::fs::read(p).unwrap();
+            std::fs::remove_file(p).unwrap();
+            let broken =
+                !env.cmd().args(["--no-cache", "restore", &id, "--stdout"]).assert().get_output().status.success();
+            std::fs::write(p, saved).unwrap();
+            broken
+        })
+        .unwrap()
+        .clone();
+    std::fs::remove_file(&victim).unwrap();
+    packs.retain(|p| *p != victim);
+    for _ in 0..3 {
+        let out = env.cmd().args(["prune"]).assert().code(13);
+        let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert!(err.contains("prune deletes nothing") && err.contains("in no stored pack"), "{err}");
+    }
+    assert_eq!(env.packs(), packs, "nothing was deleted");
+}
