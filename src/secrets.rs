@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, SnapshotId};
 use crate::object;
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
-use crate::ops::restore::{includes, selected, RestoreStats};
+use crate::ops::restore::{includes, selected, ChannelReader, RestoreStats};
 use crate::ops::Cancel;
 use crate::progress::Progress;
 use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
@@ -254,28 +254,6 @@ impl<R: Read> Read for OpenReader<R> {
     }
 }
 
-/// Bytes handed from one thread to another through a bounded channel.
-struct ChannelReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.buf.len() {
-            match self.rx.recv() {
-                Ok(buf) => (self.buf, self.pos) = (buf, 0),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Write the files under `paths` as a tar stream (names: absolute paths without the
 /// leading slash), counting files and bytes. Unreadable entries are warnings.
 fn archive_paths<W: Write>(
@@ -360,7 +338,7 @@ pub async fn backup_secrets(
             });
             progress.begin("sealing secrets", None);
             let stored =
-                stream::store_stream(saver, ChannelReader { rx, buf: Vec::new(), pos: 0 }, params, cancel, progress);
+                stream::store_stream(saver, ChannelReader::new(rx), params, cancel, progress);
             progress.end();
             let produced = producer.join().unwrap_or_else(|_| Err(Error::source("the secrets archiver panicked")));
             let (files, _bytes, found) = produced?;
@@ -387,7 +365,7 @@ async fn open_archive(
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
             let reader = scope.spawn(move || -> Result<()> {
                 let io = |e: std::io::Error| Error::new(ErrorKind::Corrupt, e.to_string());
-                let mut opened = OpenReader::new(secrets, ChannelReader { rx, buf: Vec::new(), pos: 0 }).map_err(io)?;
+                let mut opened = OpenReader::new(secrets, ChannelReader::new(rx)).map_err(io)?;
                 let result = {
                     let dyn_reader: &mut dyn Read = &mut opened;
                     let mut archive = tar::Archive::new(dyn_reader);

@@ -471,10 +471,17 @@ async fn append_large<W: Write + Send>(
     })
 }
 
-struct ChannelReader {
+/// Bytes handed from one thread to another through a bounded channel.
+pub(crate) struct ChannelReader {
     rx: std::sync::mpsc::Receiver<Vec<u8>>,
     buf: Vec<u8>,
     pos: usize,
+}
+
+impl ChannelReader {
+    pub(crate) fn new(rx: std::sync::mpsc::Receiver<Vec<u8>>) -> Self {
+        ChannelReader { rx, buf: Vec::new(), pos: 0 }
+    }
 }
 
 impl std::io::Read for ChannelReader {
