@@ -337,8 +337,7 @@ pub async fn backup_secrets(
                 Ok((files, bytes, warnings))
             });
             progress.begin("sealing secrets", None);
-            let stored =
-                stream::store_stream(saver, ChannelReader::new(rx), params, cancel, progress);
+            let stored = stream::store_stream(saver, ChannelReader::new(rx), params, cancel, progress);
             progress.end();
             let produced = producer.join().unwrap_or_else(|_| Err(Error::source("the secrets archiver panicked")));
             let (files, _bytes, found) = produced?;
