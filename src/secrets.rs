@@ -84,6 +84,25 @@ fn no_compartment(repo: &Repository) -> Error {
     )
 }
 
+impl SecretsKey {
+    /// A compartment key from its 64 bytes (tests and fuzzing; keys come from slots).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        Ok(SecretsKey { key: MasterKey::from_bytes(bytes)?, slot: None })
+    }
+}
+
+/// Open a whole sealed archive held in memory: the tar stream inside, or why not.
+/// Fuzzed by `fuzz/fuzz_targets/secrets_archive.rs`.
+pub fn unseal(secrets: &SecretsKey, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut reader = OpenReader::new(secrets, sealed)?;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out)?;
+    if !reader.done {
+        return Err(damaged("ends before its last frame"));
+    }
+    Ok(out)
+}
+
 /// Whether the repository has a secrets compartment.
 pub async fn exists(repo: &Repository) -> Result<bool> {
     Ok(repo.backend().head(CONFIG).await?.is_some())
@@ -571,13 +590,7 @@ mod tests {
     }
 
     fn open(key: &SecretsKey, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
-        let mut r = OpenReader::new(key, sealed)?;
-        let mut out = Vec::new();
-        r.read_to_end(&mut out)?;
-        if !r.done {
-            return Err(damaged("no last frame"));
-        }
-        Ok(out)
+        unseal(key, sealed)
     }
 
     #[test]
