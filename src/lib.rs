@@ -14,6 +14,7 @@ pub mod backend;
 pub mod catalog;
 pub mod chunker;
 pub mod compress;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod id;

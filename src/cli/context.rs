@@ -74,6 +74,11 @@ pub fn default_repository() -> PathBuf {
     xdg("XDG_DATA_HOME", ".local/share").join("cairn").join("repository")
 }
 
+/// `$XDG_CONFIG_HOME` or `~/.config`.
+pub fn user_config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config")
+}
+
 pub fn default_key_file() -> PathBuf {
     xdg("XDG_CONFIG_HOME", ".config").join("cairn").join("default-repository.key")
 }

@@ -17,6 +17,7 @@ mod output;
 mod pitr;
 mod prune;
 mod restore;
+mod run;
 mod snapshots;
 mod stats;
 mod wal;
@@ -67,6 +68,9 @@ enum Command {
     Wal(wal::WalCommand),
     /// Point-in-time recovery of a PostgreSQL cluster from a base backup and archived WAL
     Pitr(pitr::PitrArgs),
+    /// The nightly job from the configuration file: back up every source, forget,
+    /// prune, copy offsite, check, write the report and metrics
+    Run(run::RunArgs),
     /// Show what the repository holds and how well it deduplicates
     Stats,
     /// Print a decrypted repository object as JSON, for debugging
@@ -128,6 +132,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Prune(args) => prune::run(ctx, args).await,
         Command::Wal(cmd) => wal::run(ctx, cmd).await,
         Command::Pitr(args) => pitr::run(ctx, args).await,
+        Command::Run(args) => run::run(ctx, args).await,
         Command::Stats => stats::run(ctx).await,
         Command::Cat(args) => cat::run(ctx, args).await,
     }

@@ -30,6 +30,11 @@ pub struct PruneOptions {
 }
 
 impl PruneOptions {
+    /// The `[prune]` table of the configuration file.
+    pub fn from_config(config: &cairn::config::PruneConfig) -> Self {
+        PruneOptions { max_unused: config.max_unused.clone(), max_repack: config.max_repack.clone() }
+    }
+
     pub fn collect_options(&self, dry_run: bool) -> anyhow::Result<CollectOptions> {
         let max_unused = match self.max_unused.trim() {
             "unlimited" => None,

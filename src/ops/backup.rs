@@ -231,3 +231,47 @@ pub async fn backup_tar<R: Read + Send>(
     })
     .await
 }
+
+/// Back up the tar archive a shell command writes to stdout; no snapshot unless the
+/// command exits 0 and the archive is whole.
+pub async fn backup_tar_command(
+    repo: &Repository,
+    command: &str,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    use crate::source::tar::{import_any, ImportOptions};
+    let params = repo.config().chunker;
+    let what = format!("producer `{command}`");
+    run(repo, options, None, |saver, stats, warnings| {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| Error::source(format!("cannot run {what}: {e}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let import = ImportOptions { record_members: true, skip_unsafe: true, ..Default::default() };
+        let imported = import_any(saver, stdout, params, &import, cancel, progress, stats);
+        if imported.is_err() {
+            let _ = child.kill();
+        }
+        let status = child.wait().map_err(|e| Error::source(format!("cannot wait for {what}: {e}")))?;
+        if !status.success() {
+            return Err(Error::source(format!("{what} exited with {status}; no snapshot was written")));
+        }
+        let (imported, compression) = imported?;
+        warnings.extend(imported.warnings);
+        let members = stream::store_stream(saver, &imported.members[..], params, cancel, progress)?;
+        let meta = BTreeMap::from([
+            ("compression".to_string(), serde_json::json!(compression.name())),
+            ("tar_bytes".to_string(), serde_json::json!(imported.end_of_last)),
+            ("tar_top".to_string(), serde_json::to_value(&imported.top).expect("nodes serialize")),
+        ]);
+        Ok(Root::TreeAndContent(imported.root, members, meta))
+    })
+    .await
+}

@@ -10,6 +10,7 @@ mod forget;
 mod harness;
 mod pg;
 mod races;
+mod run;
 mod s3;
 mod s3server;
 mod secrets;

@@ -817,3 +817,115 @@ fn wal_expiry_after_forget_and_prune_keeps_every_kept_base_restorable() {
     assert!(out.status.success(), "{}", text(&out));
     main.stop();
 }
+
+/// `cairn run` with every kind of source, the PostgreSQL ones against a real cluster,
+/// two nights in a row: every source succeeds both times, the second night stores
+/// little (visible in the metrics), the pg-base retention expires WAL, and the metrics
+/// file is valid Prometheus text.
+#[test]
+fn run_with_every_kind_of_source_twice() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", &env.archiving("main"));
+    main.start();
+    app_data(&main);
+    let first_segment = main.switch_wal();
+    main.wait_archived(&first_segment);
+    let d = env.dir.path();
+    std::fs::create_dir_all(d.join("etc/app")).unwrap();
+    std::fs::write(d.join("etc/app/app.toml"), "port = 8080\n").unwrap();
+    std::process::Command::new("tar").args(["-czf", "cfg.tgz", "etc"]).current_dir(d).status().unwrap();
+    rusqlite::Connection::open(d.join("q.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    std::fs::create_dir_all(d.join("keys")).unwrap();
+    std::fs::write(d.join("keys/id"), "PRIVATE").unwrap();
+    std::fs::write(d.join("spass"), "secrets password\n").unwrap();
+    let out = env
+        .cairn_cmd()
+        .args(["key", "init-secrets"])
+        .env("CAIRN_SECRETS_PASSWORD", "secrets password")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let config = format!(
+        r#"
+[repository]
+url = "{repo}"
+key_file = "{d}/key"
+secrets_password_file = "{d}/spass"
+cache_dir = "{d}/cache-root"
+
+[[source]]
+name = "appdb"
+kind = "pg"
+dbname = "{conninfo}"
+retention = {{ keep_daily = 7, keep_last = 2 }}
+
+[[source]]
+name = "main"
+kind = "pg-base"
+dbname = "{conninfo}"
+retention = {{ keep_last = 1, keep_wal_within = "1h" }}
+
+[[source]]
+name = "quota"
+kind = "sqlite"
+path = "{d}/q.db"
+
+[[source]]
+name = "config"
+kind = "files"
+paths = ["{d}/etc/app"]
+
+[[source]]
+name = "cfg-tar"
+kind = "tar"
+path = "{d}/cfg.tgz"
+
+[[source]]
+name = "keys"
+kind = "secrets"
+paths = ["{d}/keys"]
+
+[[source]]
+name = "export"
+kind = "command"
+command = "echo exported"
+
+[check]
+read_all_every_days = 1
+
+[run]
+metrics_file = "{d}/cairn.prom"
+"#,
+        repo = env.repo,
+        d = d.display(),
+        conninfo = main.conninfo("app")
+    );
+    std::fs::write(d.join("cairn.toml"), config).unwrap();
+    let mut added = Vec::new();
+    for night in 0..2 {
+        if night == 1 {
+            main.sql_in("app", "insert into accounts values (20001, 'new customer', 1)");
+            let segment = main.switch_wal();
+            main.wait_archived(&segment);
+        }
+        let out = env.cairn_cmd().args(["--json", "run", "--config"]).arg(d.join("cairn.toml")).output().unwrap();
+        assert!(out.status.success(), "night {night}: {}", text(&out));
+        let metrics = crate::run::parse_prometheus(&std::fs::read_to_string(d.join("cairn.prom")).unwrap());
+        for source in ["appdb", "main", "quota", "config", "cfg-tar", "keys", "export"] {
+            let ok = crate::run::metric(&metrics, "cairn_source_success", &format!("source=\"{source}\""));
+            assert_eq!(ok, 1.0, "night {night}: {source}");
+        }
+        added.push(crate::run::metric(&metrics, "cairn_source_added_bytes", "source=\"appdb\""));
+        if night == 1 {
+            let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let base = report["sources"].as_array().unwrap().iter().find(|s| s["name"] == "main").unwrap().clone();
+            assert_eq!(base["forgotten"], 1, "keep_last = 1: {base}");
+            assert!(base["wal_files_removed"].as_u64().unwrap() >= 1, "WAL before the kept base expired: {base}");
+        }
+    }
+    assert!(added[1] * 2.0 < added[0], "the second night's dump is mostly deduplicated: {added:?}");
+    main.stop();
+}
