@@ -22,6 +22,20 @@ pub struct Config {
     pub prune: PruneConfig,
     #[serde(default)]
     pub run: RunConfig,
+    #[serde(default)]
+    pub drill: DrillConfig,
+}
+
+/// Where `drill` works and reports.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrillConfig {
+    /// Scratch space for restores [default: the system's temporary directory].
+    pub scratch: Option<PathBuf>,
+    /// Prometheus textfile-collector file for drill results.
+    pub metrics_file: Option<PathBuf>,
+    /// The JSON report of the last drill.
+    pub report_file: Option<PathBuf>,
 }
 
 /// Where the repository is and what opens it.

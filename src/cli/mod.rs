@@ -10,6 +10,7 @@ mod cat;
 mod check;
 mod context;
 mod copy;
+mod drill;
 mod forget;
 mod init;
 mod key;
@@ -71,6 +72,9 @@ enum Command {
     /// The nightly job from the configuration file: back up every source, forget,
     /// prune, copy offsite, check, write the report and metrics
     Run(run::RunArgs),
+    /// Prove restorability: restore each configured source's latest snapshot into
+    /// scratch space and verify it (exit 13 on any failure)
+    Drill(drill::DrillArgs),
     /// Show what the repository holds and how well it deduplicates
     Stats,
     /// Print a decrypted repository object as JSON, for debugging
@@ -133,6 +137,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Wal(cmd) => wal::run(ctx, cmd).await,
         Command::Pitr(args) => pitr::run(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,
+        Command::Drill(args) => drill::run(ctx, args).await,
         Command::Stats => stats::run(ctx).await,
         Command::Cat(args) => cat::run(ctx, args).await,
     }

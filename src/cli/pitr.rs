@@ -57,7 +57,7 @@ pub struct PitrArgs {
 }
 
 /// The restore_command for the restored server: this cairn, this repository, this secret.
-fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<String> {
+pub fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<String> {
     let exe = std::env::current_exe()?;
     let (url, is_default) = ctx.repo_url();
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));

@@ -67,6 +67,7 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
             jobs: args.jobs,
             clean: args.clean,
             create: args.create,
+            no_owner: false,
         };
         let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
         cairn::ops::pg::restore_to_db(&repo, &snapshot, &target, &scratch, progress.as_ref()).await?;

@@ -88,7 +88,7 @@ struct RunReport {
 }
 
 /// The global options the config implies, on top of the command line's.
-fn config_args(base: &GlobalArgs, config: &Config) -> GlobalArgs {
+pub(super) fn config_args(base: &GlobalArgs, config: &Config) -> GlobalArgs {
     let r = &config.repository;
     let mut args = base.clone();
     args.repo = Some(r.url.clone());
@@ -445,8 +445,24 @@ fn last_successes(repo: &Repository, config: &Config) -> anyhow::Result<Vec<(Str
 }
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
-fn label(value: &str) -> String {
+pub(super) fn label(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Prometheus text exposition, gauges only.
+#[derive(Default)]
+pub(super) struct Metrics {
+    pub text: String,
+}
+
+impl Metrics {
+    /// One metric family: HELP, TYPE, then each (labels, value) sample.
+    pub fn family(&mut self, name: &str, help: &str, samples: Vec<(String, f64)>) {
+        self.text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (labels, value) in samples {
+            self.text.push_str(&format!("{name}{labels} {value}\n"));
+        }
+    }
 }
 
 fn metrics_text(
@@ -454,13 +470,8 @@ fn metrics_text(
     stats: &cairn::ops::stats::RepoStats,
     last_success: &[(String, Option<jiff::Timestamp>)],
 ) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, value) in samples {
-            out.push_str(&format!("{name}{labels} {value}\n"));
-        }
-    };
+    let mut metrics = Metrics::default();
+    let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| metrics.family(name, help, samples);
     let per_source = |f: &dyn Fn(&SourceReport) -> f64| -> Vec<(String, f64)> {
         report
             .sources
@@ -534,11 +545,11 @@ fn metrics_text(
     );
     family("cairn_run_duration_seconds", "How long the last run took.", vec![(String::new(), report.duration_seconds)]);
     family("cairn_run_exit_code", "The last run's exit code.", vec![(String::new(), f64::from(report.exit_code))]);
-    out
+    metrics.text
 }
 
 /// Write through a temporary file beside `path`, renamed into place.
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(format!(".cairn-{}.tmp", std::process::id()));
     let tmp = path.with_file_name(name);

@@ -927,5 +927,39 @@ metrics_file = "{d}/cairn.prom"
         }
     }
     assert!(added[1] * 2.0 < added[0], "the second night's dump is mostly deduplicated: {added:?}");
+
+    // The drill restores the dump into a throwaway cluster and the base backup by PITR,
+    // counts the tables and runs the checks; production is untouched.
+    let mut config = std::fs::read_to_string(d.join("cairn.toml")).unwrap();
+    config = config.replace(
+        "retention = { keep_daily = 7, keep_last = 2 }",
+        "retention = { keep_daily = 7, keep_last = 2 }\nchecks = [\"select count(*) from accounts where balance > 0\"]",
+    );
+    std::fs::write(d.join("cairn.toml"), config).unwrap();
+    let out = env
+        .cairn_cmd()
+        .args(["--json", "drill", "--config"])
+        .arg(d.join("cairn.toml"))
+        .args(["--metrics-file"])
+        .arg(d.join("drill.prom"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let details = |name: &str| -> String {
+        let r = reports.as_array().unwrap().iter().find(|r| r["source"] == name).unwrap();
+        assert_eq!(r["passed"], true, "{r}");
+        r["details"].to_string()
+    };
+    assert!(details("appdb").contains("public.accounts=20001"), "{}", details("appdb"));
+    assert!(details("appdb").contains("where balance > 0: 20001"), "{}", details("appdb"));
+    assert!(details("main").contains("public.accounts=20001"), "{}", details("main"));
+    let metrics = crate::run::parse_prometheus(&std::fs::read_to_string(d.join("drill.prom")).unwrap());
+    for source in ["appdb", "main", "quota", "config", "cfg-tar", "keys", "export"] {
+        let ok = crate::run::metric(&metrics, "cairn_drill_success", &format!("source=\"{source}\""));
+        assert_eq!(ok, 1.0, "{source}");
+    }
+    // The drill never archived into production's WAL source.
+    assert_eq!(main.sql("select count(*) from pg_stat_archiver where failed_count > 0"), "0");
     main.stop();
 }

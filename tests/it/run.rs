@@ -234,3 +234,58 @@ fn a_second_run_exits_11_and_bad_configs_name_the_line() {
     assert_eq!(code, 1);
     assert!(err.contains("missing.toml"), "{err}");
 }
+
+/// A drill restores and verifies every source; after a pack is corrupted it fails with
+/// exit 13, the metric says so, and its scratch space is gone.
+#[test]
+fn drills_pass_then_catch_a_corrupted_pack() {
+    let env = Env::new();
+    let config = setup(&env, "");
+    let (code, _, err) = run(&env, &config);
+    assert_eq!(code, 0, "{err}");
+    let scratch = env.path("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    let drill = |env: &Env| {
+        let out = env
+            .bare()
+            .args(["--json", "drill", "--config"])
+            .arg(&config)
+            .arg("--scratch")
+            .arg(&scratch)
+            .arg("--metrics-file")
+            .arg(env.path("drill.prom"))
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code().unwrap(), report, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, report, err) = drill(&env);
+    assert_eq!(code, 0, "{err}\n{report}");
+    let reports = report.as_array().unwrap();
+    assert_eq!(reports.len(), 5);
+    for r in reports {
+        assert_eq!(r["passed"], true, "{r}");
+        assert!(r["rpo_seconds"].as_f64().unwrap() >= 0.0 && r["rto_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let files = reports.iter().find(|r| r["source"] == "config").unwrap();
+    assert!(files["details"][0].as_str().unwrap().contains("20 files"), "{files}");
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch space is cleaned up");
+    let metrics = crate::run::parse_prometheus(&std::fs::read_to_string(env.path("drill.prom")).unwrap());
+    assert_eq!(metric(&metrics, "cairn_drill_success", "source=\"quota\""), 1.0);
+
+    // Corrupt the largest pack (the config tree's data) in its middle.
+    let pack = env.packs().into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&pack, bytes).unwrap();
+    let (code, report, err) = drill(&env);
+    assert_eq!(code, 13, "{err}\n{report}");
+    assert!(err.contains("FAILED"), "{err}");
+    let failed: Vec<&serde_json::Value> = report.as_array().unwrap().iter().filter(|r| r["passed"] == false).collect();
+    assert!(!failed.is_empty(), "{report}");
+    let metrics = crate::run::parse_prometheus(&std::fs::read_to_string(env.path("drill.prom")).unwrap());
+    let name = failed[0]["source"].as_str().unwrap();
+    assert_eq!(metric(&metrics, "cairn_drill_success", &format!("source=\"{name}\"")), 0.0);
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch space is cleaned up after a failure");
+}
