@@ -113,6 +113,9 @@ pub struct CommonArgs {
     /// Record this time (RFC 3339, e.g. 2026-01-31T02:00:00Z) instead of now
     #[arg(long, value_name = "RFC3339", value_parser = parse_time)]
     time: Option<jiff::Timestamp>,
+    /// Write Prometheus textfile-collector metrics of this backup here (atomically)
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -151,12 +154,45 @@ impl CommonArgs {
     }
 }
 
+impl BackupCommand {
+    fn metrics_file(&self) -> Option<PathBuf> {
+        match self {
+            BackupCommand::Stdin(a) => a.common.metrics_file.clone(),
+            BackupCommand::Files(a) => a.common.metrics_file.clone(),
+            BackupCommand::Pg(a) => a.common.metrics_file.clone(),
+            BackupCommand::PgBase(a) => a.common.metrics_file.clone(),
+            BackupCommand::Tar(a) => a.common.metrics_file.clone(),
+            BackupCommand::Sqlite(a) => a.common.metrics_file.clone(),
+            BackupCommand::Secrets(a) => a.common.metrics_file.clone(),
+        }
+    }
+}
+
+/// The metrics of one backup (Prometheus text).
+fn backup_metrics(result: &BackupResult) -> String {
+    let s = &result.snapshot;
+    let labels = format!("{{name=\"{}\",kind=\"{}\"}}", super::run::label(&s.name), super::run::label(&s.kind));
+    let mut m = super::run::Metrics::default();
+    let mut family = |name: &str, help: &str, value: f64| m.family(name, help, vec![(labels.clone(), value)]);
+    family(
+        "cairn_backup_last_success_timestamp_seconds",
+        "Time of the last successful backup.",
+        s.time.as_second() as f64,
+    );
+    family("cairn_backup_duration_seconds", "How long the last backup took.", s.stats.duration_ms as f64 / 1000.0);
+    family("cairn_backup_logical_bytes", "Bytes the last snapshot holds.", s.stats.size as f64);
+    family("cairn_backup_added_bytes", "Bytes the last backup newly stored.", s.stats.added as f64);
+    family("cairn_backup_warnings", "Items the last backup could not read.", result.warnings.len() as f64);
+    m.text
+}
+
 fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
     text.parse::<jiff::Timestamp>()
         .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-31T02:00:00Z: {e}"))
 }
 
 pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
+    let metrics_file = command.metrics_file();
     let repo = ctx.open().await?;
     let progress = Bar::boxed(ctx.progress_enabled());
     let result = match command {
@@ -250,6 +286,9 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
         }
     };
     report(ctx, &result);
+    if let Some(path) = metrics_file {
+        super::run::write_atomically(&path, backup_metrics(&result).as_bytes())?;
+    }
     Ok(if result.warnings.is_empty() { 0 } else { 3 })
 }
 

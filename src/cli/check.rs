@@ -11,9 +11,13 @@ pub struct CheckArgs {
     /// Also read, decrypt and verify every pack
     #[arg(long, conflicts_with = "read_data_subset")]
     read_data: bool,
-    /// Read a subset of the packs: a percentage (`10%`) or part K of N (`2/7`)
+    /// Read a subset of the packs: a percentage (`10%`: the packs read longest ago, never
+    /// read first) or part K of N (`2/7`: by pack id)
     #[arg(long, value_name = "PCT%|K/N")]
     read_data_subset: Option<String>,
+    /// Write Prometheus textfile-collector metrics of this check here (atomically)
+    #[arg(long, value_name = "PATH")]
+    metrics_file: Option<std::path::PathBuf>,
 }
 
 fn parse_subset(text: &str) -> anyhow::Result<ReadData> {
@@ -42,6 +46,8 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         (None, true) => ReadData::All,
         (None, false) => ReadData::None,
     };
+    let started = jiff::Timestamp::now();
+    let clock = std::time::Instant::now();
     let repo = ctx.open_unrefreshed().await?;
     let progress = Bar::boxed(ctx.progress_enabled());
     let mut report = check::check(&repo, read_data, progress.as_ref()).await?;
@@ -50,6 +56,31 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         repo.catalog().refresh(repo.backend(), repo.key()).await?;
         let secrets = ctx.open_secrets(&repo).await?;
         check::check_secrets(&repo, secrets.as_ref(), &mut report).await?;
+    }
+    if let Some(path) = &args.metrics_file {
+        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        let coverage = cairn::ops::coverage::Coverage::load(repo.backend(), repo.key()).await?;
+        let packs: Vec<_> = repo.catalog().packs()?.iter().map(|p| p.id).collect();
+        let mut m = super::run::Metrics::default();
+        let one = |v: f64| vec![(String::new(), v)];
+        m.family(
+            "cairn_check_success",
+            "Whether the last check found no damage.",
+            one(f64::from(u8::from(report.is_ok()))),
+        );
+        m.family("cairn_check_errors", "Problems the last check found.", one(report.errors.len() as f64));
+        m.family("cairn_check_packs_read", "Packs the last check read.", one(report.packs_read as f64));
+        m.family("cairn_check_bytes_read", "Bytes the last check read.", one(report.bytes_read as f64));
+        for days in [7, 30] {
+            m.family(
+                &format!("cairn_check_coverage_{days}d_ratio"),
+                &format!("Share of packs read and found intact by check in the last {days} days."),
+                one(coverage.share_within(&packs, days, started)),
+            );
+        }
+        m.family("cairn_check_last_timestamp_seconds", "When the last check started.", one(started.as_second() as f64));
+        m.family("cairn_check_duration_seconds", "How long the last check took.", one(clock.elapsed().as_secs_f64()));
+        super::run::write_atomically(path, m.text.as_bytes())?;
     }
     if ctx.args.json {
         print_json(&report);

@@ -76,7 +76,7 @@ enum Command {
     /// scratch space and verify it (exit 13 on any failure)
     Drill(drill::DrillArgs),
     /// Show what the repository holds and how well it deduplicates
-    Stats,
+    Stats(stats::StatsArgs),
     /// Print a decrypted repository object as JSON, for debugging
     Cat(cat::CatArgs),
 }
@@ -138,7 +138,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Pitr(args) => pitr::run(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,
         Command::Drill(args) => drill::run(ctx, args).await,
-        Command::Stats => stats::run(ctx).await,
+        Command::Stats(args) => stats::run(ctx, args).await,
         Command::Cat(args) => cat::run(ctx, args).await,
     }
 }

@@ -382,8 +382,14 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
         exit_code,
     };
     let last_success = last_successes(&repo, &config)?;
+    let coverage = {
+        let coverage = cairn::ops::coverage::Coverage::load(repo.backend(), repo.key()).await?;
+        let packs: Vec<_> = repo.catalog().packs()?.iter().map(|p| p.id).collect();
+        let days = config.check.read_all_every_days.max(1);
+        (days, coverage.share_within(&packs, days, jiff::Timestamp::now()))
+    };
     if let Some(metrics) = args.metrics_file.as_ref().or(config.run.metrics_file.as_ref()) {
-        write_atomically(metrics, metrics_text(&report, &stats, &last_success).as_bytes())?;
+        write_atomically(metrics, metrics_text(&report, &stats, &last_success, coverage).as_bytes())?;
     }
     if let Some(file) = &config.run.report_file {
         write_atomically(file, &serde_json::to_vec_pretty(&report)?)?;
@@ -469,6 +475,7 @@ fn metrics_text(
     report: &RunReport,
     stats: &cairn::ops::stats::RepoStats,
     last_success: &[(String, Option<jiff::Timestamp>)],
+    (coverage_days, coverage): (u32, f64),
 ) -> String {
     let mut metrics = Metrics::default();
     let mut family = |name: &str, help: &str, samples: Vec<(String, f64)>| metrics.family(name, help, samples);
@@ -538,6 +545,11 @@ fn metrics_text(
         vec![(String::new(), packs_read)],
     );
     family("cairn_check_errors", "Problems the last run's check found.", vec![(String::new(), check_errors as f64)]);
+    family(
+        "cairn_check_coverage_ratio",
+        "Share of packs read and found intact by check within the days of the read plan.",
+        vec![(format!("{{days=\"{coverage_days}\"}}"), coverage)],
+    );
     family(
         "cairn_run_last_timestamp_seconds",
         "When the last run started.",

@@ -102,8 +102,17 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
         }
     }
 
-    let to_read: Vec<PackId> =
-        indexed.iter().map(|p| p.id).filter(|id| stored.contains_key(id) && wanted(read_data, id)).collect();
+    let mut coverage = match read_data {
+        ReadData::None => None,
+        _ => Some(super::coverage::Coverage::load(backend, key).await?),
+    };
+    let readable: Vec<PackId> = indexed.iter().map(|p| p.id).filter(|id| stored.contains_key(id)).collect();
+    let to_read: Vec<PackId> = match (read_data, &coverage) {
+        // A percentage: the packs read longest ago (never read first).
+        (ReadData::Percent(p), Some(c)) => c.oldest(&readable, p),
+        _ => readable.iter().copied().filter(|id| wanted(read_data, id)).collect(),
+    };
+    let mut intact: Vec<PackId> = Vec::new();
     if !to_read.is_empty() {
         let total: u64 = indexed.iter().filter(|p| to_read.contains(&p.id)).map(|p| p.size).sum();
         progress.begin("reading packs", Some(total));
@@ -117,6 +126,9 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
                 Ok((bytes, problems)) => {
                     report.bytes_read += bytes;
                     progress.advance(bytes);
+                    if problems.is_empty() {
+                        intact.push(id);
+                    }
                     for (blob, problem) in problems {
                         report.errors.push(problem);
                         damaged.extend(blob);
@@ -129,6 +141,9 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
             }
         }
         progress.end();
+    }
+    if let Some(coverage) = coverage.as_mut() {
+        coverage.record(backend, key, &intact, &readable).await?;
     }
 
     let mut walk =
@@ -157,10 +172,7 @@ fn wanted(read_data: ReadData, id: &PackId) -> bool {
     match read_data {
         ReadData::None => false,
         ReadData::All => true,
-        ReadData::Percent(p) => {
-            let r = u64::from_le_bytes(crate::crypto::random_bytes()) as f64 / u64::MAX as f64;
-            r * 100.0 < p
-        }
+        ReadData::Percent(p) => p >= 100.0,
         ReadData::Part(k, n) => u32::from(id.0[0]) % n == k - 1,
     }
 }

@@ -4,6 +4,7 @@ pub mod archive;
 pub mod backup;
 pub mod check;
 pub mod copy;
+pub mod coverage;
 pub mod drill;
 pub mod forget;
 pub mod pg;

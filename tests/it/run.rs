@@ -289,3 +289,51 @@ fn drills_pass_then_catch_a_corrupted_pack() {
     assert_eq!(metric(&metrics, "cairn_drill_success", &format!("source=\"{name}\"")), 0.0);
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch space is cleaned up after a failure");
 }
+
+/// check records what it read in the repository; a percentage subset reads the packs read
+/// longest ago first, so three checks of 34 % cover every pack; stats reports the share;
+/// check and backup write valid metrics files.
+#[test]
+fn check_coverage_rotates_through_every_pack() {
+    let env = Env::new();
+    for i in 0..6u64 {
+        env.backup_stdin(&format!("s{i}"), &noise(3 << 20, 700 + i));
+    }
+    let share = |env: &Env| -> f64 {
+        let out = env.cmd().args(["--json", "--no-cache", "stats", "--coverage-days", "1"]).assert().success();
+        let stats: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        stats["coverage"]["share_read"].as_f64().unwrap()
+    };
+    assert_eq!(share(&env), 0.0);
+    let packs = env.packs().len() as f64;
+    let mut read = 0.0;
+    for round in 1..=3 {
+        let out = env
+            .cmd()
+            .args(["--json", "check", "--read-data-subset", "34%", "--metrics-file"])
+            .arg(env.path("check.prom"))
+            .assert()
+            .success();
+        let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+        read += report["packs_read"].as_f64().unwrap();
+        let covered = share(&env);
+        assert!(
+            (covered - (read / packs).min(1.0)).abs() < 1e-9,
+            "round {round}: {covered} covered, {read} of {packs} packs read: the oldest are read first"
+        );
+    }
+    assert_eq!(share(&env), 1.0, "three checks of 34 % read every pack");
+    let metrics = parse_prometheus(&std::fs::read_to_string(env.path("check.prom")).unwrap());
+    assert_eq!(metric(&metrics, "cairn_check_success", ""), 1.0);
+    assert_eq!(metric(&metrics, "cairn_check_coverage_7d_ratio", ""), 1.0);
+    let out = env
+        .cmd()
+        .args(["backup", "stdin", "--name", "m", "--metrics-file"])
+        .arg(env.path("backup.prom"))
+        .write_stdin(noise(10_000, 1))
+        .assert()
+        .success();
+    drop(out);
+    let metrics = parse_prometheus(&std::fs::read_to_string(env.path("backup.prom")).unwrap());
+    assert_eq!(metric(&metrics, "cairn_backup_logical_bytes", "name=\"m\""), 10_000.0);
+}
