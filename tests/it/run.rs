@@ -188,12 +188,12 @@ password_file = "{}/pass"
     let text = std::fs::read_to_string(&config).unwrap();
     let text = text.replace(
         "[check]",
-        "[[source]]\nname = \"db-down\"\nkind = \"command\"\ncommand = \"echo 'could not connect to server' >&2; exit 2\"\n\n[check]",
+        "[[source]]\nname = \"db-down\"\nkind = \"pg\"\ndbname = \"host=127.0.0.1 port=9 dbname=app connect_timeout=3\"\n\n[check]",
     );
     std::fs::write(&config, text).unwrap();
     let (code, report, err) = run(&env, &config);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("source db-down") && err.contains("exited with status 2"), "{err}");
+    assert!(err.contains("source db-down") && err.contains("127.0.0.1"), "the database that is down is named: {err}");
     assert!(err.contains("no-such-repository"), "{err}");
     let sources = report["sources"].as_array().unwrap();
     assert_eq!(sources.iter().filter(|s| s["status"] == "ok").count(), 5, "{report}");
