@@ -49,7 +49,7 @@ enum Command {
     /// Manage the passwords (key slots) that open the repository
     #[command(subcommand)]
     Key(key::KeyCommand),
-    /// Back up a stream or file trees
+    /// Back up a stream, file trees, a tarball, a SQLite database, PostgreSQL, or secrets
     #[command(subcommand)]
     Backup(backup::BackupCommand),
     /// List snapshots
