@@ -241,13 +241,17 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     };
     let mut report = CollectReport::default();
 
-    // Sweep. Everything read from here on is read after the fence.
+    // Sweep. Everything read from here on is read after the fence, in the order writers
+    // write in reverse: snapshots, then the index, then the packs. Whatever a listed
+    // snapshot needs was indexed before it was written, and every indexed pack was stored
+    // before its index file, so a blob missing from what is read later is real damage,
+    // not a writer caught half-way.
+    let snapshots = list_snapshots(repo).await.map_err(damage)?;
     let index = read_index(backend, key).await?;
     let stored = backend.list(keys::DATA).await?;
     let mut stored_size: HashMap<PackId, u64> =
         stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
     repo.catalog().refresh(backend, key).await?;
-    let snapshots = list_snapshots(repo).await.map_err(damage)?;
     // One walk of every snapshot: what they reference, and whether all of it is there.
     // Damage stops the run before anything is deleted: what looks unreferenced may be
     // what a damaged snapshot or index no longer shows.
