@@ -217,7 +217,7 @@ pub async fn run(ctx: &Context, args: DrillArgs) -> Outcome {
             return Err(usage(format!("no source named {name:?} in {}", path.display())));
         }
     }
-    let ctx = Context::new(super::run::config_args(&ctx.args, &config));
+    let ctx = Context { args: super::run::config_args(&ctx.args, &config), cancel: ctx.cancel.clone() };
     let repo = ctx.open().await?;
     let scratch_root = args.scratch.clone().or(config.drill.scratch.clone()).unwrap_or_else(std::env::temp_dir);
     let mut reports = Vec::new();

@@ -253,7 +253,8 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
             return Err(usage(format!("no source named {job:?} in {}", path.display())));
         }
     }
-    let ctx = Context::new(config_args(&ctx.args, &config));
+    // The same cancel flag: Ctrl-C and SIGTERM stop the run between writes.
+    let ctx = Context { args: config_args(&ctx.args, &config), cancel: ctx.cancel.clone() };
     let lock_path = config.run.lock_file.clone().unwrap_or_else(|| match ctx.cache_mode() {
         cairn::repo::CacheMode::Dir(dir) => dir.join("run.lock"),
         cairn::repo::CacheMode::Temporary => std::env::temp_dir().join("cairn-run.lock"),
