@@ -269,7 +269,11 @@ pub async fn run(ctx: &Context, args: DrillArgs) -> Outcome {
         super::run::write_atomically(metrics, drill_metrics(&reports, started).as_bytes())?;
     }
     if let Some(file) = &config.drill.report_file {
-        super::run::write_atomically(file, &serde_json::to_vec_pretty(&reports)?)?;
+        let bytes = match super::run::is_markdown(file) {
+            true => drill_markdown(&reports, started).into_bytes(),
+            false => serde_json::to_vec_pretty(&reports)?,
+        };
+        super::run::write_atomically(file, &bytes)?;
     }
     if ctx.args.json {
         print_json(&reports);
@@ -306,4 +310,32 @@ fn drill_metrics(reports: &[DrillReport], started: jiff::Timestamp) -> String {
         vec![(String::new(), started.as_second() as f64)],
     );
     m.text
+}
+
+fn drill_markdown(reports: &[DrillReport], started: jiff::Timestamp) -> String {
+    use super::run::cell;
+    let passed = reports.iter().filter(|r| r.passed).count();
+    let mut out = format!(
+        "# cairn drill, {}\n\n{passed} of {} sources restored and verified.\n\n| source | kind | result | snapshot age | restore time | restored | details |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        started.strftime("%Y-%m-%d %H:%M UTC"),
+        reports.len()
+    );
+    for r in reports {
+        let age = r.rpo_seconds.map(|s| format!("{:.1} h", s / 3600.0)).unwrap_or_else(|| "-".into());
+        let result = if r.passed {
+            "passed".to_string()
+        } else {
+            format!("**FAILED**: {}", cell(r.error.as_deref().unwrap_or("")))
+        };
+        out.push_str(&format!(
+            "| {} | {} | {} | {age} | {:.1} s | {} | {} |\n",
+            cell(&r.source),
+            r.kind,
+            result,
+            r.rto_seconds,
+            super::output::bytes(r.bytes),
+            cell(&r.details.join("; "))
+        ));
+    }
+    out
 }

@@ -393,7 +393,11 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
         write_atomically(metrics, metrics_text(&report, &stats, &last_success, coverage).as_bytes())?;
     }
     if let Some(file) = &config.run.report_file {
-        write_atomically(file, &serde_json::to_vec_pretty(&report)?)?;
+        let bytes = match is_markdown(file) {
+            true => run_markdown(&report).into_bytes(),
+            false => serde_json::to_vec_pretty(&report)?,
+        };
+        write_atomically(file, &bytes)?;
     }
     if ctx.args.json {
         print_json(&report);
@@ -569,4 +573,45 @@ pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> 
     std::fs::write(&tmp, bytes).map_err(|e| cairn::Error::io("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| cairn::Error::io("rename into place", path, e))?;
     Ok(())
+}
+
+/// A report file named `*.md` is written as Markdown, for people; any other as JSON.
+pub(super) fn is_markdown(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "md" || e == "markdown")
+}
+
+/// A table cell: no line breaks, no column separators.
+pub(super) fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+fn run_markdown(report: &RunReport) -> String {
+    use super::output::bytes;
+    let mut out = format!(
+        "# cairn run, {}\n\nExit code **{}** after {:.1} s ({}).\n\n| source | kind | status | read | added | forgotten | note |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        report.started.strftime("%Y-%m-%d %H:%M UTC"),
+        report.exit_code,
+        report.duration_seconds,
+        cell(&report.config)
+    );
+    for s in &report.sources {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            cell(&s.name),
+            s.kind,
+            s.status,
+            bytes(s.logical_bytes),
+            bytes(s.added_bytes),
+            s.forgotten,
+            cell(s.error.as_deref().unwrap_or(&s.warnings.join("; ")))
+        ));
+    }
+    let step = |s: &StepReport| {
+        format!("{}{}", s.status, s.error.as_deref().map(|e| format!(": {}", cell(e))).unwrap_or_default())
+    };
+    out.push_str(&format!("\n- prune: {}\n- check: {}\n", step(&report.prune), step(&report.check)));
+    for (url, s) in &report.offsite {
+        out.push_str(&format!("- offsite {}: {}\n", cell(url), step(s)));
+    }
+    out
 }

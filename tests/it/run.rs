@@ -240,7 +240,8 @@ fn a_second_run_exits_11_and_bad_configs_name_the_line() {
 #[test]
 fn drills_pass_then_catch_a_corrupted_pack() {
     let env = Env::new();
-    let config = setup(&env, "");
+    let d = env.dir.path().display().to_string();
+    let config = setup(&env, &format!("report_file = \"{d}/run.md\"\n\n[drill]\nreport_file = \"{d}/drill.md\"\n"));
     let (code, _, err) = run(&env, &config);
     assert_eq!(code, 0, "{err}");
     let scratch = env.path("scratch");
@@ -272,6 +273,11 @@ fn drills_pass_then_catch_a_corrupted_pack() {
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch space is cleaned up");
     let metrics = crate::run::parse_prometheus(&std::fs::read_to_string(env.path("drill.prom")).unwrap());
     assert_eq!(metric(&metrics, "cairn_drill_success", "source=\"quota\""), 1.0);
+    // The Markdown reports, for people.
+    let run_md = std::fs::read_to_string(env.path("run.md")).unwrap();
+    assert!(run_md.contains("| config | files | ok |") && run_md.contains("Exit code **0**"), "{run_md}");
+    let drill_md = std::fs::read_to_string(env.path("drill.md")).unwrap();
+    assert!(drill_md.contains("5 of 5 sources") && drill_md.contains("| quota | sqlite | passed |"), "{drill_md}");
 
     // Corrupt the largest pack (the config tree's data) in its middle.
     let pack = env.packs().into_iter().max_by_key(|p| std::fs::metadata(p).unwrap().len()).unwrap();
@@ -288,6 +294,7 @@ fn drills_pass_then_catch_a_corrupted_pack() {
     let name = failed[0]["source"].as_str().unwrap();
     assert_eq!(metric(&metrics, "cairn_drill_success", &format!("source=\"{name}\"")), 0.0);
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0, "scratch space is cleaned up after a failure");
+    assert!(std::fs::read_to_string(env.path("drill.md")).unwrap().contains("**FAILED**"));
 }
 
 /// check records what it read in the repository; a percentage subset reads the packs read
