@@ -456,12 +456,15 @@ pub async fn restore_secrets(
             }
             let path = target.join(std::ffi::OsStr::from_bytes(&rel));
             if let Some(parent) = path.parent() {
-                create_private_dirs(target, parent)?;
+                create_missing_dirs(parent)?;
             }
             let header = entry.header().clone();
             match header.entry_type() {
                 tar::EntryType::Directory => {
-                    create_private_dirs(target, &path)?;
+                    use std::os::unix::fs::PermissionsExt;
+                    create_missing_dirs(&path)?;
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| Error::io("set mode 0700 on", &path, e))?;
                     stats.dirs += 1;
                 }
                 tar::EntryType::Symlink => {
@@ -504,20 +507,12 @@ pub async fn restore_secrets(
     Ok(stats)
 }
 
-/// Create `dir` and its missing parents below `top` with mode 0700.
-fn create_private_dirs(top: &Path, dir: &Path) -> Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("create", dir, e))?;
-    let mut at = dir;
-    while at.starts_with(top) && at != top {
-        std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io("set mode 0700 on", at, e))?;
-        at = match at.parent() {
-            Some(p) => p,
-            None => break,
-        };
-    }
-    Ok(())
+/// Create `dir` and whatever of its parents is missing, each new one with mode 0700.
+/// Directories that already exist are left as they are (restoring into `/` must not
+/// change `/etc`); the archive's own directories are set to 0700 by the caller.
+fn create_missing_dirs(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("create", dir, e))
 }
 
 /// Write a file that is 0600 from its first byte (through a temporary name beside it).

@@ -147,6 +147,7 @@ async fn drill_one(
                 .map(str::to_string)
                 .unwrap_or_else(|| source.wal_source.clone().unwrap_or_else(|| source.name.clone()));
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            cairn::ops::pg::lend_to_server(scratch)?;
             let pgdata = scratch.join("pgdata");
             let options = cairn::ops::pg::PitrOptions {
                 pgdata: pgdata.clone(),

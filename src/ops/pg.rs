@@ -800,6 +800,15 @@ fn server_user() -> Result<Option<u32>> {
         })
 }
 
+/// Let the server user (when we are root) reach a data directory that will be created
+/// inside `dir`, a private scratch directory that holds nothing else.
+pub fn lend_to_server(dir: &std::path::Path) -> Result<()> {
+    if let Some(uid) = server_user()? {
+        std::os::unix::fs::chown(dir, Some(uid), None).map_err(|e| Error::io("chown", dir, e))?;
+    }
+    Ok(())
+}
+
 /// A PostgreSQL cluster in a scratch directory for restore drills: its socket in its
 /// data directory, no TCP, stopped (fast) when dropped.
 pub struct ScratchCluster {
@@ -816,6 +825,9 @@ impl ScratchCluster {
         let uid = user.unwrap_or(0);
         std::fs::create_dir_all(pgdata).map_err(|e| Error::io("create", pgdata, e))?;
         if let Some(uid) = user {
+            if let Some(parent) = pgdata.parent() {
+                lend_to_server(parent)?;
+            }
             std::os::unix::fs::chown(pgdata, Some(uid), None).map_err(|e| Error::io("chown", pgdata, e))?;
         }
         let out = as_owner(uid, &pg_bin("initdb"))

@@ -128,7 +128,13 @@ impl Scratch {
     pub fn new(parent: &Path, what: &str) -> Result<Self> {
         let name = format!("cairn-{what}-{}-{}", std::process::id(), hex::encode(crate::crypto::random_bytes::<6>()));
         let dir = parent.join(name);
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create scratch directory", &dir, e))?;
+        std::fs::create_dir_all(parent).map_err(|e| Error::io("create scratch directory", parent, e))?;
+        // Private: restored databases and secrets pass through it.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Error::io("create scratch directory", &dir, e))?;
         Ok(Scratch(dir))
     }
     pub fn path(&self) -> &Path {

@@ -93,6 +93,15 @@ fn secrets_are_sealed_private_and_restored_0600_0700() {
     for dir in ["ssh", "tls", "tls/private"] {
         assert_eq!(mode(&inside.join(dir)), 0o700, "{dir}");
     }
+    // Directories that were already there keep their modes (a restore into / must not
+    // make /etc private); the archive's own directories are 0700.
+    let existing = env.path("over");
+    let first = src.strip_prefix("/").unwrap().components().next().unwrap();
+    std::fs::create_dir_all(existing.join(first)).unwrap();
+    std::fs::set_permissions(existing.join(first), std::fs::Permissions::from_mode(0o755)).unwrap();
+    with_secrets(&env).args(["restore", &id, "--to"]).arg(&existing).assert().success();
+    assert_eq!(mode(&existing.join(first)), 0o755, "an existing parent kept its mode");
+    assert_eq!(mode(&existing.join(src.strip_prefix("/").unwrap()).join("ssh")), 0o700);
     // --include narrows it.
     let one = env.path("one");
     with_secrets(&env)
