@@ -22,7 +22,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, SnapshotId};
 use crate::object;
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
-use crate::ops::restore::{includes, selected, ChannelReader, RestoreStats};
+use crate::ops::restore::{consume_stream, includes, place_symlink, selected, ChannelReader, RestoreStats};
 use crate::ops::Cancel;
 use crate::progress::Progress;
 use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
@@ -377,42 +377,21 @@ async fn open_archive(
     mut each: impl FnMut(&mut tar::Archive<&mut dyn Read>) -> Result<()> + Send,
 ) -> Result<()> {
     let content = snapshot.content.clone().ok_or_else(|| Error::corrupt("secrets snapshot has no content"))?;
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-            let reader = scope.spawn(move || -> Result<()> {
-                let io = |e: std::io::Error| Error::new(ErrorKind::Corrupt, e.to_string());
-                let mut opened = OpenReader::new(secrets, ChannelReader::new(rx)).map_err(io)?;
-                let result = {
-                    let dyn_reader: &mut dyn Read = &mut opened;
-                    let mut archive = tar::Archive::new(dyn_reader);
-                    each(&mut archive)
-                };
-                result?;
-                // Every frame up to the marked last one must be there and authentic.
-                std::io::copy(&mut opened, &mut std::io::sink()).map_err(io)?;
-                if !opened.done {
-                    return Err(Error::corrupt("sealed secrets archive ends before its last frame"));
-                }
-                Ok(())
-            });
-            let fed = handle.block_on(async {
-                use futures::TryStreamExt;
-                let mut blobs = std::pin::pin!(crate::repo::load::read_content(repo, &content));
-                while let Some(blob) = blobs.try_next().await? {
-                    if tx.send(blob).is_err() {
-                        break;
-                    }
-                }
-                Ok::<_, Error>(())
-            });
-            drop(tx);
-            let opened = reader.join().unwrap_or_else(|_| Err(Error::corrupt("the secrets reader panicked")));
-            fed?;
-            opened
-        })
+    consume_stream(repo, &content, move |sealed| {
+        let io = |e: std::io::Error| Error::new(ErrorKind::Corrupt, e.to_string());
+        let mut opened = OpenReader::new(secrets, sealed).map_err(io)?;
+        {
+            let dyn_reader: &mut dyn Read = &mut opened;
+            each(&mut tar::Archive::new(dyn_reader))?;
+        }
+        // Every frame up to the marked last one must be there and authentic.
+        std::io::copy(&mut opened, &mut std::io::sink()).map_err(io)?;
+        if !opened.done {
+            return Err(Error::corrupt("sealed secrets archive ends before its last frame"));
+        }
+        Ok(())
     })
+    .await
 }
 
 fn locked(id: &SnapshotId) -> Error {
@@ -469,19 +448,9 @@ pub async fn restore_secrets(
                 }
                 tar::EntryType::Symlink => {
                     let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
-                    if crate::ops::archive::link_escapes(&rel, &link) {
-                        stats.warnings.push(format!(
-                            "{}: symlink to {:?} points outside {}; not created",
-                            path.display(),
-                            String::from_utf8_lossy(&link),
-                            target.display()
-                        ));
+                    if !place_symlink(&path, &rel, &link, target, true, &mut stats)? {
                         continue;
                     }
-                    let _ = std::fs::remove_file(&path);
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &path)
-                        .map_err(|e| Error::io("create symlink", &path, e))?;
-                    stats.symlinks += 1;
                 }
                 t if t.is_file() => {
                     write_private(&path, &mut entry)?;

@@ -6,17 +6,15 @@
 //! records and takes each member's metadata and content from the tree node at its
 //! normalised path; hard links become hard-link members again.
 
-use super::restore::{includes, restore_stream, selected, RestoreOptions, RestoreStats};
-use crate::error::{Error, ErrorKind, Result};
+use super::restore::{
+    consume_stream, includes, node_header, restore_stream, selected, tar_error, RestoreOptions, RestoreStats,
+};
+use crate::error::{Error, Result};
 use crate::repo::Repository;
 use crate::snapshot::{Content, Node, NodeKind, SnapshotFile, Tree};
 use crate::source::tar::{normalise, MemberRecord};
 use std::collections::HashMap;
 use std::io::Write;
-
-fn tar_err(e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("cannot write the tar stream: {e}"))
-}
 
 /// The trees of a snapshot by directory path, loaded as members need them.
 struct Trees<'a> {
@@ -86,12 +84,7 @@ fn append_raw<W: Write>(
 }
 
 fn header_for(node: &Node, record: &MemberRecord) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(node.mode);
-    header.set_uid(node.uid.into());
-    header.set_gid(node.gid.into());
-    header.set_mtime(node.mtime.div_euclid(1_000_000_000).max(0) as u64);
-    header.set_size(0);
+    let mut header = node_header(node);
     header.set_entry_type(tar::EntryType::new(record.kind));
     if let Some(gnu) = header.as_gnu_mut() {
         let n = record.uname.len().min(31);
@@ -135,7 +128,7 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
                 tokio::task::block_in_place(|| {
                     append_raw(&mut builder, &mut header, &record.name, None, std::io::empty())
                 })
-                .map_err(tar_err)?;
+                .map_err(tar_error)?;
                 stats.dirs += 1;
             }
             continue;
@@ -148,45 +141,34 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
         })?;
         let mut header = header_for(&node, &record);
         let (name, kind) = (&record.name, tar::EntryType::new(record.kind));
-        let appended = if kind == tar::EntryType::Link {
-            tokio::task::block_in_place(|| {
-                append_raw(&mut builder, &mut header, name, Some(&record.link), std::io::empty())
+        if kind != tar::EntryType::Link && node.kind == NodeKind::File {
+            header.set_size(node.size);
+            stats.files += 1;
+            stats.bytes += node.size;
+            // Streamed through a bounded channel: a member of any size fits.
+            let content = node.content.clone().unwrap_or_default();
+            consume_stream(repo, &content, |reader| {
+                append_raw(&mut builder, &mut header, name, None, reader).map_err(tar_error)
             })
-        } else {
-            match node.kind {
-                NodeKind::File => {
-                    header.set_size(node.size);
-                    let mut data = Vec::with_capacity(node.size.min(64 << 20) as usize);
-                    restore_stream(
-                        repo,
-                        &node.content.clone().unwrap_or_default(),
-                        &mut data,
-                        &crate::progress::Silent,
-                    )
-                    .await?;
-                    stats.files += 1;
-                    stats.bytes += node.size;
-                    tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, &data[..]))
-                }
-                NodeKind::Symlink => {
-                    stats.symlinks += 1;
-                    let target = node.target_bytes().unwrap_or_default();
-                    tokio::task::block_in_place(|| {
-                        append_raw(&mut builder, &mut header, name, Some(&target), std::io::empty())
-                    })
-                }
-                NodeKind::Dir => {
-                    stats.dirs += 1;
-                    tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, std::io::empty()))
-                }
-                _ => {
-                    tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, None, std::io::empty()))
-                }
+            .await?;
+            continue;
+        }
+        let link = match (kind == tar::EntryType::Link, node.kind) {
+            (true, _) => Some(record.link.clone()),
+            (false, NodeKind::Symlink) => {
+                stats.symlinks += 1;
+                Some(node.target_bytes().unwrap_or_default())
             }
+            (false, NodeKind::Dir) => {
+                stats.dirs += 1;
+                None
+            }
+            _ => None,
         };
-        appended.map_err(tar_err)?;
+        tokio::task::block_in_place(|| append_raw(&mut builder, &mut header, name, link.as_deref(), std::io::empty()))
+            .map_err(tar_error)?;
     }
-    tokio::task::block_in_place(|| builder.into_inner().and_then(|mut w| w.flush())).map_err(tar_err)?;
+    tokio::task::block_in_place(|| builder.into_inner().and_then(|mut w| w.flush())).map_err(tar_error)?;
     Ok(stats)
 }
 

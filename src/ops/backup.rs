@@ -144,14 +144,35 @@ pub async fn backup_command(
 /// it in messages (its stderr goes to ours, so its own message is shown too).
 pub async fn backup_process(
     repo: &Repository,
-    mut command: Command,
+    command: Command,
     what: &str,
     options: &BackupOptions,
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
     let params = repo.config().chunker;
-    run(repo, options, None, |saver, _, _| {
+    run_process(repo, command, what, options, |saver, stdout, _, _| {
+        progress.begin("reading", None);
+        let stored = stream::store_stream(saver, stdout, params, cancel, progress);
+        progress.end();
+        Ok(Root::Content(stored?))
+    })
+    .await
+}
+
+/// Run a process and store its stdout with `store`; commit only if `store` succeeds and
+/// the process exits 0 (it is killed if `store` fails).
+async fn run_process<F>(
+    repo: &Repository,
+    mut command: Command,
+    what: &str,
+    options: &BackupOptions,
+    store: F,
+) -> Result<BackupResult>
+where
+    F: FnOnce(&Saver, std::process::ChildStdout, &mut SnapshotStats, &mut Vec<String>) -> Result<Root>,
+{
+    run(repo, options, None, |saver, stats, warnings| {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -159,14 +180,12 @@ pub async fn backup_process(
             .spawn()
             .map_err(|e| Error::source(format!("cannot run {what}: {e}")))?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        progress.begin("reading", None);
-        let stored = stream::store_stream(saver, stdout, params, cancel, progress);
-        progress.end();
+        let stored = store(saver, stdout, stats, warnings);
         if stored.is_err() {
             let _ = child.kill();
         }
         let status = child.wait().map_err(|e| Error::source(format!("cannot wait for {what}: {e}")))?;
-        let content = stored?;
+        let root = stored?;
         if !status.success() {
             let how = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
                 (Some(code), _) => format!("exited with status {code}"),
@@ -175,7 +194,7 @@ pub async fn backup_process(
             };
             return Err(Error::source(format!("{what} {how}; no snapshot was written")));
         }
-        Ok(Root::Content(content))
+        Ok(root)
     })
     .await
 }
@@ -213,21 +232,8 @@ pub async fn backup_tar<R: Read + Send>(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    use crate::source::tar::{import_any, ImportOptions};
-    let params = repo.config().chunker;
     run(repo, options, None, |saver, stats, warnings| {
-        progress.begin("reading tar", None);
-        let import = ImportOptions { record_members: true, skip_unsafe: true, ..Default::default() };
-        let (imported, compression) = import_any(saver, reader, params, &import, cancel, progress, stats)?;
-        progress.end();
-        warnings.extend(imported.warnings);
-        let members = stream::store_stream(saver, &imported.members[..], params, cancel, progress)?;
-        let meta = BTreeMap::from([
-            ("compression".to_string(), serde_json::json!(compression.name())),
-            ("tar_bytes".to_string(), serde_json::json!(imported.end_of_last)),
-            ("tar_top".to_string(), serde_json::to_value(&imported.top).expect("nodes serialize")),
-        ]);
-        Ok(Root::TreeAndContent(imported.root, members, meta))
+        store_archive(saver, reader, repo.config().chunker, cancel, progress, stats, warnings)
     })
     .await
 }
@@ -241,37 +247,36 @@ pub async fn backup_tar_command(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    use crate::source::tar::{import_any, ImportOptions};
-    let params = repo.config().chunker;
-    let what = format!("producer `{command}`");
-    run(repo, options, None, |saver, stats, warnings| {
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| Error::source(format!("cannot run {what}: {e}")))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let import = ImportOptions { record_members: true, skip_unsafe: true, ..Default::default() };
-        let imported = import_any(saver, stdout, params, &import, cancel, progress, stats);
-        if imported.is_err() {
-            let _ = child.kill();
-        }
-        let status = child.wait().map_err(|e| Error::source(format!("cannot wait for {what}: {e}")))?;
-        if !status.success() {
-            return Err(Error::source(format!("{what} exited with {status}; no snapshot was written")));
-        }
-        let (imported, compression) = imported?;
-        warnings.extend(imported.warnings);
-        let members = stream::store_stream(saver, &imported.members[..], params, cancel, progress)?;
-        let meta = BTreeMap::from([
-            ("compression".to_string(), serde_json::json!(compression.name())),
-            ("tar_bytes".to_string(), serde_json::json!(imported.end_of_last)),
-            ("tar_top".to_string(), serde_json::to_value(&imported.top).expect("nodes serialize")),
-        ]);
-        Ok(Root::TreeAndContent(imported.root, members, meta))
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command);
+    run_process(repo, cmd, &format!("producer `{command}`"), options, |saver, stdout, stats, warnings| {
+        store_archive(saver, stdout, repo.config().chunker, cancel, progress, stats, warnings)
     })
     .await
+}
+
+/// Import a tar stream and store its member list beside the tree.
+fn store_archive(
+    saver: &Saver,
+    reader: impl Read,
+    params: crate::chunker::ChunkerParams,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+    stats: &mut SnapshotStats,
+    warnings: &mut Vec<String>,
+) -> Result<Root> {
+    use crate::source::tar::{import_any, ImportOptions};
+    progress.begin("reading tar", None);
+    let import = ImportOptions { record_members: true, skip_unsafe: true, ..Default::default() };
+    let imported = import_any(saver, reader, params, &import, cancel, progress, stats);
+    progress.end();
+    let (imported, compression) = imported?;
+    warnings.extend(imported.warnings);
+    let members = stream::store_stream(saver, &imported.members[..], params, cancel, progress)?;
+    let meta = BTreeMap::from([
+        ("compression".to_string(), serde_json::json!(compression.name())),
+        ("tar_bytes".to_string(), serde_json::json!(imported.end_of_last)),
+        ("tar_top".to_string(), serde_json::to_value(&imported.top).expect("nodes serialize")),
+    ]);
+    Ok(Root::TreeAndContent(imported.root, members, meta))
 }

@@ -186,21 +186,10 @@ pub async fn restore_tree_to_dir(
                     plan.metadata.push((path, node));
                 }
                 NodeKind::Symlink => {
-                    let target_bytes = node.target_bytes().unwrap_or_default();
-                    if options.confine_links && super::archive::link_escapes(&rel_path, &target_bytes) {
-                        stats.warnings.push(format!(
-                            "{}: symlink to {:?} points outside {}; not created",
-                            path.display(),
-                            String::from_utf8_lossy(&target_bytes),
-                            target.display()
-                        ));
-                        continue;
+                    let link = node.target_bytes().unwrap_or_default();
+                    if place_symlink(&path, &rel_path, &link, target, options.confine_links, &mut stats)? {
+                        plan.metadata.push((path, node));
                     }
-                    let _ = std::fs::remove_file(&path);
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target_bytes), &path)
-                        .map_err(|e| Error::io("create symlink", &path, e))?;
-                    stats.symlinks += 1;
-                    plan.metadata.push((path, node));
                 }
                 other => stats.warnings.push(format!("{}: {other:?} nodes are not restored", path.display())),
             }
@@ -370,8 +359,6 @@ pub async fn restore_tree_to_tar<W: Write + Send>(
     let mut builder = tar::Builder::new(out);
     let mut stats = RestoreStats::default();
     let includes = includes(options);
-    let tar_err =
-        |e: std::io::Error| Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}"));
     // Depth-first, in stored (name) order: directories precede their contents.
     let mut stack: Vec<(std::vec::IntoIter<Node>, Vec<u8>)> =
         vec![(repo.load_tree(root).await?.nodes.into_iter(), Vec::new())];
@@ -387,19 +374,14 @@ pub async fn restore_tree_to_tar<W: Write + Send>(
         if !descend {
             continue;
         }
-        let mut header = tar::Header::new_gnu();
-        header.set_mode(node.mode);
-        header.set_uid(node.uid.into());
-        header.set_gid(node.gid.into());
-        header.set_mtime(node.mtime.div_euclid(1_000_000_000).max(0) as u64);
-        header.set_size(0);
+        let mut header = node_header(&node);
         let path = std::ffi::OsStr::from_bytes(&rel_path);
         match node.kind {
             NodeKind::Dir => {
                 if restore {
                     header.set_entry_type(tar::EntryType::Directory);
                     tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), std::io::empty()))
-                        .map_err(tar_err)?;
+                        .map_err(tar_error)?;
                     stats.dirs += 1;
                 }
                 let subtree =
@@ -416,9 +398,13 @@ pub async fn restore_tree_to_tar<W: Write + Send>(
                 if node.size <= 64 << 20 {
                     restore_stream(repo, &content, &mut data, &crate::progress::Silent).await?;
                     tokio::task::block_in_place(|| builder.append_data(&mut header, Path::new(path), &data[..]))
-                        .map_err(tar_err)?;
+                        .map_err(tar_error)?;
                 } else {
-                    append_large(repo, &content, &mut builder, &mut header, Path::new(path)).await?;
+                    let path = Path::new(path);
+                    consume_stream(repo, &content, |reader| {
+                        builder.append_data(&mut header, path, reader).map_err(tar_error)
+                    })
+                    .await?;
                 }
                 stats.files += 1;
                 stats.bytes += node.size;
@@ -429,31 +415,29 @@ pub async fn restore_tree_to_tar<W: Write + Send>(
                 tokio::task::block_in_place(|| {
                     builder.append_link(&mut header, Path::new(path), std::ffi::OsStr::from_bytes(&target))
                 })
-                .map_err(tar_err)?;
+                .map_err(tar_error)?;
                 stats.symlinks += 1;
             }
             other => stats.warnings.push(format!("{}: {other:?} nodes are not written to tar", node.name)),
         }
     }
-    tokio::task::block_in_place(|| builder.into_inner().and_then(|mut w| w.flush())).map_err(tar_err)?;
+    tokio::task::block_in_place(|| builder.into_inner().and_then(|mut w| w.flush())).map_err(tar_error)?;
     Ok(stats)
 }
 
-/// Append a large file: a scoped thread writes the tar entry from a bounded channel while
-/// this thread fetches blobs into it, so memory stays bounded by the channel.
-async fn append_large<W: Write + Send>(
+/// Hand a stream's bytes, in order, to `consume` as a reader running on a scoped thread,
+/// while this thread fetches blobs into a bounded channel: memory stays bounded by the
+/// channel, whatever the stream's size. A fetch error wins over what `consume` reports.
+pub(crate) async fn consume_stream<T: Send>(
     repo: &Repository,
     content: &Content,
-    builder: &mut tar::Builder<W>,
-    header: &mut tar::Header,
-    path: &Path,
-) -> Result<()> {
+    consume: impl FnOnce(ChannelReader) -> Result<T> + Send,
+) -> Result<T> {
     let handle = tokio::runtime::Handle::current();
     tokio::task::block_in_place(|| {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
-            let writer =
-                scope.spawn(move || builder.append_data(header, path, ChannelReader { rx, buf: Vec::new(), pos: 0 }));
+            let consumer = scope.spawn(move || consume(ChannelReader::new(rx)));
             let fed = handle.block_on(async {
                 let mut blobs = std::pin::pin!(read_content(repo, content));
                 while let Some(blob) = blobs.try_next().await? {
@@ -464,11 +448,53 @@ async fn append_large<W: Write + Send>(
                 Ok::<_, Error>(())
             });
             drop(tx);
-            let appended = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("tar writer panicked")));
+            let consumed = consumer.join().unwrap_or_else(|_| Err(Error::backend("a stream consumer panicked")));
             fed?;
-            appended.map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}")))
+            consumed
         })
     })
+}
+
+/// Create the symlink `path` (at `rel` inside `target`) pointing at `link`. With
+/// `confine`, a link that leads outside `target` is not created but warned about.
+/// Returns whether it was created.
+pub(crate) fn place_symlink(
+    path: &Path,
+    rel: &[u8],
+    link: &[u8],
+    target: &Path,
+    confine: bool,
+    stats: &mut RestoreStats,
+) -> Result<bool> {
+    if confine && super::archive::link_escapes(rel, link) {
+        stats.warnings.push(format!(
+            "{}: symlink to {:?} points outside {}; not created",
+            path.display(),
+            String::from_utf8_lossy(link),
+            target.display()
+        ));
+        return Ok(false);
+    }
+    let _ = std::fs::remove_file(path);
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), path)
+        .map_err(|e| Error::io("create symlink", path, e))?;
+    stats.symlinks += 1;
+    Ok(true)
+}
+
+/// A tar header with a node's mode, owner and mtime (size 0, type unset).
+pub(crate) fn node_header(node: &Node) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(node.mode);
+    header.set_uid(node.uid.into());
+    header.set_gid(node.gid.into());
+    header.set_mtime(node.mtime.div_euclid(1_000_000_000).max(0) as u64);
+    header.set_size(0);
+    header
+}
+
+pub(crate) fn tar_error(e: std::io::Error) -> Error {
+    Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}"))
 }
 
 /// Bytes handed from one thread to another through a bounded channel.

@@ -160,6 +160,33 @@ fn tar_output_lists_every_member() {
     assert_eq!(out.get_output().stdout, std::fs::read(&tar_path).unwrap());
 }
 
+/// A file over 64 MiB is streamed into the tar through a bounded channel, not buffered;
+/// it comes out whole, before and after a smaller neighbour.
+#[test]
+fn tar_output_streams_a_file_over_64_mib() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let big = noise(65 << 20 | 12345, 31);
+    std::fs::write(src.join("a-big.bin"), &big).unwrap();
+    std::fs::write(src.join("b-small.txt"), "after\n").unwrap();
+    env.cmd().args(["backup", "files", "--name", "t"]).arg(&src).assert().success();
+    let out = env.cmd().args(["restore", "latest", "--tar", "-"]).assert().success();
+    let mut archive = tar::Archive::new(&out.get_output().stdout[..]);
+    let mut files = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            files.push(data);
+        }
+    }
+    assert_eq!(files.len(), 2);
+    assert!(files[0] == big, "the large file comes out whole");
+    assert_eq!(files[1], b"after\n");
+}
+
 /// `/` itself is a valid path: its tree becomes the snapshot's root (it was once empty).
 #[test]
 fn backing_up_the_root_directory() {
