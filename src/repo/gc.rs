@@ -353,14 +353,12 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         stored_size.remove(pack);
     }
     homes.assign(&index, &stored_size);
-    let mut repacked: HashSet<PackId> = HashSet::new();
     if let Some(max_unused) = options.max_unused {
         let chosen = homes.repack_candidates(&index, max_unused, options.max_repack);
         report.repacked_packs = chosen.len() as u64;
         report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
         if !dry_run && !chosen.is_empty() {
             report.repack_added_bytes = repack(repo, &chosen, &homes).await?;
-            repacked.extend(chosen.iter().map(|p| p.id));
             index = read_index(backend, key).await?;
             let stored = backend.list(keys::DATA).await?;
             stored_size =
@@ -390,11 +388,11 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         }
     }
     // Marked: unreferenced at the previous mark too. The rest is watched until the next.
-    // Packs repacked in this run are old data whose live blobs now have homes elsewhere:
-    // they are marked at once (the second sighting protects fresh packs of running
-    // writers, which these are not; safety never depends on it).
+    // Repacked packs wait for a second sighting like any other: a pack partly referenced
+    // may also hold a running writer's fresh blobs, and marking it at once made writers
+    // fail (cleanly, but a failed backup costs more than a slower prune).
     let (candidates, watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
-        unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p) || repacked.contains(p));
+        unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
     let mut marked_bytes = 0;
     // Doomed: blobs of marked packs that no kept pack also holds.
     let mut doomed: HashSet<BlobId> = HashSet::new();
