@@ -18,21 +18,38 @@ use crate::pack::{BlobKind, PackEntry};
 use crate::snapshot::SnapshotFile;
 use futures::{StreamExt, TryStreamExt};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-const SCHEMA_VERSION: i64 = 1;
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+const SCHEMA_VERSION: i64 = 2;
+/// Tables the index fills; dropped and made again when the catalog rebuilds.
+const INDEX_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS packs (
     rowid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, salt BLOB NOT NULL, size INTEGER NOT NULL, kind INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pack_files (pack INTEGER NOT NULL, file BLOB NOT NULL, PRIMARY KEY (pack, file)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blobs (
-    id BLOB PRIMARY KEY, kind INTEGER NOT NULL, pack INTEGER NOT NULL, offset INTEGER NOT NULL,
-    length INTEGER NOT NULL, raw_length INTEGER NOT NULL) WITHOUT ROWID;
+    id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, raw_length INTEGER NOT NULL, PRIMARY KEY (id, pack)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs (pack, offset);
+";
+const OTHER_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, json TEXT NOT NULL);
 ";
+const DROP_INDEX_TABLES: &str =
+    "DROP TABLE IF EXISTS index_files; DROP TABLE IF EXISTS packs; DROP TABLE IF EXISTS pack_files; DROP TABLE IF EXISTS blobs;";
+/// Index rows are staged here (appended, unsorted), then moved into `blobs` in key order:
+/// a million random-key inserts into a B-tree cost several times one sorted insert.
+const STAGING: &str = "
+CREATE TEMP TABLE IF NOT EXISTS staged_blobs (
+    id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
+    length INTEGER NOT NULL, raw_length INTEGER NOT NULL);
+";
+/// From this many staged rows on, the pack index is dropped and built again after the
+/// insert (one sort) rather than updated row by row.
+const BULK_ROWS: i64 = 100_000;
 
 /// Where a blob is stored.
 #[derive(Debug, Clone, Copy)]
@@ -85,13 +102,17 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version != SCHEMA_VERSION {
-            conn.execute_batch(
-                "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS index_files; DROP TABLE IF EXISTS packs;
-                 DROP TABLE IF EXISTS blobs; DROP TABLE IF EXISTS snapshots;",
-            )?;
-            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(DROP_INDEX_TABLES)?;
+            conn.execute_batch("DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshots;")?;
+            conn.execute_batch(INDEX_SCHEMA)?;
+            conn.execute_batch(OTHER_SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
+        // Temporary tables (staging, and a removal run's sets) and sorts spill to files,
+        // never to RAM; 16 MiB of page cache keeps sorted scans fast.
+        conn.pragma_update(None, "temp_store", "FILE")?;
+        conn.pragma_update(None, "cache_size", -16384)?;
+        conn.execute_batch(STAGING)?;
         Ok(Catalog { conn: Mutex::new(conn), excluded: Default::default() })
     }
 
@@ -121,10 +142,13 @@ impl Catalog {
         let listed = listed_ids(backend, keys::INDEX, IndexId::from_hex).await?;
         let mut known = self.known_ids::<IndexId>("SELECT id FROM index_files")?;
         if !known.is_subset(&listed) {
-            // An index file went away (prune consolidated it): start over.
-            self.conn().execute_batch("DELETE FROM index_files; DELETE FROM blobs; DELETE FROM packs;")?;
+            // An index file went away (a prune elsewhere rewrote it): start over.
+            let conn = self.conn();
+            conn.execute_batch(DROP_INDEX_TABLES)?;
+            conn.execute_batch(INDEX_SCHEMA)?;
             known.clear();
         }
+        self.conn().execute_batch("DELETE FROM staged_blobs")?;
         let missing: Vec<IndexId> = listed.difference(&known).copied().collect();
         let mut loaded = futures::stream::iter(missing)
             .map(|id| async move {
@@ -133,10 +157,20 @@ impl Catalog {
                 let plain = object::open(key, object::INDEX_MAGIC, &name, &bytes)?;
                 Ok::<_, Error>((id, IndexFile::decode(&plain).map_err(|e| e.context(&name))?))
             })
-            .buffer_unordered(8);
+            .buffer_unordered(4);
+        // Staged file by file, then merged into `blobs` in key order in one go.
+        let mut staged = Vec::new();
         while let Some((id, file)) = loaded.try_next().await? {
-            self.add_index(&id, &file)?;
+            let mut conn = self.conn();
+            let tx = conn.transaction()?;
+            stage_index(&tx, &id, &file)?;
+            tx.commit()?;
+            staged.push(id);
         }
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        merge_staged(&tx, &staged)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -148,35 +182,14 @@ impl Catalog {
         Ok(ids)
     }
 
-    /// Record an index file's contents (after reading it, or after writing it). A blob
-    /// stored twice is placed in the pack recorded last: a writer's own fresh copy wins.
+    /// Record an index file's contents (after reading it, or after writing it). Every copy
+    /// of a blob is recorded; lookups prefer the copy recorded last, so a writer's own
+    /// fresh copy wins.
     pub fn add_index(&self, id: &IndexId, file: &IndexFile) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        {
-            let mut add_pack =
-                tx.prepare_cached("INSERT OR IGNORE INTO packs (id, salt, size, kind) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut pack_row = tx.prepare_cached("SELECT rowid FROM packs WHERE id = ?1")?;
-            let mut add_blob = tx.prepare_cached(
-                "INSERT OR REPLACE INTO blobs (id, kind, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for pack in &file.packs {
-                let kind = pack.blobs.first().map_or(0, |b| b.kind as u8);
-                add_pack.execute(params![&pack.id.0[..], &pack.salt[..], pack.size as i64, kind])?;
-                let row: i64 = pack_row.query_row([&pack.id.0[..]], |r| r.get(0))?;
-                for blob in &pack.blobs {
-                    add_blob.execute(params![
-                        &blob.id.0[..],
-                        blob.kind as u8,
-                        row,
-                        blob.offset as i64,
-                        blob.length,
-                        blob.raw_length
-                    ])?;
-                }
-            }
-            tx.execute("INSERT OR IGNORE INTO index_files (id) VALUES (?1)", [&id.0[..]])?;
-        }
+        stage_index(&tx, id, file)?;
+        merge_staged(&tx, std::slice::from_ref(id))?;
         tx.commit()?;
         Ok(())
     }
@@ -232,7 +245,8 @@ impl Catalog {
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length, p.size FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE b.id = ?1",
+            "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length, p.size FROM blobs b JOIN packs p ON p.rowid = b.pack
+             WHERE b.id = ?1 ORDER BY b.pack DESC LIMIT 1",
         )?;
         let row = stmt
             .query_row([&id.0[..]], |r| {
@@ -274,13 +288,27 @@ impl Catalog {
         if excluded.is_empty() {
             return self.contains(id);
         }
-        match self.lookup(id)? {
-            Some(l) if excluded.contains(&l.pack) => {
-                crate::repo::gc::count_excluded(1);
-                Ok(false)
-            }
-            found => Ok(found.is_some()),
+        let copies = self.copies(id)?;
+        if copies.iter().any(|p| !excluded.contains(p)) {
+            return Ok(true);
         }
+        if !copies.is_empty() {
+            crate::repo::gc::count_excluded(1);
+        }
+        Ok(false)
+    }
+
+    /// Every pack the index places a copy of the blob in.
+    pub fn copies(&self, id: &BlobId) -> Result<Vec<PackId>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT p.id FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE b.id = ?1")?;
+        let rows = stmt.query_map([&id.0[..]], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(PackId::from_slice(&row?).ok_or_else(|| Error::corrupt("catalog holds a malformed pack id"))?);
+        }
+        Ok(out)
     }
 
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
@@ -309,7 +337,8 @@ impl Catalog {
     pub fn pack_blobs(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE p.id = ?1 ORDER BY b.offset",
+            "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b
+             WHERE b.pack = (SELECT rowid FROM packs WHERE id = ?1) ORDER BY b.offset",
         )?;
         let rows = stmt.query_map([&pack.0[..]], |r| {
             Ok((
@@ -337,15 +366,142 @@ impl Catalog {
     /// Blob count, pack count and total pack bytes.
     pub fn totals(&self) -> Result<(u64, u64, u64)> {
         let conn = self.conn();
-        let blobs: i64 = conn.query_row("SELECT count(*) FROM blobs", [], |r| r.get(0))?;
+        let blobs: i64 = conn.query_row("SELECT count(*) FROM (SELECT DISTINCT id FROM blobs)", [], |r| r.get(0))?;
         let (packs, bytes): (i64, i64) =
             conn.query_row("SELECT count(*), coalesce(sum(size), 0) FROM packs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok((blobs as u64, packs as u64, bytes as u64))
     }
 
+    /// Run `f` on the catalog's connection: for a removal run's temporary tables
+    /// (`repo::gcsets`). Do not call other catalog methods from inside `f`.
+    pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        f(&self.conn())
+    }
+
+    /// The index files the catalog has read.
+    pub fn index_files(&self) -> Result<Vec<IndexId>> {
+        Ok(self.known_ids::<IndexId>("SELECT id FROM index_files")?.into_iter().collect())
+    }
+
+    /// The index files that list any of `packs`.
+    pub fn files_listing(&self, packs: &BTreeSet<PackId>) -> Result<BTreeSet<IndexId>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT f.file FROM pack_files f JOIN packs p ON p.rowid = f.pack WHERE p.id = ?1")?;
+        let mut out = BTreeSet::new();
+        for pack in packs {
+            for file in stmt.query_map([&pack.0[..]], |r| r.get::<_, Vec<u8>>(0))? {
+                out.insert(
+                    IndexId::from_slice(&file?).ok_or_else(|| Error::corrupt("catalog holds a malformed index id"))?,
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether the index lists the pack.
+    pub fn has_pack(&self, pack: &PackId) -> Result<bool> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM packs WHERE id = ?1")?;
+        Ok(stmt.exists([&pack.0[..]])?)
+    }
+
+    /// Apply this process's own rewrite of index files: `removed` are gone, `added` (with
+    /// the packs each lists) replace them with the same entries, less the `dropped` packs.
+    /// Keeps the catalog from rebuilding itself from scratch after a prune.
+    pub fn rewrote_index(
+        &self,
+        removed: &[IndexId],
+        added: &[(IndexId, Vec<PackId>)],
+        dropped: &BTreeSet<PackId>,
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut row = tx.prepare_cached("SELECT rowid FROM packs WHERE id = ?1")?;
+            let mut drop_blobs = tx.prepare_cached("DELETE FROM blobs WHERE pack = ?1")?;
+            let mut drop_files = tx.prepare_cached("DELETE FROM pack_files WHERE pack = ?1")?;
+            let mut drop_pack = tx.prepare_cached("DELETE FROM packs WHERE rowid = ?1")?;
+            for pack in dropped {
+                let Some(n) = row.query_row([&pack.0[..]], |r| r.get::<_, i64>(0)).optional()? else { continue };
+                drop_blobs.execute([n])?;
+                drop_files.execute([n])?;
+                drop_pack.execute([n])?;
+            }
+            let mut forget = tx.prepare_cached("DELETE FROM index_files WHERE id = ?1")?;
+            let mut forget_lists = tx.prepare_cached("DELETE FROM pack_files WHERE file = ?1")?;
+            for id in removed {
+                forget.execute([&id.0[..]])?;
+                forget_lists.execute([&id.0[..]])?;
+            }
+            let mut add = tx.prepare_cached("INSERT OR IGNORE INTO index_files (id) VALUES (?1)")?;
+            let mut list = tx.prepare_cached("INSERT OR IGNORE INTO pack_files (pack, file) VALUES (?1, ?2)")?;
+            for (id, packs) in added {
+                add.execute([&id.0[..]])?;
+                for pack in packs {
+                    if let Some(n) = row.query_row([&pack.0[..]], |r| r.get::<_, i64>(0)).optional()? {
+                        list.execute(params![n, &id.0[..]])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn index_file_count(&self) -> Result<u64> {
         Ok(self.conn().query_row("SELECT count(*) FROM index_files", [], |r| r.get::<_, i64>(0))? as u64)
     }
+}
+
+/// Append an index file's packs and blob entries to the staging table (see [`STAGING`]).
+fn stage_index(tx: &rusqlite::Transaction<'_>, id: &IndexId, file: &IndexFile) -> Result<()> {
+    let mut add_pack =
+        tx.prepare_cached("INSERT OR IGNORE INTO packs (id, salt, size, kind) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut pack_row = tx.prepare_cached("SELECT rowid FROM packs WHERE id = ?1")?;
+    let mut add_file = tx.prepare_cached("INSERT OR IGNORE INTO pack_files (pack, file) VALUES (?1, ?2)")?;
+    let mut stage = tx.prepare_cached(
+        "INSERT INTO staged_blobs (id, kind, pack, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for pack in &file.packs {
+        let kind = pack.blobs.first().map_or(0, |b| b.kind as u8);
+        add_pack.execute(params![&pack.id.0[..], &pack.salt[..], pack.size as i64, kind])?;
+        let row: i64 = pack_row.query_row([&pack.id.0[..]], |r| r.get(0))?;
+        add_file.execute(params![row, &id.0[..]])?;
+        for blob in &pack.blobs {
+            stage.execute(params![
+                &blob.id.0[..],
+                blob.kind as u8,
+                row,
+                blob.offset as i64,
+                blob.length,
+                blob.raw_length
+            ])?;
+        }
+    }
+    Ok(())
+}
+
+/// Move the staged rows into `blobs` in key order and record the index files they came from.
+fn merge_staged(tx: &rusqlite::Transaction<'_>, files: &[IndexId]) -> Result<()> {
+    let staged: i64 = tx.query_row("SELECT count(*) FROM staged_blobs", [], |r| r.get(0))?;
+    let bulk = staged >= BULK_ROWS;
+    if bulk {
+        tx.execute_batch("DROP INDEX IF EXISTS blobs_by_pack")?;
+    }
+    tx.execute_batch(
+        "INSERT OR IGNORE INTO blobs (id, kind, pack, offset, length, raw_length)
+             SELECT id, kind, pack, offset, length, raw_length FROM staged_blobs ORDER BY id, pack;
+         DELETE FROM staged_blobs;",
+    )?;
+    if bulk {
+        tx.execute_batch(INDEX_SCHEMA)?;
+    }
+    let mut add = tx.prepare_cached("INSERT OR IGNORE INTO index_files (id) VALUES (?1)")?;
+    for id in files {
+        add.execute([&id.0[..]])?;
+    }
+    Ok(())
 }
 
 /// Ids that can be rebuilt from the bytes stored in the catalog.

@@ -32,14 +32,14 @@
 //! writer whose snapshot came later reads a generation at or past the fence afterwards,
 //! and so learns of every set that sweep could have removed.
 
+use super::gcsets::{walk_all, BlobSink, NeededSink, PackStat, Sets};
 use super::Repository;
 use crate::backend::{keys, Backend, WriteMode};
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::{IndexFile, IndexPack};
+use crate::index::IndexFile;
 use crate::object;
-use crate::pack::PackEntry;
 use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -146,14 +146,18 @@ pub async fn read_candidates(backend: &Backend, key: &MasterKey, name: &str) -> 
     read_sealed(backend, key, name).await
 }
 
-/// Every blob a snapshot references: its trees, stream nodes and data blobs.
-/// `known` holds metadata blobs already walked (their subtrees are in `out` already).
-pub async fn referenced_blobs(repo: &Repository, snapshot: &SnapshotFile, out: &mut HashSet<BlobId>) -> Result<()> {
+/// Every blob a snapshot references: its trees, stream nodes and data blobs. Metadata
+/// blobs the sink has seen before are not walked again (their children were recorded).
+pub async fn referenced_blobs<S: BlobSink + Send>(
+    repo: &Repository,
+    snapshot: &SnapshotFile,
+    out: &mut S,
+) -> Result<()> {
     let mut trees: Vec<BlobId> = snapshot.tree.into_iter().collect();
     let mut contents: Vec<Content> = snapshot.content.iter().cloned().collect();
     loop {
         if let Some(id) = trees.pop() {
-            if !out.insert(id) {
+            if !out.node(id)? {
                 continue;
             }
             let tree = Tree::decode(&repo.load_blob(&id).await?).map_err(|e| e.context(format!("tree {id}")))?;
@@ -165,7 +169,11 @@ pub async fn referenced_blobs(repo: &Repository, snapshot: &SnapshotFile, out: &
             let mut stack = vec![(content.depth, content.entries)];
             while let Some((depth, entries)) = stack.pop() {
                 for entry in entries {
-                    if !out.insert(entry.0) || depth == 0 {
+                    if depth == 0 {
+                        out.data(entry.0)?;
+                        continue;
+                    }
+                    if !out.node(entry.0)? {
                         continue;
                     }
                     let (d, children) = decode_node(&repo.load_blob(&entry.0).await?)?;
@@ -221,10 +229,15 @@ pub struct CollectOptions {
 }
 
 /// One removal run with options; see [`collect`].
+///
+/// Memory does not grow with the number of blobs: the referenced set and every blob's
+/// home live in the catalog's SQLite tables ([`super::gcsets`]); RAM holds per-pack
+/// figures and the candidate sets' doomed lists.
 pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result<CollectReport> {
     let dry_run = options.dry_run;
     let backend = repo.backend();
     let key = repo.key();
+    let catalog = repo.catalog();
     if !backend.conditional_writes() {
         return Err(Error::new(
             ErrorKind::Unsupported,
@@ -242,26 +255,14 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     let mut report = CollectReport::default();
 
     // Sweep. Everything read from here on is read after the fence, in the order writers
-    // write in reverse: snapshots, then the index, then the packs. Whatever a listed
-    // snapshot needs was indexed before it was written, and every indexed pack was stored
-    // before its index file, so a blob missing from what is read later is real damage,
-    // not a writer caught half-way.
+    // write in reverse: snapshots, then the index (into the catalog), then the packs.
+    // Whatever a listed snapshot needs was indexed before it was written, and every
+    // indexed pack was stored before its index file, so a blob missing from what is read
+    // later is real damage, not a writer caught half-way.
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
-    let index = read_index(backend, key).await?;
-    let stored = backend.list(keys::DATA).await?;
-    let mut stored_size: HashMap<PackId, u64> =
-        stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
-    repo.catalog().refresh(backend, key).await?;
-    // One walk of every snapshot: what they reference, and whether all of it is there.
-    // Damage stops the run before anything is deleted: what looks unreferenced may be
-    // what a damaged snapshot or index no longer shows.
-    let mut referenced = HashSet::new();
-    for (id, snapshot) in &snapshots {
-        referenced_blobs(repo, snapshot, &mut referenced)
-            .await
-            .map_err(|e| damage(e.context(format!("snapshot {} ({} {})", id.short(), snapshot.kind, snapshot.name))))?;
-    }
-    for pack in index.iter().flat_map(|(_, f)| &f.packs) {
+    catalog.refresh(backend, key).await?;
+    let mut stored_size = list_packs(backend).await?;
+    for pack in catalog.packs()? {
         match stored_size.get(&pack.id) {
             Some(size) if *size != pack.size => {
                 return Err(damage(Error::corrupt(format!(
@@ -272,8 +273,12 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             _ => {}
         }
     }
-    let mut homes = Homes::new(&index, referenced, &stored_size);
-    if let Some(blob) = homes.missing() {
+    // One walk of every snapshot: what they reference, and whether all of it is there.
+    // Damage stops the run before anything is deleted: what looks unreferenced may be
+    // what a damaged snapshot or index no longer shows.
+    let mut sets = Sets::new(catalog)?;
+    walk_all(repo, &snapshots, &mut sets).await.map_err(damage)?;
+    if let Some(blob) = sets.assign(&stored_size)? {
         return Err(damage(Error::corrupt(format!("blob {blob} that a snapshot needs is in no stored pack"))));
     }
     let mut doomed_packs: BTreeSet<PackId> = BTreeSet::new();
@@ -284,27 +289,28 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         previously_unreferenced.extend(set.watch.iter().copied());
         let seen: HashSet<SnapshotId> = set.snapshots.iter().copied().collect();
         let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
-        let mut needed = HashSet::new();
+        // Doomed blobs that snapshots the mark did not see need.
+        let mut sink = NeededSink::new(catalog, &doomed)?;
         for (id, snapshot) in &snapshots {
             if !seen.contains(id) {
-                let mut blobs = HashSet::new();
-                referenced_blobs(repo, snapshot, &mut blobs).await?;
-                needed.extend(blobs.intersection(&doomed).copied());
+                referenced_blobs(repo, snapshot, &mut sink).await?;
             }
         }
-        // A needed blob copied since the mark into a pack outside the set needs no rescue.
+        let mut needed = sink.found;
+        // A needed blob copied since the mark into a pack outside the set needs no rescue;
+        // the others rescue every marked pack that holds them.
         let marked: HashSet<PackId> = set.packs.iter().copied().collect();
-        let index_packs = || index.iter().flat_map(|(_, file)| &file.packs);
-        let copied: HashSet<BlobId> = index_packs()
-            .filter(|p| !marked.contains(&p.id))
-            .flat_map(|p| p.blobs.iter().map(|b| b.id))
-            .filter(|b| needed.contains(b))
-            .collect();
-        needed.retain(|b| !copied.contains(b));
-        let rescue: HashSet<PackId> = index_packs()
-            .filter(|p| marked.contains(&p.id) && p.blobs.iter().any(|b| needed.contains(&b.id)))
-            .map(|p| p.id)
-            .collect();
+        let mut rescue: HashSet<PackId> = HashSet::new();
+        let mut still_needed = HashSet::new();
+        for blob in needed.drain() {
+            let copies = catalog.copies(&blob)?;
+            if copies.iter().any(|p| !marked.contains(p)) {
+                continue;
+            }
+            rescue.extend(copies);
+            still_needed.insert(blob);
+        }
+        let needed = still_needed;
         // Unindexed packs cannot be checked blob by blob here: their doomed blobs came
         // from their headers; rescue them if anything new needs one of those blobs.
         for pack in &set.packs {
@@ -314,10 +320,9 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
                 doomed_packs.insert(*pack);
             }
         }
-        if !needed.is_empty() && set.packs.iter().any(|p| !index_has(&index, p)) {
-            // A new snapshot needs a doomed blob of an unindexed pack: keep them all.
-            for pack in set.packs.iter().filter(|p| !index_has(&index, p)) {
-                if pack_holds_any(repo, pack, &needed).await? && doomed_packs.remove(pack) {
+        if !needed.is_empty() {
+            for pack in &set.packs {
+                if !catalog.has_pack(pack)? && pack_holds_any(repo, pack, &needed).await? && doomed_packs.remove(pack) {
                     report.rescued_packs += 1;
                 }
             }
@@ -325,10 +330,10 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         report.swept_sets += 1;
     }
     if !doomed_packs.is_empty() && !dry_run {
-        report.rewritten_index_files = drop_from_index(backend, key, &index, &doomed_packs).await?;
+        report.rewritten_index_files = drop_from_index(backend, key, catalog, &doomed_packs).await?;
     }
     for pack in &doomed_packs {
-        if let Some(size) = stored_size.get(pack) {
+        if let Some(size) = stored_size.remove(pack) {
             if !dry_run {
                 backend.delete(&keys::pack(pack)).await?;
             }
@@ -337,53 +342,37 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         }
     }
 
-    // Repack and mark, against the state after the sweep (in a dry run: as it would be),
-    // and the snapshots listed after the fence.
-    let mut index: Vec<(IndexId, IndexFile)> = if dry_run {
-        index
-            .into_iter()
-            .map(|(id, f)| {
-                (id, IndexFile { packs: f.packs.into_iter().filter(|p| !doomed_packs.contains(&p.id)).collect() })
-            })
-            .collect()
-    } else {
-        read_index(backend, key).await?
-    };
-    for pack in &doomed_packs {
-        stored_size.remove(pack);
+    // Repack and mark, against the state after the sweep (in a dry run: as it would be,
+    // the swept packs counted as gone), and the snapshots listed after the fence.
+    if !dry_run {
+        catalog.refresh(backend, key).await?;
     }
-    homes.assign(&index, &stored_size);
+    sets.assign(&stored_size)?;
     if let Some(max_unused) = options.max_unused {
-        let chosen = homes.repack_candidates(&index, max_unused, options.max_repack);
+        let chosen = repack_candidates(&sets, max_unused, options.max_repack);
         report.repacked_packs = chosen.len() as u64;
         report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
         if !dry_run && !chosen.is_empty() {
-            report.repack_added_bytes = repack(repo, &chosen, &homes).await?;
-            index = read_index(backend, key).await?;
-            let stored = backend.list(keys::DATA).await?;
-            stored_size =
-                stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect();
-            homes.assign(&index, &stored_size);
+            report.repack_added_bytes = repack(repo, &chosen, &sets).await?;
+            catalog.refresh(backend, key).await?;
+            stored_size = list_packs(backend).await?;
+            sets.assign(&stored_size)?;
         }
     }
     // Unreferenced now: indexed packs that hold no referenced blob's home copy, and packs
     // no index lists (left by an interrupted writer, or written by one still running).
     let mut unreferenced: BTreeSet<PackId> = BTreeSet::new();
-    let mut kept_packs: Vec<&IndexPack> = Vec::new();
-    let mut indexed: HashMap<PackId, &IndexPack> = HashMap::new();
-    for pack in index.iter().flat_map(|(_, f)| &f.packs) {
-        indexed.insert(pack.id, pack);
-    }
-    for pack in indexed.values() {
-        if homes.is_home(pack) || !stored_size.contains_key(&pack.id) {
-            kept_packs.push(pack);
+    let mut kept: HashSet<PackId> = HashSet::new();
+    for pack in sets.packs.values() {
+        if pack.is_home() || !pack.stored {
+            kept.insert(pack.id);
         } else {
             unreferenced.insert(pack.id);
         }
     }
-    drop(homes);
+    let indexed: HashSet<PackId> = sets.packs.values().map(|p| p.id).collect();
     for pack in stored_size.keys() {
-        if !indexed.contains_key(pack) && !doomed_packs.contains(pack) {
+        if !indexed.contains(pack) && !doomed_packs.contains(pack) {
             unreferenced.insert(*pack);
         }
     }
@@ -395,42 +384,36 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
     let mut marked_bytes = 0;
     // Doomed: blobs of marked packs that no kept pack also holds.
-    let mut doomed: HashSet<BlobId> = HashSet::new();
+    let mut doomed: BTreeSet<BlobId> = BTreeSet::new();
     let mut marked: Vec<PackId> = Vec::new();
     for pack in &candidates {
-        let ids = match indexed.get(pack) {
-            Some(p) => p.blobs.iter().map(|b| b.id).collect(),
+        let ids = if indexed.contains(pack) {
+            catalog.pack_blobs(pack)?.into_iter().map(|b| b.id).collect()
+        } else {
             // Its header says which blobs it holds, so a writer that needs one is protected.
-            None => match pack_blob_ids(repo, pack).await {
+            match pack_blob_ids(repo, pack).await {
                 Ok(ids) => ids,
                 // Unreadable: not ours to judge here; check reports it.
                 Err(_) => continue,
-            },
+            }
         };
-        doomed.extend(ids);
+        doomed.extend(sets.doomed(ids, &kept)?);
         marked.push(*pack);
         marked_bytes += stored_size.get(pack).copied().unwrap_or(0);
     }
-    if !doomed.is_empty() {
-        for pack in &kept_packs {
-            for blob in &pack.blobs {
-                doomed.remove(&blob.id);
-            }
-        }
-    }
-    let doomed: BTreeSet<BlobId> = doomed.into_iter().collect();
+    drop(sets);
     let candidates = marked;
     report.marked_packs = candidates.len() as u64;
     report.marked_bytes = marked_bytes;
-    report.index_files_before = index.len() as u64;
+    report.index_files_before = catalog.index_file_count()?;
     report.index_files_after = report.index_files_before;
     let generation = fence.generation + 1;
     if dry_run {
         report.generation = start.generation;
         return Ok(report);
     }
-    if options.consolidate && index.len() > 1 {
-        report.index_files_after = consolidate(backend, key, &index).await?;
+    if options.consolidate {
+        report.index_files_after = consolidate(backend, key, catalog).await?;
     }
     let pending = if candidates.is_empty() && watch.is_empty() {
         Vec::new()
@@ -458,8 +441,10 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     Ok(report)
 }
 
-fn index_has(index: &[(IndexId, IndexFile)], pack: &PackId) -> bool {
-    index.iter().any(|(_, f)| f.packs.iter().any(|p| p.id == *pack))
+/// Every stored pack and its size.
+async fn list_packs(backend: &Backend) -> Result<HashMap<PackId, u64>> {
+    let stored = backend.list(keys::DATA).await?;
+    Ok(stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect())
 }
 
 async fn pack_holds_any(repo: &Repository, pack: &PackId, blobs: &HashSet<BlobId>) -> Result<bool> {
@@ -474,16 +459,6 @@ async fn pack_blob_ids(repo: &Repository, pack: &PackId) -> Result<Vec<BlobId>> 
     let bytes = repo.backend().get(&keys::pack(pack)).await?;
     let (_, entries) = crate::pack::read_header(repo.key(), &pack.to_hex(), &bytes)?;
     Ok(entries.into_iter().map(|e| e.id).collect())
-}
-
-async fn read_index(backend: &Backend, key: &MasterKey) -> Result<Vec<(IndexId, IndexFile)>> {
-    let mut out = Vec::new();
-    for object in backend.list(keys::INDEX).await? {
-        let Ok(id) = IndexId::from_hex(keys::name(&object.key)) else { continue };
-        let plain = object::open(key, object::INDEX_MAGIC, &object.key, &backend.get(&object.key).await?)?;
-        out.push((id, IndexFile::decode(&plain).map_err(|e| e.context(&object.key))?));
-    }
-    Ok(out)
 }
 
 async fn list_snapshots(repo: &Repository) -> Result<Vec<(SnapshotId, SnapshotFile)>> {
@@ -505,23 +480,27 @@ async fn list_snapshots(repo: &Repository) -> Result<Vec<(SnapshotId, SnapshotFi
 async fn drop_from_index(
     backend: &Backend,
     key: &MasterKey,
-    index: &[(IndexId, IndexFile)],
+    catalog: &crate::catalog::Catalog,
     drop: &BTreeSet<PackId>,
 ) -> Result<u64> {
-    let mut rewritten = 0;
-    for (id, file) in index {
-        if !file.packs.iter().any(|p| drop.contains(&p.id)) {
-            continue;
-        }
-        let kept = IndexFile { packs: file.packs.iter().filter(|p| !drop.contains(&p.id)).cloned().collect() };
+    let mut removed = Vec::new();
+    let mut added = Vec::new();
+    for id in catalog.files_listing(drop)? {
+        let name = keys::index(&id);
+        let file = IndexFile::decode(&object::open(key, object::INDEX_MAGIC, &name, &backend.get(&name).await?)?)
+            .map_err(|e| e.context(&name))?;
+        let kept = IndexFile { packs: file.packs.into_iter().filter(|p| !drop.contains(&p.id)).collect() };
         if !kept.packs.is_empty() {
+            let new = IndexId::random();
             let sealed = object::seal(key, object::INDEX_MAGIC, &kept.encode());
-            backend.put(&keys::index(&IndexId::random()), sealed.into(), WriteMode::Create).await?;
+            backend.put(&keys::index(&new), sealed.into(), WriteMode::Create).await?;
+            added.push((new, kept.packs.iter().map(|p| p.id).collect()));
         }
-        backend.delete(&keys::index(id)).await?;
-        rewritten += 1;
+        backend.delete(&name).await?;
+        removed.push(id);
     }
-    Ok(rewritten)
+    catalog.rewrote_index(&removed, &added, drop)?;
+    Ok(removed.len() as u64)
 }
 
 /// Candidate sets a writer that started at `start` must consider at generation `now`:
@@ -679,125 +658,41 @@ fn damage(e: Error) -> Error {
     Error::corrupt(format!("{}; prune deletes nothing until `cairn check` passes", e.message()))
 }
 
-/// Which pack is the home of each referenced blob: of the packs that hold it, the one
-/// whose bytes are most in use (ties: the smaller id). A pack is kept if it is the home
-/// of at least one referenced blob; a pack whose live blobs all have homes elsewhere (a
-/// repacked pack, or a writer's duplicate) is unreferenced, and goes as any other.
-struct Homes {
-    /// Every referenced blob, with its home once assigned.
-    home: HashMap<BlobId, Option<PackId>>,
-    /// Bytes of blobs whose home is the pack.
-    home_bytes: HashMap<PackId, u64>,
-}
-
-impl Homes {
-    /// Takes the referenced set over (one map of the referenced blobs, not two).
-    fn new(index: &[(IndexId, IndexFile)], referenced: HashSet<BlobId>, stored: &HashMap<PackId, u64>) -> Homes {
-        let mut homes = Homes { home: referenced.into_iter().map(|b| (b, None)).collect(), home_bytes: HashMap::new() };
-        homes.assign(index, stored);
-        homes
-    }
-
-    /// (Re)assign every referenced blob's home among the packs of `index`.
-    fn assign(&mut self, index: &[(IndexId, IndexFile)], stored: &HashMap<PackId, u64>) {
-        // A pack listed twice (an index rewrite interrupted before the old file went)
-        // counts once.
-        let mut seen = HashSet::new();
-        let unique: Vec<&IndexPack> = index
-            .iter()
-            .flat_map(|(_, f)| &f.packs)
-            .filter(|p| stored.contains_key(&p.id) && seen.insert(p.id))
-            .collect();
-        let packs = || unique.iter().copied();
-        // In use: the share of a pack's blob bytes that snapshots reference.
-        let mut use_of: HashMap<PackId, f64> = HashMap::new();
-        for pack in packs() {
-            let total: u64 = pack.blobs.iter().map(|b| u64::from(b.length)).sum();
-            let live: u64 =
-                pack.blobs.iter().filter(|b| self.home.contains_key(&b.id)).map(|b| u64::from(b.length)).sum();
-            use_of.insert(pack.id, if total == 0 { 0.0 } else { live as f64 / total as f64 });
+/// Packs worth repacking: home to something, with more than `max_unused` percent of
+/// their bytes unused; most wasteful first, up to `max_repack` bytes of packs.
+fn repack_candidates(sets: &Sets<'_>, max_unused: f64, max_repack: Option<u64>) -> Vec<PackStat> {
+    let mut wasteful: Vec<(f64, &PackStat)> = sets
+        .packs
+        .values()
+        .filter(|p| p.stored && p.is_home())
+        .filter_map(|p| {
+            let unused = 100.0 * (1.0 - p.home as f64 / p.total.max(1) as f64);
+            (unused > max_unused).then_some((unused, p))
+        })
+        .collect();
+    wasteful.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+    let mut budget = max_repack.unwrap_or(u64::MAX);
+    let mut out = Vec::new();
+    for (_, pack) in wasteful {
+        if pack.size > budget {
+            continue;
         }
-        self.home.values_mut().for_each(|h| *h = None);
-        for pack in packs() {
-            for blob in &pack.blobs {
-                let Some(slot) = self.home.get_mut(&blob.id) else { continue };
-                let better = match slot {
-                    None => true,
-                    Some(current) => {
-                        (use_of[&pack.id], std::cmp::Reverse(pack.id)) > (use_of[current], std::cmp::Reverse(*current))
-                    }
-                };
-                if better {
-                    *slot = Some(pack.id);
-                }
-            }
-        }
-        self.home_bytes.clear();
-        for pack in packs() {
-            for blob in &pack.blobs {
-                if self.home.get(&blob.id) == Some(&Some(pack.id)) {
-                    *self.home_bytes.entry(pack.id).or_default() += u64::from(blob.length);
-                }
-            }
-        }
+        budget -= pack.size;
+        out.push(pack.clone());
     }
-
-    /// A referenced blob that no stored pack holds, if any.
-    fn missing(&self) -> Option<BlobId> {
-        self.home.iter().find(|(_, h)| h.is_none()).map(|(b, _)| *b)
-    }
-
-    fn is_home(&self, pack: &IndexPack) -> bool {
-        self.home_bytes.get(&pack.id).is_some_and(|b| *b > 0)
-    }
-
-    /// The blobs of `pack` whose home it is.
-    fn homed<'p>(&self, pack: &'p IndexPack) -> Vec<&'p PackEntry> {
-        pack.blobs.iter().filter(|b| self.home.get(&b.id) == Some(&Some(pack.id))).collect()
-    }
-
-    /// Packs worth repacking: home to something, with more than `max_unused` percent of
-    /// their bytes unused; most wasteful first, up to `max_repack` bytes of packs.
-    fn repack_candidates(
-        &self,
-        index: &[(IndexId, IndexFile)],
-        max_unused: f64,
-        max_repack: Option<u64>,
-    ) -> Vec<IndexPack> {
-        let mut wasteful: Vec<(f64, &IndexPack)> = index
-            .iter()
-            .flat_map(|(_, f)| &f.packs)
-            .filter(|p| self.is_home(p))
-            .filter_map(|p| {
-                let total: u64 = p.blobs.iter().map(|b| u64::from(b.length)).sum();
-                let unused = 100.0 * (1.0 - self.home_bytes[&p.id] as f64 / total.max(1) as f64);
-                (unused > max_unused).then_some((unused, p))
-            })
-            .collect();
-        wasteful.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
-        let mut seen = HashSet::new();
-        let mut budget = max_repack.unwrap_or(u64::MAX);
-        let mut out = Vec::new();
-        for (_, pack) in wasteful {
-            if !seen.insert(pack.id) || pack.size > budget {
-                continue;
-            }
-            budget -= pack.size;
-            out.push(pack.clone());
-        }
-        out
-    }
+    out
 }
 
 /// Copy the live blobs of `packs` into new packs (indexed when this returns). Returns the
 /// bytes the new packs added.
-async fn repack(repo: &Repository, packs: &[IndexPack], homes: &Homes) -> Result<u64> {
+async fn repack(repo: &Repository, packs: &[PackStat], sets: &Sets<'_>) -> Result<u64> {
     let saver = super::saver::Saver::start(repo, &tokio::runtime::Handle::current());
     let copied = async {
         for pack in packs {
+            let homed = sets.homed(&pack.id)?;
             let bytes = repo.backend().get(&keys::pack(&pack.id)).await?;
             let pack_key = repo.key().pack_key(&pack.salt);
-            for entry in homes.homed(pack) {
+            for entry in &homed {
                 let end = entry.end() as usize;
                 let sealed = bytes.get(entry.offset as usize..end).ok_or_else(|| {
                     Error::corrupt(format!("pack {} is shorter than its index says (blob {})", pack.id, entry.id))
@@ -818,37 +713,53 @@ async fn repack(repo: &Repository, packs: &[IndexPack], homes: &Homes) -> Result
 /// Most blobs one consolidated index file lists (about 10 MiB of entries).
 const BLOBS_PER_INDEX_FILE: usize = 200_000;
 
-/// Rewrite `index` as few files as possible: the new files first, then the old ones go,
-/// so every pack stays listed throughout. Index files written meanwhile by backups are
-/// not in `index` and are left alone. Returns the number of files written.
-async fn consolidate(backend: &Backend, key: &MasterKey, index: &[(IndexId, IndexFile)]) -> Result<u64> {
-    let mut files = Vec::new();
+/// Rewrite the index files the catalog knows as few files as possible, reading them one
+/// at a time: the new files first, then the old ones go, so every pack stays listed
+/// throughout. Index files written meanwhile by backups are left alone. Returns the
+/// number of index files afterwards.
+async fn consolidate(backend: &Backend, key: &MasterKey, catalog: &crate::catalog::Catalog) -> Result<u64> {
+    let old = catalog.index_files()?;
+    let (rows, _, _) = catalog.totals()?;
+    let fewest = (rows as usize).div_ceil(BLOBS_PER_INDEX_FILE).max(1);
+    if old.len() <= fewest {
+        return Ok(old.len() as u64);
+    }
+    let mut added: Vec<(IndexId, Vec<PackId>)> = Vec::new();
     let mut current = IndexFile::default();
     let mut blobs = 0;
     let mut seen = HashSet::new();
-    for pack in index.iter().flat_map(|(_, f)| &f.packs) {
-        if !seen.insert(pack.id) {
-            continue;
+    let write = |file: IndexFile| {
+        let id = IndexId::random();
+        let packs = file.packs.iter().map(|p| p.id).collect();
+        let sealed = object::seal(key, object::INDEX_MAGIC, &file.encode());
+        (id, packs, sealed)
+    };
+    for id in &old {
+        let name = keys::index(id);
+        let file = IndexFile::decode(&object::open(key, object::INDEX_MAGIC, &name, &backend.get(&name).await?)?)
+            .map_err(|e| e.context(&name))?;
+        for pack in file.packs {
+            if !seen.insert(pack.id) {
+                continue;
+            }
+            if blobs + pack.blobs.len() > BLOBS_PER_INDEX_FILE && !current.packs.is_empty() {
+                let (id, packs, sealed) = write(std::mem::take(&mut current));
+                backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
+                added.push((id, packs));
+                blobs = 0;
+            }
+            blobs += pack.blobs.len();
+            current.packs.push(pack);
         }
-        if blobs + pack.blobs.len() > BLOBS_PER_INDEX_FILE && !current.packs.is_empty() {
-            files.push(std::mem::take(&mut current));
-            blobs = 0;
-        }
-        blobs += pack.blobs.len();
-        current.packs.push(pack.clone());
     }
     if !current.packs.is_empty() {
-        files.push(current);
+        let (id, packs, sealed) = write(current);
+        backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
+        added.push((id, packs));
     }
-    if files.len() >= index.len() {
-        return Ok(index.len() as u64);
-    }
-    for file in &files {
-        let sealed = object::seal(key, object::INDEX_MAGIC, &file.encode());
-        backend.put(&keys::index(&IndexId::random()), sealed.into(), WriteMode::Create).await?;
-    }
-    for (id, _) in index {
+    for id in &old {
         backend.delete(&keys::index(id)).await?;
     }
-    Ok(files.len() as u64)
+    catalog.rewrote_index(&old, &added, &BTreeSet::new())?;
+    Ok(catalog.index_file_count()?)
 }

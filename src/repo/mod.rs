@@ -7,6 +7,7 @@
 //! and [`load::ContentReader`].
 
 pub mod gc;
+pub mod gcsets;
 pub mod keys;
 pub mod load;
 pub mod saver;

@@ -1,0 +1,345 @@
+//! A removal run's sets, kept in the catalog's SQLite database rather than in RAM.
+//!
+//! A prune of a repository of millions of blobs must not hold a set of every referenced
+//! blob, or the index, in memory. The referenced blobs go to temporary tables of the
+//! catalog's connection (temporary tables and sorts spill to files, see
+//! `Catalog::open`); every pass over them is a scan in key order against the catalog's
+//! `blobs` table, which holds every copy of every blob. What stays in RAM is per pack
+//! (a few dozen bytes for each 16 MiB pack) and a 16 MiB page cache.
+
+use super::Repository;
+use crate::catalog::Catalog;
+use crate::crypto::SALT_LEN;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::pack::PackEntry;
+use rusqlite::{Connection, OptionalExtension};
+use std::collections::{HashMap, HashSet};
+
+/// Where a walk of snapshots records the blobs it finds.
+pub trait BlobSink {
+    /// A data blob.
+    fn data(&mut self, id: BlobId) -> Result<()>;
+    /// A metadata blob (a tree or a stream node); false if recorded before, in which case
+    /// its children were recorded too and the walk skips them.
+    fn node(&mut self, id: BlobId) -> Result<bool>;
+}
+
+impl BlobSink for HashSet<BlobId> {
+    fn data(&mut self, id: BlobId) -> Result<()> {
+        self.insert(id);
+        Ok(())
+    }
+
+    fn node(&mut self, id: BlobId) -> Result<bool> {
+        Ok(self.insert(id))
+    }
+}
+
+const TABLES: &str = "
+CREATE TEMP TABLE IF NOT EXISTS gc_staged (id BLOB NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS gc_walked (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS gc_refs (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS gc_seen (id BLOB PRIMARY KEY) WITHOUT ROWID;
+DELETE FROM gc_staged; DELETE FROM gc_walked; DELETE FROM gc_refs; DELETE FROM gc_seen;
+";
+
+/// Data blob ids buffered before one insert transaction.
+const BATCH: usize = 8192;
+
+/// One pack as a removal run sees it.
+#[derive(Debug, Clone)]
+pub struct PackStat {
+    pub id: PackId,
+    pub salt: [u8; SALT_LEN],
+    /// Size the index records.
+    pub size: u64,
+    /// Whether the storage listing holds it.
+    pub stored: bool,
+    /// Bytes of all its blobs, of the referenced ones, and of those whose home it is.
+    pub total: u64,
+    pub live: u64,
+    pub home: u64,
+}
+
+impl PackStat {
+    /// The share of its blob bytes that snapshots reference.
+    fn use_share(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.live as f64 / self.total as f64
+        }
+    }
+
+    pub fn is_home(&self) -> bool {
+        self.home > 0
+    }
+}
+
+/// The referenced set and each referenced blob's home pack.
+///
+/// The home of a blob is, of the stored packs that hold it, the one whose bytes are most
+/// in use (ties: the smaller id). A pack is kept if it is the home of at least one
+/// referenced blob; a pack whose live blobs all have homes elsewhere (a repacked pack, or
+/// a writer's duplicate) is unreferenced, and goes as any other.
+pub struct Sets<'c> {
+    catalog: &'c Catalog,
+    buffer: Vec<BlobId>,
+    /// Every pack the catalog lists, by catalog row.
+    pub packs: HashMap<i64, PackStat>,
+}
+
+impl<'c> Sets<'c> {
+    pub fn new(catalog: &'c Catalog) -> Result<Self> {
+        catalog.with_conn(|c| Ok(c.execute_batch(TABLES)?))?;
+        Ok(Sets { catalog, buffer: Vec::with_capacity(BATCH), packs: HashMap::new() })
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        self.catalog.with_conn(|c| {
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut insert = tx.prepare_cached("INSERT INTO gc_staged (id) VALUES (?1)")?;
+                for id in &buffer {
+                    insert.execute([&id.0[..]])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        self.buffer = buffer;
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// End of the walk: the staged ids become the referenced set, sorted and distinct.
+    pub fn seal(&mut self) -> Result<()> {
+        self.flush()?;
+        self.catalog.with_conn(|c| {
+            Ok(c.execute_batch(
+                "INSERT OR IGNORE INTO gc_refs SELECT id FROM gc_staged ORDER BY id; DELETE FROM gc_staged;",
+            )?)
+        })
+    }
+
+    /// Count the bytes each pack holds and has in use, then give every referenced blob
+    /// its home among the packs `stored` lists. Returns a referenced blob that no stored
+    /// pack holds, if there is one.
+    pub fn assign(&mut self, stored: &HashMap<PackId, u64>) -> Result<Option<BlobId>> {
+        self.packs = self.catalog.with_conn(|c| load_packs(c, stored))?;
+        let packs = &mut self.packs;
+        self.catalog.with_conn(|c| {
+            let mut stmt =
+                c.prepare("SELECT b.pack, b.length, EXISTS (SELECT 1 FROM gc_refs r WHERE r.id = b.id) FROM blobs b")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let Some(pack) = packs.get_mut(&row.get::<_, i64>(0)?) else { continue };
+                let length = row.get::<_, i64>(1)? as u64;
+                pack.total += length;
+                if row.get::<_, bool>(2)? {
+                    pack.live += length;
+                }
+            }
+            Ok(())
+        })?;
+        let mut missing = None;
+        self.catalog.with_conn(|c| {
+            let mut stmt =
+                c.prepare("SELECT r.id, b.pack, b.length FROM gc_refs r LEFT JOIN blobs b ON b.id = r.id")?;
+            let mut rows = stmt.query([])?;
+            // Rows come in id order: one group of copies per referenced blob.
+            let mut current: Option<(Vec<u8>, Option<(i64, u64)>)> = None;
+            while let Some(row) = rows.next()? {
+                let id: Vec<u8> = row.get(0)?;
+                if current.as_ref().is_none_or(|(c, _)| *c != id) {
+                    settle(packs, current.take(), &mut missing);
+                    current = Some((id, None));
+                }
+                let Some(pack) = row.get::<_, Option<i64>>(1)? else { continue };
+                let length = row.get::<_, i64>(2)? as u64;
+                let best = current.as_ref().and_then(|(_, b)| b.map(|(p, _)| p));
+                if better(packs, pack, best) {
+                    current.as_mut().expect("set above").1 = Some((pack, length));
+                }
+            }
+            settle(packs, current.take(), &mut missing);
+            Ok(())
+        })?;
+        Ok(missing)
+    }
+
+    /// The home pack (catalog row) of a referenced blob; `None` if unreferenced.
+    fn home_of(&self, conn: &Connection, id: &BlobId) -> Result<Option<i64>> {
+        let mut referenced = conn.prepare_cached("SELECT 1 FROM gc_refs WHERE id = ?1")?;
+        if !referenced.exists([&id.0[..]])? {
+            return Ok(None);
+        }
+        let mut copies = conn.prepare_cached("SELECT pack FROM blobs WHERE id = ?1")?;
+        let mut best = None;
+        for pack in copies.query_map([&id.0[..]], |r| r.get::<_, i64>(0))? {
+            let pack = pack?;
+            if better(&self.packs, pack, best) {
+                best = Some(pack);
+            }
+        }
+        Ok(best)
+    }
+
+    /// The blobs of `pack` whose home it is, in offset order.
+    pub fn homed(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+        let entries = self.catalog.pack_blobs(pack)?;
+        self.catalog.with_conn(|c| {
+            let row = c
+                .query_row("SELECT rowid FROM packs WHERE id = ?1", [&pack.0[..]], |r| r.get::<_, i64>(0))
+                .optional()?;
+            let mut out = Vec::new();
+            for entry in entries {
+                if row.is_some() && self.home_of(c, &entry.id)? == row {
+                    out.push(entry);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Of `ids` (the blobs of a pack about to be marked), those no pack in `kept` holds.
+    pub fn doomed(&self, ids: Vec<BlobId>, kept: &HashSet<PackId>) -> Result<Vec<BlobId>> {
+        let mut out = Vec::new();
+        for id in ids {
+            if !self.catalog.copies(&id)?.iter().any(|p| kept.contains(p)) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A sink recording every blob a walk finds into the referenced set.
+    pub fn sink(&mut self) -> RefSink<'_, 'c> {
+        RefSink { sets: self }
+    }
+}
+
+/// Credit a referenced blob's bytes to its home, or note it as missing.
+fn settle(
+    packs: &mut HashMap<i64, PackStat>,
+    group: Option<(Vec<u8>, Option<(i64, u64)>)>,
+    missing: &mut Option<BlobId>,
+) {
+    match group {
+        Some((_, Some((pack, length)))) => {
+            if let Some(p) = packs.get_mut(&pack) {
+                p.home += length;
+            }
+        }
+        Some((id, None)) if missing.is_none() => *missing = BlobId::from_slice(&id),
+        _ => {}
+    }
+}
+
+/// Whether `pack` is a better home than `current`.
+fn better(packs: &HashMap<i64, PackStat>, pack: i64, current: Option<i64>) -> bool {
+    let Some(candidate) = packs.get(&pack).filter(|p| p.stored) else { return false };
+    let Some(current) = current.and_then(|c| packs.get(&c)) else { return true };
+    (candidate.use_share(), std::cmp::Reverse(candidate.id)) > (current.use_share(), std::cmp::Reverse(current.id))
+}
+
+fn load_packs(conn: &Connection, stored: &HashMap<PackId, u64>) -> Result<HashMap<i64, PackStat>> {
+    let mut stmt = conn.prepare("SELECT rowid, id, salt, size FROM packs")?;
+    let mut rows = stmt.query([])?;
+    let mut out = HashMap::new();
+    let bad = || Error::corrupt("the catalog holds a malformed pack row; delete the cache directory");
+    while let Some(row) = rows.next()? {
+        let id = PackId::from_slice(&row.get::<_, Vec<u8>>(1)?).ok_or_else(bad)?;
+        let salt: [u8; SALT_LEN] = row.get::<_, Vec<u8>>(2)?.as_slice().try_into().map_err(|_| bad())?;
+        out.insert(
+            row.get::<_, i64>(0)?,
+            PackStat {
+                id,
+                salt,
+                size: row.get::<_, i64>(3)? as u64,
+                stored: stored.contains_key(&id),
+                total: 0,
+                live: 0,
+                home: 0,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Records a walk into the referenced set (see [`Sets::sink`]).
+pub struct RefSink<'s, 'c> {
+    sets: &'s mut Sets<'c>,
+}
+
+impl BlobSink for RefSink<'_, '_> {
+    fn data(&mut self, id: BlobId) -> Result<()> {
+        self.sets.buffer.push(id);
+        if self.sets.buffer.len() >= BATCH {
+            self.sets.flush()?;
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, id: BlobId) -> Result<bool> {
+        let fresh = self.sets.catalog.with_conn(|c| {
+            let mut insert = c.prepare_cached("INSERT OR IGNORE INTO gc_walked (id) VALUES (?1)")?;
+            Ok(insert.execute([&id.0[..]])? == 1)
+        })?;
+        if fresh {
+            self.data(id)?;
+        }
+        Ok(fresh)
+    }
+}
+
+/// Collects the blobs of `keep` a walk finds (the doomed blobs a new snapshot needs),
+/// remembering walked nodes on disk.
+pub struct NeededSink<'a> {
+    catalog: &'a Catalog,
+    keep: &'a HashSet<BlobId>,
+    pub found: HashSet<BlobId>,
+}
+
+impl<'a> NeededSink<'a> {
+    pub fn new(catalog: &'a Catalog, keep: &'a HashSet<BlobId>) -> Result<Self> {
+        catalog.with_conn(|c| Ok(c.execute_batch("DELETE FROM gc_seen")?))?;
+        Ok(NeededSink { catalog, keep, found: HashSet::new() })
+    }
+}
+
+impl BlobSink for NeededSink<'_> {
+    fn data(&mut self, id: BlobId) -> Result<()> {
+        if self.keep.contains(&id) {
+            self.found.insert(id);
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, id: BlobId) -> Result<bool> {
+        self.data(id)?;
+        self.catalog.with_conn(|c| {
+            let mut insert = c.prepare_cached("INSERT OR IGNORE INTO gc_seen (id) VALUES (?1)")?;
+            Ok(insert.execute([&id.0[..]])? == 1)
+        })
+    }
+}
+
+/// Walk every snapshot into the referenced set and seal it.
+pub async fn walk_all(
+    repo: &Repository,
+    snapshots: &[(crate::id::SnapshotId, crate::snapshot::SnapshotFile)],
+    sets: &mut Sets<'_>,
+) -> Result<()> {
+    for (id, snapshot) in snapshots {
+        super::gc::referenced_blobs(repo, snapshot, &mut sets.sink())
+            .await
+            .map_err(|e| e.context(format!("snapshot {} ({} {})", id.short(), snapshot.kind, snapshot.name)))?;
+    }
+    sets.seal()
+}
