@@ -153,7 +153,7 @@ impl<'c> Sets<'c> {
                 c.prepare("SELECT r.id, b.pack, b.length FROM gc_refs r LEFT JOIN blobs b ON b.id = r.id")?;
             let mut rows = stmt.query([])?;
             // Rows come in id order: one group of copies per referenced blob.
-            let mut current: Option<(Vec<u8>, Option<(i64, u64)>)> = None;
+            let mut current: Option<Copies> = None;
             while let Some(row) = rows.next()? {
                 let id: Vec<u8> = row.get(0)?;
                 if current.as_ref().is_none_or(|(c, _)| *c != id) {
@@ -224,12 +224,11 @@ impl<'c> Sets<'c> {
     }
 }
 
+/// A referenced blob's id and its best home so far (catalog row, bytes).
+type Copies = (Vec<u8>, Option<(i64, u64)>);
+
 /// Credit a referenced blob's bytes to its home, or note it as missing.
-fn settle(
-    packs: &mut HashMap<i64, PackStat>,
-    group: Option<(Vec<u8>, Option<(i64, u64)>)>,
-    missing: &mut Option<BlobId>,
-) {
+fn settle(packs: &mut HashMap<i64, PackStat>, group: Option<Copies>, missing: &mut Option<BlobId>) {
     match group {
         Some((_, Some((pack, length)))) => {
             if let Some(p) = packs.get_mut(&pack) {
