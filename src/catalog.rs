@@ -47,7 +47,7 @@ CREATE TEMP TABLE IF NOT EXISTS staged_blobs (
     id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
     length INTEGER NOT NULL, raw_length INTEGER NOT NULL);
 ";
-/// From this many staged rows on, the pack index is dropped and built again after the
+/// From this many staged rows on, the pack index of an empty catalog is built after the
 /// insert (one sort) rather than updated row by row.
 const BULK_ROWS: i64 = 100_000;
 
@@ -112,6 +112,7 @@ impl Catalog {
         // never to RAM; 16 MiB of page cache keeps sorted scans fast.
         conn.pragma_update(None, "temp_store", "FILE")?;
         conn.pragma_update(None, "cache_size", -16384)?;
+        conn.execute_batch("PRAGMA temp.cache_size = -16384")?;
         conn.execute_batch(STAGING)?;
         Ok(Catalog { conn: Mutex::new(conn), excluded: Default::default() })
     }
@@ -120,15 +121,16 @@ impl Catalog {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bring the catalog up to date with the repository's index files and snapshots.
-    pub async fn refresh(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
-        self.refresh_index(backend, key).await?;
-        self.refresh_snapshots(backend, key).await
+    /// Bring the catalog up to date; returns whether the index changed.
+    pub async fn refresh(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
+        let changed = self.refresh_index(backend, key).await?;
+        self.refresh_snapshots(backend, key).await?;
+        Ok(changed)
     }
 
     /// A removal may rewrite index files while we read them: an index file that vanished
     /// between the listing and the read means the listing is stale, so list again.
-    async fn refresh_index(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
+    async fn refresh_index(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
         let mut attempt = 0;
         loop {
             match self.refresh_index_once(backend, key).await {
@@ -138,7 +140,7 @@ impl Catalog {
         }
     }
 
-    async fn refresh_index_once(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
+    async fn refresh_index_once(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
         let listed = listed_ids(backend, keys::INDEX, IndexId::from_hex).await?;
         let mut known = self.known_ids::<IndexId>("SELECT id FROM index_files")?;
         if !known.is_subset(&listed) {
@@ -171,7 +173,7 @@ impl Catalog {
         let tx = conn.transaction()?;
         merge_staged(&tx, &staged)?;
         tx.commit()?;
-        Ok(())
+        Ok(!staged.is_empty())
     }
 
     /// The ids a one-column query returns, without decoding anything else.
@@ -242,14 +244,21 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Where to read a blob: of its copies, the newest outside packs a removal may delete.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length, p.size FROM blobs b JOIN packs p ON p.rowid = b.pack
-             WHERE b.id = ?1 ORDER BY b.pack DESC LIMIT 1",
-        )?;
-        let row = stmt
-            .query_row([&id.0[..]], |r| {
+        Ok(self.locations(id)?.into_iter().next())
+    }
+
+    /// Every copy of a blob, best first: copies outside packs a removal may delete, then
+    /// the newest (highest catalog row) first.
+    pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
+        let rows = {
+            let conn = self.conn();
+            let mut stmt = conn.prepare_cached(
+                "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length, p.size FROM blobs b JOIN packs p ON p.rowid = b.pack
+                 WHERE b.id = ?1 ORDER BY b.pack DESC",
+            )?;
+            let rows = stmt.query_map([&id.0[..]], |r| {
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, Vec<u8>>(1)?,
@@ -259,27 +268,43 @@ impl Catalog {
                     r.get::<_, u32>(5)?,
                     r.get::<_, i64>(6)?,
                 ))
-            })
-            .optional()?;
-        let Some((pack, salt, kind, offset, length, raw_length, pack_size)) = row else { return Ok(None) };
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
         let bad = || Error::corrupt(format!("catalog entry for blob {id} is malformed; delete the cache directory"));
-        Ok(Some(BlobLocation {
-            pack: PackId::from_slice(&pack).ok_or_else(bad)?,
-            pack_size: pack_size as u64,
-            salt: salt.as_slice().try_into().map_err(|_| bad())?,
-            entry: PackEntry {
-                kind: BlobKind::from_u8(kind).ok_or_else(bad)?,
-                id: *id,
-                offset: offset as u64,
-                length,
-                raw_length,
-            },
-        }))
+        let mut out = Vec::with_capacity(rows.len());
+        for (pack, salt, kind, offset, length, raw_length, pack_size) in rows {
+            out.push(BlobLocation {
+                pack: PackId::from_slice(&pack).ok_or_else(bad)?,
+                pack_size: pack_size as u64,
+                salt: salt.as_slice().try_into().map_err(|_| bad())?,
+                entry: PackEntry {
+                    kind: BlobKind::from_u8(kind).ok_or_else(bad)?,
+                    id: *id,
+                    offset: offset as u64,
+                    length,
+                    raw_length,
+                },
+            });
+        }
+        if out.len() > 1 {
+            let excluded = self.excluded.read().unwrap_or_else(|p| p.into_inner());
+            if !excluded.is_empty() {
+                // Stable: the newest first within each group.
+                out.sort_by_key(|l| excluded.contains(&l.pack));
+            }
+        }
+        Ok(out)
     }
 
     /// Do not let new snapshots reuse blobs stored in these packs.
     pub fn exclude_packs(&self, packs: impl IntoIterator<Item = PackId>) {
         self.excluded.write().unwrap_or_else(|p| p.into_inner()).extend(packs);
+    }
+
+    /// Whether a removal may delete the pack (see [`Catalog::exclude_packs`]).
+    pub fn is_excluded(&self, pack: &PackId) -> bool {
+        self.excluded.read().unwrap_or_else(|p| p.into_inner()).contains(pack)
     }
 
     /// Whether a blob is indexed in a pack that new snapshots may rely on.
@@ -340,27 +365,7 @@ impl Catalog {
             "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b
              WHERE b.pack = (SELECT rowid FROM packs WHERE id = ?1) ORDER BY b.offset",
         )?;
-        let rows = stmt.query_map([&pack.0[..]], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, u8>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, u32>(3)?,
-                r.get::<_, u32>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, kind, offset, length, raw_length) = row?;
-            out.push(PackEntry {
-                kind: BlobKind::from_u8(kind).unwrap_or(BlobKind::Data),
-                id: BlobId::from_slice(&id).ok_or_else(|| Error::corrupt("catalog holds a malformed blob id"))?,
-                offset: offset as u64,
-                length,
-                raw_length,
-            });
-        }
-        Ok(out)
+        entries(&mut stmt, [&pack.0[..]])
     }
 
     /// Blob count, pack count and total pack bytes.
@@ -419,15 +424,11 @@ impl Catalog {
         let tx = conn.transaction()?;
         {
             let mut row = tx.prepare_cached("SELECT rowid FROM packs WHERE id = ?1")?;
-            let mut drop_blobs = tx.prepare_cached("DELETE FROM blobs WHERE pack = ?1")?;
-            let mut drop_files = tx.prepare_cached("DELETE FROM pack_files WHERE pack = ?1")?;
-            let mut drop_pack = tx.prepare_cached("DELETE FROM packs WHERE rowid = ?1")?;
+            let mut rows = Vec::new();
             for pack in dropped {
-                let Some(n) = row.query_row([&pack.0[..]], |r| r.get::<_, i64>(0)).optional()? else { continue };
-                drop_blobs.execute([n])?;
-                drop_files.execute([n])?;
-                drop_pack.execute([n])?;
+                rows.extend(row.query_row([&pack.0[..]], |r| r.get::<_, i64>(0)).optional()?);
             }
+            drop_packs(&tx, &rows)?;
             let mut forget = tx.prepare_cached("DELETE FROM index_files WHERE id = ?1")?;
             let mut forget_lists = tx.prepare_cached("DELETE FROM pack_files WHERE file = ?1")?;
             for id in removed {
@@ -449,9 +450,35 @@ impl Catalog {
         Ok(())
     }
 
+    /// Index entries: every copy of every blob (what the index files list, less
+    /// packs listed twice).
+    pub fn entry_count(&self) -> Result<u64> {
+        Ok(self.conn().query_row("SELECT count(*) FROM blobs", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
     pub fn index_file_count(&self) -> Result<u64> {
         Ok(self.conn().query_row("SELECT count(*) FROM index_files", [], |r| r.get::<_, i64>(0))? as u64)
     }
+}
+
+/// The pack entries a query selecting `id, kind, offset, length, raw_length` returns.
+pub(crate) fn entries(stmt: &mut rusqlite::Statement<'_>, params: impl rusqlite::Params) -> Result<Vec<PackEntry>> {
+    let rows = stmt.query_map(params, |r| {
+        Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u8>(1)?, r.get::<_, i64>(2)?, r.get::<_, u32>(3)?, r.get::<_, u32>(4)?))
+    })?;
+    let bad = || Error::corrupt("the catalog holds a malformed blob row; delete the cache directory");
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, kind, offset, length, raw_length) = row?;
+        out.push(PackEntry {
+            kind: BlobKind::from_u8(kind).ok_or_else(bad)?,
+            id: BlobId::from_slice(&id).ok_or_else(bad)?,
+            offset: offset as u64,
+            length,
+            raw_length,
+        });
+    }
+    Ok(out)
 }
 
 /// Append an index file's packs and blob entries to the staging table (see [`STAGING`]).
@@ -482,10 +509,51 @@ fn stage_index(tx: &rusqlite::Transaction<'_>, id: &IndexId, file: &IndexFile) -
     Ok(())
 }
 
+/// Remove packs (catalog rows) and their blob rows. Many rows are removed by copying the
+/// survivors into a new table in key order: deleting half a million scattered rows from
+/// a B-tree one by one takes several times as long.
+fn drop_packs(tx: &rusqlite::Transaction<'_>, rows: &[i64]) -> Result<()> {
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS dropped_packs (n INTEGER PRIMARY KEY); DELETE FROM dropped_packs;",
+    )?;
+    let mut count = 0i64;
+    {
+        let mut add = tx.prepare_cached("INSERT OR IGNORE INTO dropped_packs (n) VALUES (?1)")?;
+        let mut blobs = tx.prepare_cached("SELECT count(*) FROM blobs WHERE pack = ?1")?;
+        for n in rows {
+            add.execute([n])?;
+            count += blobs.query_row([n], |r| r.get::<_, i64>(0))?;
+        }
+    }
+    if count >= BULK_ROWS {
+        tx.execute_batch(
+            "DROP INDEX IF EXISTS blobs_by_pack;
+             CREATE TABLE blobs_kept (
+                 id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
+                 length INTEGER NOT NULL, raw_length INTEGER NOT NULL, PRIMARY KEY (id, pack)) WITHOUT ROWID;
+             INSERT INTO blobs_kept SELECT * FROM blobs WHERE pack NOT IN (SELECT n FROM dropped_packs) ORDER BY id, pack;
+             DROP TABLE blobs;
+             ALTER TABLE blobs_kept RENAME TO blobs;",
+        )?;
+        tx.execute_batch(INDEX_SCHEMA)?;
+    } else {
+        tx.execute_batch("DELETE FROM blobs WHERE pack IN (SELECT n FROM dropped_packs)")?;
+    }
+    tx.execute_batch(
+        "DELETE FROM pack_files WHERE pack IN (SELECT n FROM dropped_packs);
+         DELETE FROM packs WHERE rowid IN (SELECT n FROM dropped_packs);
+         DELETE FROM dropped_packs;",
+    )?;
+    Ok(())
+}
+
 /// Move the staged rows into `blobs` in key order and record the index files they came from.
 fn merge_staged(tx: &rusqlite::Transaction<'_>, files: &[IndexId]) -> Result<()> {
     let staged: i64 = tx.query_row("SELECT count(*) FROM staged_blobs", [], |r| r.get(0))?;
-    let bulk = staged >= BULK_ROWS;
+    // Rows for a few new packs extend the pack index at its end, which is cheap; a
+    // rebuild's rows for every pack are not.
+    let empty = !tx.query_row("SELECT EXISTS (SELECT 1 FROM blobs)", [], |r| r.get::<_, bool>(0))?;
+    let bulk = staged >= BULK_ROWS && empty;
     if bulk {
         tx.execute_batch("DROP INDEX IF EXISTS blobs_by_pack")?;
     }

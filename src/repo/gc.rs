@@ -156,16 +156,9 @@ pub async fn referenced_blobs<S: BlobSink + Send>(
     let mut trees: Vec<BlobId> = snapshot.tree.into_iter().collect();
     let mut contents: Vec<Content> = snapshot.content.iter().cloned().collect();
     loop {
-        if let Some(id) = trees.pop() {
-            if !out.node(id)? {
-                continue;
-            }
-            let tree = Tree::decode(&repo.load_blob(&id).await?).map_err(|e| e.context(format!("tree {id}")))?;
-            for node in tree.nodes {
-                trees.extend(node.subtree);
-                contents.extend(node.content);
-            }
-        } else if let Some(content) = contents.pop() {
+        // Each tree's file contents are walked before the next tree is read, so memory
+        // holds one directory's files and the pending subtrees, not a snapshot's files.
+        if let Some(content) = contents.pop() {
             let mut stack = vec![(content.depth, content.entries)];
             while let Some((depth, entries)) = stack.pop() {
                 for entry in entries {
@@ -179,6 +172,15 @@ pub async fn referenced_blobs<S: BlobSink + Send>(
                     let (d, children) = decode_node(&repo.load_blob(&entry.0).await?)?;
                     stack.push((d, children));
                 }
+            }
+        } else if let Some(id) = trees.pop() {
+            if !out.node(id)? {
+                continue;
+            }
+            let tree = Tree::decode(&repo.load_blob(&id).await?).map_err(|e| e.context(format!("tree {id}")))?;
+            for node in tree.nodes {
+                trees.extend(node.subtree);
+                contents.extend(node.content);
             }
         } else {
             return Ok(());
@@ -344,15 +346,17 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
 
     // Repack and mark, against the state after the sweep (in a dry run: as it would be,
     // the swept packs counted as gone), and the snapshots listed after the fence.
-    if !dry_run {
-        catalog.refresh(backend, key).await?;
+    let index_changed = !dry_run && catalog.refresh(backend, key).await?;
+    if index_changed || !doomed_packs.is_empty() {
+        sets.assign(&stored_size)?;
     }
-    sets.assign(&stored_size)?;
     if let Some(max_unused) = options.max_unused {
         let chosen = repack_candidates(&sets, max_unused, options.max_repack);
         report.repacked_packs = chosen.len() as u64;
         report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
         if !dry_run && !chosen.is_empty() {
+            let rows: HashSet<i64> = chosen.iter().filter_map(|p| sets.row_of(&p.id)).collect();
+            sets.keep_homed(&rows)?;
             report.repack_added_bytes = repack(repo, &chosen, &sets).await?;
             catalog.refresh(backend, key).await?;
             stored_size = list_packs(backend).await?;
@@ -384,23 +388,27 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
     let mut marked_bytes = 0;
     // Doomed: blobs of marked packs that no kept pack also holds.
-    let mut doomed: BTreeSet<BlobId> = BTreeSet::new();
+    let mut doomed: Vec<BlobId> = Vec::new();
     let mut marked: Vec<PackId> = Vec::new();
+    let mut marked_rows = HashSet::new();
     for pack in &candidates {
-        let ids = if indexed.contains(pack) {
-            catalog.pack_blobs(pack)?.into_iter().map(|b| b.id).collect()
+        if let Some(row) = sets.row_of(pack) {
+            marked_rows.insert(row);
         } else {
             // Its header says which blobs it holds, so a writer that needs one is protected.
             match pack_blob_ids(repo, pack).await {
-                Ok(ids) => ids,
+                Ok(ids) => doomed.extend(sets.doomed_of(ids, &kept)?),
                 // Unreadable: not ours to judge here; check reports it.
                 Err(_) => continue,
             }
-        };
-        doomed.extend(sets.doomed(ids, &kept)?);
+        }
         marked.push(*pack);
         marked_bytes += stored_size.get(pack).copied().unwrap_or(0);
     }
+    let kept_rows: HashSet<i64> = sets.packs.iter().filter(|(_, p)| kept.contains(&p.id)).map(|(r, _)| *r).collect();
+    doomed.extend(sets.doomed(&marked_rows, &kept_rows)?);
+    doomed.sort_unstable();
+    doomed.dedup();
     drop(sets);
     let candidates = marked;
     report.marked_packs = candidates.len() as u64;
@@ -422,7 +430,7 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         let set = CandidateSet {
             generation,
             packs: candidates,
-            doomed: doomed.into_iter().collect(),
+            doomed,
             snapshots: snapshots.iter().map(|(id, _)| *id).collect(),
             watch: watch.into_iter().collect(),
         };
@@ -569,15 +577,27 @@ pub async fn salvage(
         }
     }
     for id in reused {
-        let Some(location) = catalog.lookup(id)? else { continue };
-        if !marked.contains(&location.pack) {
-            continue; // a newer copy outside the marked packs
+        let locations = catalog.locations(id)?;
+        // A copy outside this set and every set seen before is safe; otherwise read one
+        // while it still exists.
+        if locations.is_empty() || locations.iter().any(|l| !marked.contains(&l.pack) && !catalog.is_excluded(&l.pack))
+        {
+            continue;
         }
-        let sealed = backend
-            .get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end())
-            .await
-            .map_err(|e| gone(id, &e))?;
-        out.push((location.entry.kind, *id, super::load::open_located(key, &location, &sealed)?));
+        let mut last_error = None;
+        for location in &locations {
+            match backend.get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await {
+                Ok(sealed) => {
+                    out.push((location.entry.kind, *id, super::load::open_located(key, location, &sealed)?));
+                    last_error = None;
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        if let Some(e) = last_error {
+            return Err(gone(id, &e));
+        }
     }
     Ok(out)
 }
@@ -620,7 +640,7 @@ async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now
     let mut at_risk: Vec<BlobId> = Vec::new();
     for (_, set) in &sets {
         for id in set.doomed.iter().filter(|b| needed.contains(b)) {
-            if repo.catalog().lookup(id)?.is_none_or(|l| marked.contains(&l.pack)) {
+            if repo.catalog().copies(id)?.iter().all(|p| marked.contains(p)) {
                 at_risk.push(*id);
             }
         }
@@ -683,13 +703,14 @@ fn repack_candidates(sets: &Sets<'_>, max_unused: f64, max_repack: Option<u64>) 
     out
 }
 
-/// Copy the live blobs of `packs` into new packs (indexed when this returns). Returns the
-/// bytes the new packs added.
+/// Copy the live blobs of `packs` into new packs (indexed when this returns, but not yet
+/// in the catalog: refresh it). Returns the bytes the new packs added.
 async fn repack(repo: &Repository, packs: &[PackStat], sets: &Sets<'_>) -> Result<u64> {
-    let saver = super::saver::Saver::start(repo, &tokio::runtime::Handle::current());
+    let saver = super::saver::Saver::start_moving(repo, &tokio::runtime::Handle::current());
     let copied = async {
         for pack in packs {
-            let homed = sets.homed(&pack.id)?;
+            let Some(row) = sets.row_of(&pack.id) else { continue };
+            let homed = sets.homed(row)?;
             let bytes = repo.backend().get(&keys::pack(&pack.id)).await?;
             let pack_key = repo.key().pack_key(&pack.salt);
             for entry in &homed {
@@ -699,7 +720,7 @@ async fn repack(repo: &Repository, packs: &[PackStat], sets: &Sets<'_>) -> Resul
                 })?;
                 let data = crate::pack::open_blob(repo.key(), &pack_key, entry, sealed)
                     .map_err(|e| e.context(format!("repacking pack {}", pack.id)))?;
-                tokio::task::block_in_place(|| saver.save_copy(entry.kind, entry.id, data))?;
+                tokio::task::block_in_place(|| saver.save_moved(entry.kind, entry.id, data))?;
             }
         }
         Ok::<_, Error>(())
@@ -719,8 +740,7 @@ const BLOBS_PER_INDEX_FILE: usize = 200_000;
 /// number of index files afterwards.
 async fn consolidate(backend: &Backend, key: &MasterKey, catalog: &crate::catalog::Catalog) -> Result<u64> {
     let old = catalog.index_files()?;
-    let (rows, _, _) = catalog.totals()?;
-    let fewest = (rows as usize).div_ceil(BLOBS_PER_INDEX_FILE).max(1);
+    let fewest = (catalog.entry_count()? as usize).div_ceil(BLOBS_PER_INDEX_FILE).max(1);
     if old.len() <= fewest {
         return Ok(old.len() as u64);
     }

@@ -13,7 +13,7 @@ use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::pack::PackEntry;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet};
 
 /// Where a walk of snapshots records the blobs it finds.
@@ -41,7 +41,10 @@ CREATE TEMP TABLE IF NOT EXISTS gc_staged (id BLOB NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS gc_walked (id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS gc_refs (id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS gc_seen (id BLOB PRIMARY KEY) WITHOUT ROWID;
-DELETE FROM gc_staged; DELETE FROM gc_walked; DELETE FROM gc_refs; DELETE FROM gc_seen;
+CREATE TEMP TABLE IF NOT EXISTS gc_homed (
+    pack INTEGER NOT NULL, offset INTEGER NOT NULL, id BLOB NOT NULL, kind INTEGER NOT NULL,
+    length INTEGER NOT NULL, raw_length INTEGER NOT NULL);
+DELETE FROM gc_staged; DELETE FROM gc_walked; DELETE FROM gc_refs; DELETE FROM gc_seen; DELETE FROM gc_homed;
 ";
 
 /// Data blob ids buffered before one insert transaction.
@@ -88,12 +91,13 @@ pub struct Sets<'c> {
     buffer: Vec<BlobId>,
     /// Every pack the catalog lists, by catalog row.
     pub packs: HashMap<i64, PackStat>,
+    rows: HashMap<PackId, i64>,
 }
 
 impl<'c> Sets<'c> {
     pub fn new(catalog: &'c Catalog) -> Result<Self> {
         catalog.with_conn(|c| Ok(c.execute_batch(TABLES)?))?;
-        Ok(Sets { catalog, buffer: Vec::with_capacity(BATCH), packs: HashMap::new() })
+        Ok(Sets { catalog, buffer: Vec::with_capacity(BATCH), packs: HashMap::new(), rows: HashMap::new() })
     }
 
     fn flush(&mut self) -> Result<()> {
@@ -132,6 +136,7 @@ impl<'c> Sets<'c> {
     /// pack holds, if there is one.
     pub fn assign(&mut self, stored: &HashMap<PackId, u64>) -> Result<Option<BlobId>> {
         self.packs = self.catalog.with_conn(|c| load_packs(c, stored))?;
+        self.rows = self.packs.iter().map(|(row, p)| (p.id, *row)).collect();
         let packs = &mut self.packs;
         self.catalog.with_conn(|c| {
             let mut stmt =
@@ -173,42 +178,96 @@ impl<'c> Sets<'c> {
         Ok(missing)
     }
 
-    /// The home pack (catalog row) of a referenced blob; `None` if unreferenced.
-    fn home_of(&self, conn: &Connection, id: &BlobId) -> Result<Option<i64>> {
-        let mut referenced = conn.prepare_cached("SELECT 1 FROM gc_refs WHERE id = ?1")?;
-        if !referenced.exists([&id.0[..]])? {
-            return Ok(None);
-        }
-        let mut copies = conn.prepare_cached("SELECT pack FROM blobs WHERE id = ?1")?;
-        let mut best = None;
-        for pack in copies.query_map([&id.0[..]], |r| r.get::<_, i64>(0))? {
-            let pack = pack?;
-            if better(&self.packs, pack, best) {
-                best = Some(pack);
+    /// Record the blobs whose home is one of `packs` (catalog rows), for [`Sets::homed`]:
+    /// one pass in key order, like the home assignment.
+    pub fn keep_homed(&self, packs: &HashSet<i64>) -> Result<()> {
+        self.catalog.with_conn(|c| {
+            c.execute_batch("DROP INDEX IF EXISTS temp.gc_homed_by_pack; DELETE FROM gc_homed;")?;
+            let tx = c.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare(
+                    "SELECT r.id, b.pack, b.kind, b.offset, b.length, b.raw_length FROM gc_refs r LEFT JOIN blobs b ON b.id = r.id",
+                )?;
+                let mut insert = tx.prepare(
+                    "INSERT INTO gc_homed (pack, offset, id, kind, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
+                let mut rows = stmt.query([])?;
+                // In key order (a LEFT JOIN keeps SQLite scanning `gc_refs` first; a filter
+                // on `b` would let it scan the pack index and probe at random).
+                type Row = (Vec<u8>, i64, u8, i64, i64, i64);
+                let mut best: Option<Row> = None;
+                let mut keep = |row: Option<Row>| -> Result<()> {
+                    if let Some((id, pack, kind, offset, length, raw_length)) = row {
+                        if packs.contains(&pack) {
+                            insert.execute(params![pack, offset, id, kind, length, raw_length])?;
+                        }
+                    }
+                    Ok(())
+                };
+                while let Some(row) = rows.next()? {
+                    let Some(pack) = row.get::<_, Option<i64>>(1)? else { continue };
+                    let row: Row = (row.get(0)?, pack, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
+                    if best.as_ref().is_some_and(|b| b.0 != row.0) {
+                        keep(best.take())?;
+                    }
+                    if better(&self.packs, row.1, best.as_ref().map(|b| b.1)) {
+                        best = Some(row);
+                    }
+                }
+                keep(best.take())?;
             }
-        }
-        Ok(best)
+            tx.execute_batch("CREATE INDEX temp.gc_homed_by_pack ON gc_homed (pack, offset)")?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
-    /// The blobs of `pack` whose home it is, in offset order.
-    pub fn homed(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
-        let entries = self.catalog.pack_blobs(pack)?;
+    /// The blobs of `pack` whose home it is, in offset order (after [`Sets::keep_homed`]).
+    pub fn homed(&self, pack: i64) -> Result<Vec<PackEntry>> {
         self.catalog.with_conn(|c| {
-            let row = c
-                .query_row("SELECT rowid FROM packs WHERE id = ?1", [&pack.0[..]], |r| r.get::<_, i64>(0))
-                .optional()?;
+            let mut stmt = c.prepare_cached(
+                "SELECT id, kind, offset, length, raw_length FROM gc_homed WHERE pack = ?1 ORDER BY offset",
+            )?;
+            crate::catalog::entries(&mut stmt, [pack])
+        })
+    }
+
+    /// The blobs of the indexed packs in `marked` (catalog rows) that no pack in `kept`
+    /// also holds: one pass over the index in key order.
+    pub fn doomed(&self, marked: &HashSet<i64>, kept: &HashSet<i64>) -> Result<Vec<BlobId>> {
+        if marked.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.catalog.with_conn(|c| {
+            // ORDER BY keeps SQLite on the table (key order), not the covering pack index.
+            let mut stmt = c.prepare("SELECT id, pack FROM blobs ORDER BY id, pack")?;
+            let mut rows = stmt.query([])?;
             let mut out = Vec::new();
-            for entry in entries {
-                if row.is_some() && self.home_of(c, &entry.id)? == row {
-                    out.push(entry);
+            // (id, in a marked pack, in a kept pack) of the current group of copies.
+            let mut group: Option<(Vec<u8>, bool, bool)> = None;
+            let settle = |group: Option<(Vec<u8>, bool, bool)>, out: &mut Vec<BlobId>| {
+                if let Some((id, true, false)) = group {
+                    out.extend(BlobId::from_slice(&id));
                 }
+            };
+            while let Some(row) = rows.next()? {
+                let id: Vec<u8> = row.get(0)?;
+                let pack: i64 = row.get(1)?;
+                if group.as_ref().is_none_or(|g| g.0 != id) {
+                    settle(group.take(), &mut out);
+                    group = Some((id, false, false));
+                }
+                let g = group.as_mut().expect("set above");
+                g.1 |= marked.contains(&pack);
+                g.2 |= kept.contains(&pack);
             }
+            settle(group.take(), &mut out);
             Ok(out)
         })
     }
 
-    /// Of `ids` (the blobs of a pack about to be marked), those no pack in `kept` holds.
-    pub fn doomed(&self, ids: Vec<BlobId>, kept: &HashSet<PackId>) -> Result<Vec<BlobId>> {
+    /// Of `ids` (blobs an unindexed pack's header lists), those no pack in `kept` holds.
+    pub fn doomed_of(&self, ids: Vec<BlobId>, kept: &HashSet<PackId>) -> Result<Vec<BlobId>> {
         let mut out = Vec::new();
         for id in ids {
             if !self.catalog.copies(&id)?.iter().any(|p| kept.contains(p)) {
@@ -216,6 +275,11 @@ impl<'c> Sets<'c> {
             }
         }
         Ok(out)
+    }
+
+    /// The catalog row of an indexed pack.
+    pub fn row_of(&self, pack: &PackId) -> Option<i64> {
+        self.rows.get(pack).copied()
     }
 
     /// A sink recording every blob a walk finds into the referenced set.

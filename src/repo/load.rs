@@ -23,15 +23,24 @@ const MAX_GROUP_BYTES: u64 = 8 << 20;
 impl Repository {
     /// Where a blob is, or a `Corrupt` error naming it.
     pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
-        self.catalog().lookup(id)?.ok_or_else(|| {
-            Error::corrupt(format!("blob {id} is not in the index: the repository is damaged; run `cairn check`"))
-        })
+        self.catalog().lookup(id)?.ok_or_else(|| not_indexed(id))
     }
 
     /// Fetch, decrypt and verify one blob. Metadata packs are fetched whole on first use
     /// and kept in a bounded cache: a walk over thousands of trees costs a few reads.
     pub async fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let location = self.locate(id)?;
+        let mut locations = self.catalog().locations(id)?.into_iter().peekable();
+        // A copy's pack may have been removed since the catalog was read: try the next.
+        while let Some(location) = locations.next() {
+            match self.load_located(location).await {
+                Err(e) if e.kind() == crate::error::ErrorKind::NotFound && locations.peek().is_some() => continue,
+                other => return other,
+            }
+        }
+        Err(not_indexed(id))
+    }
+
+    async fn load_located(&self, location: BlobLocation) -> Result<Vec<u8>> {
         let range = location.entry.offset as usize..location.entry.end() as usize;
         if location.entry.kind == BlobKind::Meta && location.pack_size <= MAX_CACHED_PACK {
             let pack = match self.meta_cache.get(&location.pack) {
@@ -56,6 +65,10 @@ impl Repository {
             self.backend().get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await?;
         open_located(self.key(), &location, &sealed)
     }
+}
+
+fn not_indexed(id: &BlobId) -> Error {
+    Error::corrupt(format!("blob {id} is not in the index: the repository is damaged; run `cairn check`"))
 }
 
 /// Metadata packs at most this large are cached whole.

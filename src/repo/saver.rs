@@ -119,6 +119,17 @@ pub struct Saver {
 impl Saver {
     /// Start workers and the uploader on `runtime`.
     pub fn start(repo: &super::Repository, runtime: &tokio::runtime::Handle) -> Saver {
+        Self::start_with(repo, runtime, true)
+    }
+
+    /// A saver for moving blobs between packs (repacking): its index files are not
+    /// recorded in the catalog one by one; the caller refreshes the catalog afterwards,
+    /// which loads them in one sorted merge.
+    pub fn start_moving(repo: &super::Repository, runtime: &tokio::runtime::Handle) -> Saver {
+        Self::start_with(repo, runtime, false)
+    }
+
+    fn start_with(repo: &super::Repository, runtime: &tokio::runtime::Handle, record: bool) -> Saver {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let (upload_tx, upload_rx) = tokio::sync::mpsc::channel(1);
         let shared = Arc::new(Shared {
@@ -150,7 +161,7 @@ impl Saver {
         let indexer = Indexer {
             backend: repo.backend().clone(),
             key: repo.key().clone(),
-            catalog: repo.catalog().clone(),
+            catalog: record.then(|| repo.catalog().clone()),
             seen: shared.seen.clone(),
         };
         let uploader = runtime.spawn(upload_loop(indexer, upload_rx));
@@ -342,6 +353,15 @@ impl Saver {
         }
     }
 
+    /// Store a blob moved out of a pack being repacked: each is moved once, so no
+    /// session bookkeeping.
+    pub fn save_moved(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
+        match kind {
+            BlobKind::Data => self.save_data(id, bytes),
+            BlobKind::Meta => self.store_meta(id, bytes),
+        }
+    }
+
     /// Store a blob even if this session stored it already (its pack is being removed).
     fn store_copy(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
         super::gc::count_copied(1);
@@ -481,7 +501,8 @@ async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<Finis
 struct Indexer {
     backend: Backend,
     key: MasterKey,
-    catalog: Arc<Catalog>,
+    /// `None`: the caller records the index files (see [`Saver::start_moving`]).
+    catalog: Option<Arc<Catalog>>,
     seen: Arc<Mutex<HashSet<BlobId>>>,
 }
 
@@ -495,7 +516,9 @@ impl Indexer {
         let id = IndexId::random();
         let sealed = object::seal(&self.key, object::INDEX_MAGIC, &file.encode());
         self.backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
-        self.catalog.add_index(&id, &file)?;
+        if let Some(catalog) = &self.catalog {
+            catalog.add_index(&id, &file)?;
+        }
         // Only now that the catalog answers for these blobs may the session forget them.
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         for blob in file.packs.iter().flat_map(|p| &p.blobs) {
