@@ -406,3 +406,65 @@ pub async fn walk_all(
     }
     sets.seal()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::tests::pack;
+    use crate::id::IndexId;
+    use crate::index::IndexFile;
+
+    #[test]
+    fn homes_prefer_the_pack_most_in_use_and_missing_blobs_are_found() {
+        let catalog = Catalog::open(None).unwrap();
+        let [shared, live, dead, gone] = [(); 4].map(|_| BlobId::random());
+        // `full` is entirely in use; `sparse` holds a copy of `shared` and much dead data.
+        let full = pack(&[(shared, 10), (live, 10)]);
+        let sparse = pack(&[(shared, 10), (dead, 1000)]);
+        let unstored = pack(&[(gone, 10)]);
+        for p in [&full, &sparse, &unstored] {
+            catalog.add_index(&IndexId::random(), &IndexFile { packs: vec![p.clone()] }).unwrap();
+        }
+        let stored: HashMap<PackId, u64> = [(full.id, full.size), (sparse.id, sparse.size)].into();
+        let mut sets = Sets::new(&catalog).unwrap();
+        {
+            let mut sink = sets.sink();
+            for id in [shared, live, shared] {
+                sink.data(id).unwrap();
+            }
+        }
+        sets.seal().unwrap();
+        assert_eq!(sets.assign(&stored).unwrap(), None);
+        let stat = |id: PackId| sets.packs.values().find(|p| p.id == id).unwrap().clone();
+        assert_eq!((stat(full.id).home, stat(full.id).live), (20, 20));
+        assert_eq!((stat(sparse.id).home, stat(sparse.id).live, stat(sparse.id).total), (0, 10, 1010));
+        assert!(!stat(sparse.id).is_home(), "a pack whose live blobs live elsewhere too is unreferenced");
+        // Doomed if `sparse` is marked and `full` kept: only its dead blob.
+        let rows = |ids: &[PackId]| ids.iter().map(|id| sets.row_of(id).unwrap()).collect::<HashSet<i64>>();
+        assert_eq!(sets.doomed(&rows(&[sparse.id]), &rows(&[full.id])).unwrap(), vec![dead]);
+        // The live blobs of `full` when it is repacked.
+        sets.keep_homed(&rows(&[full.id])).unwrap();
+        let mut homed: Vec<BlobId> = sets.homed(sets.row_of(&full.id).unwrap()).unwrap().iter().map(|e| e.id).collect();
+        homed.sort();
+        let mut expected = vec![shared, live];
+        expected.sort();
+        assert_eq!(homed, expected);
+
+        // A referenced blob whose only pack is not stored is reported.
+        let mut sets = Sets::new(&catalog).unwrap();
+        sets.sink().data(gone).unwrap();
+        sets.sink().data(live).unwrap();
+        sets.seal().unwrap();
+        assert_eq!(sets.assign(&stored).unwrap(), Some(gone));
+    }
+
+    #[test]
+    fn nodes_are_walked_once() {
+        let catalog = Catalog::open(None).unwrap();
+        let mut sets = Sets::new(&catalog).unwrap();
+        let tree = BlobId::random();
+        let mut sink = sets.sink();
+        assert!(sink.node(tree).unwrap());
+        assert!(!sink.node(tree).unwrap(), "a tree seen before is not walked again");
+    }
+}
