@@ -49,7 +49,7 @@ impl PruneOptions {
             }
         };
         let max_repack = self.max_repack.as_deref().map(parse_size).transpose()?;
-        Ok(CollectOptions { dry_run, max_unused, max_repack, consolidate: true })
+        Ok(CollectOptions { dry_run, max_unused, max_repack, consolidate: true, max_doomed: None })
     }
 }
 
@@ -95,6 +95,13 @@ pub fn describe(report: &CollectReport, dry_run: bool) -> String {
             report.repacked_packs,
             bytes(report.repacked_bytes),
             if dry_run { String::new() } else { format!(" into {} of new packs", bytes(report.repack_added_bytes)) }
+        ));
+    }
+    if report.deferred_packs > 0 {
+        text.push_str(&format!(
+            "; {} more unreferenced packs wait for the next run (at most {} blobs are marked per run)",
+            report.deferred_packs,
+            cairn::repo::gc::MAX_DOOMED_PER_RUN
         ));
     }
     if report.index_files_after < report.index_files_before {

@@ -207,6 +207,8 @@ pub struct CollectReport {
     pub repack_added_bytes: u64,
     pub index_files_before: u64,
     pub index_files_after: u64,
+    /// Unreferenced packs left for the next run's mark (see [`CollectOptions::max_doomed`]).
+    pub deferred_packs: u64,
 }
 
 /// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now.
@@ -228,7 +230,15 @@ pub struct CollectOptions {
     pub max_repack: Option<u64>,
     /// Rewrite all index files as a few large ones.
     pub consolidate: bool,
+    /// Mark at most about this many blobs' packs in one run (`None`:
+    /// [`MAX_DOOMED_PER_RUN`]); the rest wait for the next run. This bounds the doomed
+    /// list every run and every writer holds in memory.
+    pub max_doomed: Option<u64>,
 }
+
+/// Default for [`CollectOptions::max_doomed`]: about 100 MiB of doomed list at most
+/// (32 bytes per blob in memory, 66 in the candidate set's JSON).
+pub const MAX_DOOMED_PER_RUN: u64 = 1_000_000;
 
 /// One removal run with options; see [`collect`].
 ///
@@ -384,8 +394,10 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     // Repacked packs wait for a second sighting like any other: a pack partly referenced
     // may also hold a running writer's fresh blobs, and marking it at once made writers
     // fail (cleanly, but a failed backup costs more than a slower prune).
-    let (candidates, watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
+    let (candidates, mut watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
         unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
+    let max_doomed = options.max_doomed.unwrap_or(MAX_DOOMED_PER_RUN);
+    let mut marked_blobs = 0u64;
     let mut marked_bytes = 0;
     // Doomed: blobs of marked packs that no kept pack also holds.
     let mut doomed: Vec<BlobId> = Vec::new();
@@ -393,11 +405,22 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     let mut marked_rows = HashSet::new();
     for pack in &candidates {
         if let Some(row) = sets.row_of(pack) {
+            let blobs = sets.packs[&row].blobs;
+            if !marked.is_empty() && marked_blobs + blobs > max_doomed {
+                // Past the bound: still unreferenced, so the next run may mark it.
+                watch.insert(*pack);
+                report.deferred_packs += 1;
+                continue;
+            }
+            marked_blobs += blobs;
             marked_rows.insert(row);
         } else {
             // Its header says which blobs it holds, so a writer that needs one is protected.
             match pack_blob_ids(repo, pack).await {
-                Ok(ids) => doomed.extend(sets.doomed_of(ids, &kept)?),
+                Ok(ids) => {
+                    marked_blobs += ids.len() as u64;
+                    doomed.extend(sets.doomed_of(ids, &kept)?)
+                }
                 // Unreadable: not ours to judge here; check reports it.
                 Err(_) => continue,
             }

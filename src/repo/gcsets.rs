@@ -59,6 +59,8 @@ pub struct PackStat {
     pub size: u64,
     /// Whether the storage listing holds it.
     pub stored: bool,
+    /// How many blobs the index lists in it.
+    pub blobs: u64,
     /// Bytes of all its blobs, of the referenced ones, and of those whose home it is.
     pub total: u64,
     pub live: u64,
@@ -145,6 +147,7 @@ impl<'c> Sets<'c> {
             while let Some(row) = rows.next()? {
                 let Some(pack) = packs.get_mut(&row.get::<_, i64>(0)?) else { continue };
                 let length = row.get::<_, i64>(1)? as u64;
+                pack.blobs += 1;
                 pack.total += length;
                 if row.get::<_, bool>(2)? {
                     pack.live += length;
@@ -326,6 +329,7 @@ fn load_packs(conn: &Connection, stored: &HashMap<PackId, u64>) -> Result<HashMa
                 salt,
                 size: row.get::<_, i64>(3)? as u64,
                 stored: stored.contains_key(&id),
+                blobs: 0,
                 total: 0,
                 live: 0,
                 home: 0,

@@ -215,3 +215,49 @@ async fn a_prune_interrupted_at_any_write_or_delete_is_finished_by_the_next() {
     assert!(nth > 8, "the prune made only {nth} writes and deletes; the test covers little");
     eprintln!("a prune interrupted at each of its {} writes and deletes was finished by the next runs", nth - 1);
 }
+
+/// A mark holds at most `max_doomed` blobs' packs; the rest wait, still unreferenced, and
+/// later runs take them in turn until everything forgotten is gone. What is kept
+/// restores throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marking_is_bounded_per_run_and_later_runs_take_the_rest() {
+    let memory: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let repo = init(memory.clone()).await;
+    // Five forgotten backups of 3 MiB each: several 1 MiB packs of about 16 blobs.
+    for i in 0..5u64 {
+        let input = crate::harness::noise(3 << 20, 40 + i);
+        backup_stream(&repo, &input[..], &options(&format!("old{i}")), &Cancel::new(), &Silent).await.unwrap();
+    }
+    let kept = crate::harness::noise(1 << 20, 50);
+    backup_stream(&repo, &kept[..], &options("kept"), &Cancel::new(), &Silent).await.unwrap();
+    for (id, snapshot) in repo.catalog().snapshots().unwrap() {
+        if snapshot.name != "kept" {
+            repo.backend().delete(&cairn::backend::keys::snapshot(&id)).await.unwrap();
+        }
+    }
+    drop(repo);
+    let bounded = cairn::repo::gc::CollectOptions { max_doomed: Some(40), ..Default::default() };
+    let (mut runs, mut marked_runs, mut deleted) = (0, 0, 0);
+    loop {
+        let report = cairn::repo::gc::collect_with(&open(memory.clone()).await, &bounded).await.unwrap();
+        runs += 1;
+        deleted += report.deleted_packs;
+        if report.marked_packs > 0 {
+            marked_runs += 1;
+            let repo = open(memory.clone()).await;
+            let view = cairn::repo::gc::read_view(repo.backend(), repo.key()).await.unwrap();
+            let candidates =
+                cairn::repo::gc::read_candidates(repo.backend(), repo.key(), &view.pending[0]).await.unwrap();
+            assert!(candidates.doomed.len() <= 40 + 20, "one pack past the bound at most: {}", candidates.doomed.len());
+        }
+        if report.marked_packs == 0 && report.deleted_packs == 0 && report.deferred_packs == 0 && runs > 2 {
+            break;
+        }
+        assert!(runs < 40, "removal finishes");
+    }
+    assert!(marked_runs > 2, "the bound spread the marking over several runs ({marked_runs})");
+    assert!(deleted >= 10, "the forgotten packs went ({deleted})");
+    verify(memory.clone(), &[kept]).await;
+    let repo = open(memory).await;
+    assert_eq!(repo.catalog().snapshots().unwrap().len(), 1);
+}
