@@ -23,6 +23,9 @@ use std::path::{Path, PathBuf};
 
 /// Blobs in one pack closer than this are fetched in one range.
 const COALESCE_GAP: u64 = 1 << 20;
+/// A range grows to at most this many bytes, so the reads in flight (one per connection)
+/// hold a bounded amount of memory whatever the pack size.
+const MAX_RANGE: u64 = 8 << 20;
 
 #[derive(Debug, Clone, Default)]
 pub struct RestoreOptions {
@@ -255,7 +258,8 @@ async fn write_data(
         wanted.sort_by_key(|(l, _)| l.entry.offset);
         let mut current: Vec<(BlobLocation, Vec<Target>)> = Vec::new();
         for item in wanted {
-            let split = current.last().is_some_and(|(last, _)| item.0.entry.offset > last.entry.end() + COALESCE_GAP);
+            let split = current.last().is_some_and(|(last, _)| item.0.entry.offset > last.entry.end() + COALESCE_GAP)
+                || current.first().is_some_and(|(first, _)| item.0.entry.end() - first.entry.offset > MAX_RANGE);
             if split {
                 ranges.push((pack, std::mem::take(&mut current)));
             }
