@@ -13,7 +13,6 @@ use crate::crypto::{MasterKey, SALT_LEN};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::index::IndexFile;
-use crate::object;
 use crate::pack::{BlobKind, PackEntry};
 use crate::snapshot::SnapshotFile;
 use futures::{StreamExt, TryStreamExt};
@@ -23,17 +22,29 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 const SCHEMA_VERSION: i64 = 2;
-/// Tables the index fills; dropped and made again when the catalog rebuilds.
-const INDEX_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS packs (
-    rowid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, salt BLOB NOT NULL, size INTEGER NOT NULL, kind INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS pack_files (pack INTEGER NOT NULL, file BLOB NOT NULL, PRIMARY KEY (pack, file)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS blobs (
-    id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
-    length INTEGER NOT NULL, raw_length INTEGER NOT NULL, PRIMARY KEY (id, pack)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs (pack, offset);
-";
+/// The columns of a blob row: in `blobs`, in the staging table, and in the copy that a
+/// large drop makes.
+macro_rules! blob_columns {
+    () => {
+        "id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
+         length INTEGER NOT NULL, raw_length INTEGER NOT NULL"
+    };
+}
+/// Tables the index fills; dropped and made again when the catalog rebuilds. Run at every
+/// open (everything is `IF NOT EXISTS`).
+const INDEX_SCHEMA: &str = concat!(
+    "CREATE TABLE IF NOT EXISTS index_files (id BLOB PRIMARY KEY);
+     CREATE TABLE IF NOT EXISTS packs (
+         rowid INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, salt BLOB NOT NULL, size INTEGER NOT NULL,
+         kind INTEGER NOT NULL);
+     CREATE TABLE IF NOT EXISTS pack_files (pack INTEGER NOT NULL, file BLOB NOT NULL, PRIMARY KEY (pack, file))
+         WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS pack_files_by_file ON pack_files (file);
+     CREATE TABLE IF NOT EXISTS blobs (",
+    blob_columns!(),
+    ", PRIMARY KEY (id, pack)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs (pack, offset);"
+);
 const OTHER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS snapshots (id BLOB PRIMARY KEY, json TEXT NOT NULL);
@@ -42,11 +53,7 @@ const DROP_INDEX_TABLES: &str =
     "DROP TABLE IF EXISTS index_files; DROP TABLE IF EXISTS packs; DROP TABLE IF EXISTS pack_files; DROP TABLE IF EXISTS blobs;";
 /// Index rows are staged here (appended, unsorted), then moved into `blobs` in key order:
 /// a million random-key inserts into a B-tree cost several times one sorted insert.
-const STAGING: &str = "
-CREATE TEMP TABLE IF NOT EXISTS staged_blobs (
-    id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
-    length INTEGER NOT NULL, raw_length INTEGER NOT NULL);
-";
+const STAGING: &str = concat!("CREATE TEMP TABLE IF NOT EXISTS staged_blobs (", blob_columns!(), ");");
 /// From this many staged rows on, the pack index of an empty catalog is built after the
 /// insert (one sort) rather than updated row by row.
 const BULK_ROWS: i64 = 100_000;
@@ -104,10 +111,10 @@ impl Catalog {
         if version != SCHEMA_VERSION {
             conn.execute_batch(DROP_INDEX_TABLES)?;
             conn.execute_batch("DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshots;")?;
-            conn.execute_batch(INDEX_SCHEMA)?;
-            conn.execute_batch(OTHER_SCHEMA)?;
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         }
+        conn.execute_batch(INDEX_SCHEMA)?;
+        conn.execute_batch(OTHER_SCHEMA)?;
         // Temporary tables (staging, and a removal run's sets) and sorts spill to files,
         // never to RAM; 16 MiB of page cache keeps sorted scans fast.
         conn.pragma_update(None, "temp_store", "FILE")?;
@@ -150,15 +157,10 @@ impl Catalog {
             conn.execute_batch(INDEX_SCHEMA)?;
             known.clear();
         }
-        self.conn().execute_batch("DELETE FROM staged_blobs")?;
+        self.discard_partial_loads()?;
         let missing: Vec<IndexId> = listed.difference(&known).copied().collect();
         let mut loaded = futures::stream::iter(missing)
-            .map(|id| async move {
-                let name = keys::index(&id);
-                let bytes = backend.get(&name).await?;
-                let plain = object::open(key, object::INDEX_MAGIC, &name, &bytes)?;
-                Ok::<_, Error>((id, IndexFile::decode(&plain).map_err(|e| e.context(&name))?))
-            })
+            .map(|id| async move { Ok::<_, Error>((id, crate::repo::read_index(backend, key, &id).await?)) })
             .buffer_unordered(4);
         // Staged file by file, then merged into `blobs` in key order in one go.
         let mut staged = Vec::new();
@@ -174,6 +176,17 @@ impl Catalog {
         merge_staged(&tx, &staged)?;
         tx.commit()?;
         Ok(!staged.is_empty())
+    }
+
+    /// A refresh that failed half-way (an index file vanished mid-read) left staged rows and
+    /// pack rows of files it never recorded: drop them, so no pack is listed by a file the
+    /// catalog does not know.
+    fn discard_partial_loads(&self) -> Result<()> {
+        Ok(self.conn().execute_batch(
+            "DELETE FROM staged_blobs;
+             DELETE FROM pack_files WHERE file NOT IN (SELECT id FROM index_files);
+             DELETE FROM packs WHERE rowid NOT IN (SELECT pack FROM pack_files);",
+        )?)
     }
 
     /// The ids a one-column query returns, without decoding anything else.
@@ -526,15 +539,15 @@ fn drop_packs(tx: &rusqlite::Transaction<'_>, rows: &[i64]) -> Result<()> {
         }
     }
     if count >= BULK_ROWS {
-        tx.execute_batch(
+        tx.execute_batch(concat!(
             "DROP INDEX IF EXISTS blobs_by_pack;
-             CREATE TABLE blobs_kept (
-                 id BLOB NOT NULL, pack INTEGER NOT NULL, kind INTEGER NOT NULL, offset INTEGER NOT NULL,
-                 length INTEGER NOT NULL, raw_length INTEGER NOT NULL, PRIMARY KEY (id, pack)) WITHOUT ROWID;
+             CREATE TABLE blobs_kept (",
+            blob_columns!(),
+            ", PRIMARY KEY (id, pack)) WITHOUT ROWID;
              INSERT INTO blobs_kept SELECT * FROM blobs WHERE pack NOT IN (SELECT n FROM dropped_packs) ORDER BY id, pack;
              DROP TABLE blobs;
-             ALTER TABLE blobs_kept RENAME TO blobs;",
-        )?;
+             ALTER TABLE blobs_kept RENAME TO blobs;"
+        ))?;
         tx.execute_batch(INDEX_SCHEMA)?;
     } else {
         tx.execute_batch("DELETE FROM blobs WHERE pack IN (SELECT n FROM dropped_packs)")?;
@@ -661,6 +674,28 @@ pub(crate) mod tests {
         let mut expected = vec![f2, f3];
         expected.sort();
         assert_eq!(files, expected);
+    }
+
+    #[test]
+    fn a_half_done_load_is_discarded() {
+        let catalog = Catalog::open(None).unwrap();
+        let (kept, half) = (pack(&[(BlobId::random(), 5)]), pack(&[(BlobId::random(), 5)]));
+        catalog.add_index(&IndexId::random(), &IndexFile { packs: vec![kept.clone()] }).unwrap();
+        // What a refresh does for a file before it fails on the next one: staged, not merged.
+        {
+            let mut conn = catalog.conn();
+            let tx = conn.transaction().unwrap();
+            stage_index(&tx, &IndexId::random(), &IndexFile { packs: vec![half.clone()] }).unwrap();
+            tx.commit().unwrap();
+        }
+        assert!(catalog.has_pack(&half.id).unwrap());
+        catalog.discard_partial_loads().unwrap();
+        assert!(!catalog.has_pack(&half.id).unwrap(), "the unrecorded file's pack is gone");
+        assert!(catalog.files_listing(&[half.id].into()).unwrap().is_empty());
+        assert_eq!(catalog.pack_blobs(&kept.id).unwrap(), kept.blobs, "recorded files are untouched");
+        // The staged rows are gone too: the next merge does not pick them up.
+        catalog.add_index(&IndexId::random(), &IndexFile::default()).unwrap();
+        assert!(catalog.lookup(&half.blobs[0].id).unwrap().is_none());
     }
 
     #[test]

@@ -5,9 +5,8 @@ use super::output::print_json;
 use super::Outcome;
 use cairn::backend::keys;
 use cairn::id::{BlobId, IndexId, PackId};
-use cairn::index::IndexFile;
+use cairn::pack;
 use cairn::repo::SnapshotFilter;
-use cairn::{object, pack};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -45,13 +44,7 @@ pub async fn run(ctx: &Context, args: CatArgs) -> Outcome {
         }
         What::Index => {
             let id = IndexId::from_hex(&need_id()?)?;
-            let name = keys::index(&id);
-            let file = IndexFile::decode(&object::open(
-                repo.key(),
-                object::INDEX_MAGIC,
-                &name,
-                &repo.backend().get(&name).await?,
-            )?)?;
+            let file = cairn::repo::read_index(repo.backend(), repo.key(), &id).await?;
             let packs: Vec<_> = file
                 .packs
                 .iter()

@@ -14,8 +14,6 @@ use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::IndexFile;
-use crate::object;
 use crate::pack::{self, BlobKind};
 use crate::progress::Progress;
 use crate::repo::Repository;
@@ -71,9 +69,10 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
 
     for object in backend.list(keys::INDEX).await? {
         let Ok(id) = IndexId::from_hex(keys::name(&object.key)) else { continue };
-        match load_index(backend, key, &object.key).await {
+        match crate::repo::read_index(backend, key, &id).await {
             Ok(file) => catalog.add_index(&id, &file)?,
-            Err(e) => report.errors.push(format!("index file {id}: {e}")),
+            // The message names the object.
+            Err(e) => report.errors.push(e.to_string()),
         }
         report.index_files += 1;
     }
@@ -175,11 +174,6 @@ fn wanted(read_data: ReadData, id: &PackId) -> bool {
         ReadData::Percent(p) => p >= 100.0,
         ReadData::Part(k, n) => u32::from(id.0[0]) % n == k - 1,
     }
-}
-
-async fn load_index(backend: &Backend, key: &MasterKey, name: &str) -> Result<IndexFile> {
-    let bytes = backend.get(name).await?;
-    IndexFile::decode(&object::open(key, object::INDEX_MAGIC, name, &bytes)?)
 }
 
 /// Read a whole pack; returns its size and the problems found, each with the blob it

@@ -308,21 +308,18 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
                 referenced_blobs(repo, snapshot, &mut sink).await?;
             }
         }
-        let mut needed = sink.found;
         // A needed blob copied since the mark into a pack outside the set needs no rescue;
         // the others rescue every marked pack that holds them.
         let marked: HashSet<PackId> = set.packs.iter().copied().collect();
         let mut rescue: HashSet<PackId> = HashSet::new();
-        let mut still_needed = HashSet::new();
-        for blob in needed.drain() {
+        let mut needed = HashSet::new();
+        for blob in sink.found {
             let copies = catalog.copies(&blob)?;
-            if copies.iter().any(|p| !marked.contains(p)) {
-                continue;
+            if copies.iter().all(|p| marked.contains(p)) {
+                rescue.extend(copies);
+                needed.insert(blob);
             }
-            rescue.extend(copies);
-            still_needed.insert(blob);
         }
-        let needed = still_needed;
         // Unindexed packs cannot be checked blob by blob here: their doomed blobs came
         // from their headers; rescue them if anything new needs one of those blobs.
         for pack in &set.packs {
@@ -384,9 +381,8 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             unreferenced.insert(pack.id);
         }
     }
-    let indexed: HashSet<PackId> = sets.packs.values().map(|p| p.id).collect();
     for pack in stored_size.keys() {
-        if !indexed.contains(pack) && !doomed_packs.contains(pack) {
+        if sets.row_of(pack).is_none() && !doomed_packs.contains(pack) {
             unreferenced.insert(*pack);
         }
     }
@@ -517,9 +513,7 @@ async fn drop_from_index(
     let mut removed = Vec::new();
     let mut added = Vec::new();
     for id in catalog.files_listing(drop)? {
-        let name = keys::index(&id);
-        let file = IndexFile::decode(&object::open(key, object::INDEX_MAGIC, &name, &backend.get(&name).await?)?)
-            .map_err(|e| e.context(&name))?;
+        let file = super::read_index(backend, key, &id).await?;
         let kept = IndexFile { packs: file.packs.into_iter().filter(|p| !drop.contains(&p.id)).collect() };
         if !kept.packs.is_empty() {
             let new = IndexId::random();
@@ -527,7 +521,7 @@ async fn drop_from_index(
             backend.put(&keys::index(&new), sealed.into(), WriteMode::Create).await?;
             added.push((new, kept.packs.iter().map(|p| p.id).collect()));
         }
-        backend.delete(&name).await?;
+        backend.delete(&keys::index(&id)).await?;
         removed.push(id);
     }
     catalog.rewrote_index(&removed, &added, drop)?;
@@ -743,7 +737,7 @@ async fn repack(repo: &Repository, packs: &[PackStat], sets: &Sets<'_>) -> Resul
                 })?;
                 let data = crate::pack::open_blob(repo.key(), &pack_key, entry, sealed)
                     .map_err(|e| e.context(format!("repacking pack {}", pack.id)))?;
-                tokio::task::block_in_place(|| saver.save_moved(entry.kind, entry.id, data))?;
+                tokio::task::block_in_place(|| saver.store_claimed(entry.kind, entry.id, data))?;
             }
         }
         Ok::<_, Error>(())
@@ -778,9 +772,7 @@ async fn consolidate(backend: &Backend, key: &MasterKey, catalog: &crate::catalo
         (id, packs, sealed)
     };
     for id in &old {
-        let name = keys::index(id);
-        let file = IndexFile::decode(&object::open(key, object::INDEX_MAGIC, &name, &backend.get(&name).await?)?)
-            .map_err(|e| e.context(&name))?;
+        let file = super::read_index(backend, key, id).await?;
         for pack in file.packs {
             if !seen.insert(pack.id) {
                 continue;

@@ -5,7 +5,8 @@
 //! catalog's connection (temporary tables and sorts spill to files, see
 //! `Catalog::open`); every pass over them is a scan in key order against the catalog's
 //! `blobs` table, which holds every copy of every blob. What stays in RAM is per pack
-//! (a few dozen bytes for each 16 MiB pack) and a 16 MiB page cache.
+//! (a few dozen bytes for each 16 MiB pack) and SQLite's page caches (16 MiB each for
+//! the catalog and its temporary tables).
 
 use super::Repository;
 use crate::catalog::Catalog;
@@ -106,19 +107,18 @@ impl<'c> Sets<'c> {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let buffer = std::mem::take(&mut self.buffer);
+        let buffer = &self.buffer;
         self.catalog.with_conn(|c| {
             let tx = c.unchecked_transaction()?;
             {
                 let mut insert = tx.prepare_cached("INSERT INTO gc_staged (id) VALUES (?1)")?;
-                for id in &buffer {
+                for id in buffer {
                     insert.execute([&id.0[..]])?;
                 }
             }
             tx.commit()?;
             Ok(())
         })?;
-        self.buffer = buffer;
         self.buffer.clear();
         Ok(())
     }
@@ -156,68 +156,77 @@ impl<'c> Sets<'c> {
             Ok(())
         })?;
         let mut missing = None;
+        let mut home: HashMap<i64, u64> = HashMap::new();
         self.catalog.with_conn(|c| {
-            let mut stmt =
-                c.prepare("SELECT r.id, b.pack, b.length FROM gc_refs r LEFT JOIN blobs b ON b.id = r.id")?;
-            let mut rows = stmt.query([])?;
-            // Rows come in id order: one group of copies per referenced blob.
-            let mut current: Option<Copies> = None;
-            while let Some(row) = rows.next()? {
-                let id: Vec<u8> = row.get(0)?;
-                if current.as_ref().is_none_or(|(c, _)| *c != id) {
-                    settle(packs, current.take(), &mut missing);
-                    current = Some((id, None));
+            self.homes(c, |id, copy| {
+                match copy {
+                    Some(copy) => *home.entry(copy.pack).or_default() += copy.length,
+                    None if missing.is_none() => missing = BlobId::from_slice(id),
+                    None => {}
                 }
-                let Some(pack) = row.get::<_, Option<i64>>(1)? else { continue };
-                let length = row.get::<_, i64>(2)? as u64;
-                let best = current.as_ref().and_then(|(_, b)| b.map(|(p, _)| p));
-                if better(packs, pack, best) {
-                    current.as_mut().expect("set above").1 = Some((pack, length));
-                }
-            }
-            settle(packs, current.take(), &mut missing);
-            Ok(())
+                Ok(())
+            })
         })?;
+        for (row, bytes) in home {
+            if let Some(pack) = self.packs.get_mut(&row) {
+                pack.home = bytes;
+            }
+        }
         Ok(missing)
     }
 
-    /// Record the blobs whose home is one of `packs` (catalog rows), for [`Sets::homed`]:
-    /// one pass in key order, like the home assignment.
+    /// Every referenced blob, in key order, with its home copy (`None`: no stored pack
+    /// holds it). One scan of the referenced set against the index: a LEFT JOIN keeps
+    /// SQLite scanning `gc_refs` first; a filter on `b` would let it scan the pack index
+    /// and probe at random.
+    fn homes(&self, conn: &Connection, mut f: impl FnMut(&[u8], Option<&HomeCopy>) -> Result<()>) -> Result<()> {
+        let mut stmt = conn.prepare(
+            "SELECT r.id, b.pack, b.kind, b.offset, b.length, b.raw_length FROM gc_refs r LEFT JOIN blobs b ON b.id = r.id",
+        )?;
+        let mut rows = stmt.query([])?;
+        // The current blob's id and its best copy so far.
+        let mut current: Option<(Vec<u8>, Option<HomeCopy>)> = None;
+        while let Some(row) = rows.next()? {
+            let id: Vec<u8> = row.get(0)?;
+            if current.as_ref().is_none_or(|(c, _)| *c != id) {
+                if let Some((id, best)) = current.take() {
+                    f(&id, best.as_ref())?;
+                }
+                current = Some((id, None));
+            }
+            let Some(pack) = row.get::<_, Option<i64>>(1)? else { continue };
+            let best = &mut current.as_mut().expect("set above").1;
+            if better(&self.packs, pack, best.as_ref().map(|b| b.pack)) {
+                *best = Some(HomeCopy {
+                    pack,
+                    kind: row.get(2)?,
+                    offset: row.get(3)?,
+                    length: row.get::<_, i64>(4)? as u64,
+                    raw_length: row.get(5)?,
+                });
+            }
+        }
+        if let Some((id, best)) = current {
+            f(&id, best.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Record the blobs whose home is one of `packs` (catalog rows), for [`Sets::homed`].
     pub fn keep_homed(&self, packs: &HashSet<i64>) -> Result<()> {
         self.catalog.with_conn(|c| {
             c.execute_batch("DROP INDEX IF EXISTS temp.gc_homed_by_pack; DELETE FROM gc_homed;")?;
             let tx = c.unchecked_transaction()?;
             {
-                let mut stmt = tx.prepare(
-                    "SELECT r.id, b.pack, b.kind, b.offset, b.length, b.raw_length FROM gc_refs r LEFT JOIN blobs b ON b.id = r.id",
-                )?;
                 let mut insert = tx.prepare(
                     "INSERT INTO gc_homed (pack, offset, id, kind, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
-                let mut rows = stmt.query([])?;
-                // In key order (a LEFT JOIN keeps SQLite scanning `gc_refs` first; a filter
-                // on `b` would let it scan the pack index and probe at random).
-                type Row = (Vec<u8>, i64, u8, i64, i64, i64);
-                let mut best: Option<Row> = None;
-                let mut keep = |row: Option<Row>| -> Result<()> {
-                    if let Some((id, pack, kind, offset, length, raw_length)) = row {
-                        if packs.contains(&pack) {
-                            insert.execute(params![pack, offset, id, kind, length, raw_length])?;
-                        }
+                self.homes(&tx, |id, copy| {
+                    if let Some(h) = copy.filter(|h| packs.contains(&h.pack)) {
+                        insert.execute(params![h.pack, h.offset, id, h.kind, h.length as i64, h.raw_length])?;
                     }
                     Ok(())
-                };
-                while let Some(row) = rows.next()? {
-                    let Some(pack) = row.get::<_, Option<i64>>(1)? else { continue };
-                    let row: Row = (row.get(0)?, pack, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?);
-                    if best.as_ref().is_some_and(|b| b.0 != row.0) {
-                        keep(best.take())?;
-                    }
-                    if better(&self.packs, row.1, best.as_ref().map(|b| b.1)) {
-                        best = Some(row);
-                    }
-                }
-                keep(best.take())?;
+                })?;
             }
             tx.execute_batch("CREATE INDEX temp.gc_homed_by_pack ON gc_homed (pack, offset)")?;
             tx.commit()?;
@@ -291,20 +300,13 @@ impl<'c> Sets<'c> {
     }
 }
 
-/// A referenced blob's id and its best home so far (catalog row, bytes).
-type Copies = (Vec<u8>, Option<(i64, u64)>);
-
-/// Credit a referenced blob's bytes to its home, or note it as missing.
-fn settle(packs: &mut HashMap<i64, PackStat>, group: Option<Copies>, missing: &mut Option<BlobId>) {
-    match group {
-        Some((_, Some((pack, length)))) => {
-            if let Some(p) = packs.get_mut(&pack) {
-                p.home += length;
-            }
-        }
-        Some((id, None)) if missing.is_none() => *missing = BlobId::from_slice(&id),
-        _ => {}
-    }
+/// A blob's copy chosen as its home.
+struct HomeCopy {
+    pack: i64,
+    kind: u8,
+    offset: i64,
+    length: u64,
+    raw_length: i64,
 }
 
 /// Whether `pack` is a better home than `current`.

@@ -342,6 +342,17 @@ impl Repository {
     }
 }
 
+/// Read, decrypt and decode one index file; errors name it.
+pub async fn read_index(
+    backend: &Backend,
+    key: &MasterKey,
+    id: &crate::id::IndexId,
+) -> Result<crate::index::IndexFile> {
+    let name = objkeys::index(id);
+    let plain = object::open(key, object::INDEX_MAGIC, &name, &backend.get(&name).await?)?;
+    crate::index::IndexFile::decode(&plain).map_err(|e| e.context(&name))
+}
+
 /// Read and decrypt one snapshot manifest.
 pub async fn read_snapshot(backend: &Backend, key: &MasterKey, id: &SnapshotId) -> Result<SnapshotFile> {
     let name = objkeys::snapshot(id);

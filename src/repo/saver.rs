@@ -344,18 +344,10 @@ impl Saver {
         self.store_copy(kind, id, bytes)
     }
 
-    /// Store a blob [`Saver::claim`] returned true for, under the id it already has
-    /// (copying between repositories that share an id key).
+    /// Store a blob under the id it already has, without the session's dedup check: one
+    /// [`Saver::claim`] returned true for (copying between repositories that share an id
+    /// key), or one moved out of a pack being repacked (each is moved once).
     pub fn store_claimed(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
-        match kind {
-            BlobKind::Data => self.save_data(id, bytes),
-            BlobKind::Meta => self.store_meta(id, bytes),
-        }
-    }
-
-    /// Store a blob moved out of a pack being repacked: each is moved once, so no
-    /// session bookkeeping.
-    pub fn save_moved(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
         match kind {
             BlobKind::Data => self.save_data(id, bytes),
             BlobKind::Meta => self.store_meta(id, bytes),
@@ -365,10 +357,7 @@ impl Saver {
     /// Store a blob even if this session stored it already (its pack is being removed).
     fn store_copy(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
         super::gc::count_copied(1);
-        match kind {
-            BlobKind::Data => self.save_data(id, bytes),
-            BlobKind::Meta => self.store_meta(id, bytes),
-        }
+        self.store_claimed(kind, id, bytes)
     }
 
     fn store_meta(&self, id: BlobId, bytes: Vec<u8>) -> Result<()> {
