@@ -102,6 +102,17 @@ impl<R: Read> Chunker<R> {
     }
 
     /// Bytes of input consumed so far that have not been returned as chunks.
+    /// Chunk `reader` next, keeping this chunker's buffer and gear tables: a backup of
+    /// many files then maps and zeroes its buffer once, not once per file.
+    pub fn reset<S: Read>(self, reader: S, size: u64) -> Chunker<S> {
+        let Chunker { mut buf, min, avg, max, masks, gear, gear_ls, .. } = self;
+        let wanted = full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1));
+        if buf.len() < wanted {
+            buf.resize(wanted, 0);
+        }
+        Chunker { reader, buf, start: 0, end: 0, eof: false, min, avg, max, masks, gear, gear_ls }
+    }
+
     fn available(&self) -> usize {
         self.end - self.start
     }
@@ -230,6 +241,18 @@ mod tests {
             let got = Chunker::with_size_hint(&data[..], params(), hint).collect::<io::Result<Vec<_>>>().unwrap();
             assert_eq!(got, expected, "hint {hint}");
         }
+    }
+
+    #[test]
+    fn a_reset_chunker_cuts_like_a_new_one() {
+        let (a, b) = (pseudo_random(300_000, 5), pseudo_random(2_000, 6));
+        let mut chunker = Chunker::with_size_hint(&a[..], params(), a.len() as u64);
+        assert_eq!(chunker.by_ref().collect::<io::Result<Vec<_>>>().unwrap(), chunks(&a, params()));
+        // A shorter input after a longer one, then a longer one after the shorter.
+        let mut chunker = chunker.reset(&b[..], b.len() as u64);
+        assert_eq!(chunker.by_ref().collect::<io::Result<Vec<_>>>().unwrap(), chunks(&b, params()));
+        let chunker = chunker.reset(&a[..], 0);
+        assert_eq!(chunker.collect::<io::Result<Vec<_>>>().unwrap(), chunks(&a, params()));
     }
 
     #[test]

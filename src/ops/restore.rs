@@ -11,7 +11,7 @@ use crate::catalog::BlobLocation;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
-use crate::repo::load::{open_with, read_content, LeafWalker};
+use crate::repo::load::{open_with, read_content, with_pack_range, LeafWalker};
 use crate::repo::Repository;
 use crate::snapshot::{Content, Node, NodeKind};
 use futures::{StreamExt, TryStreamExt};
@@ -275,11 +275,9 @@ async fn write_data(
             async move {
                 let start = items[0].0.entry.offset;
                 let end = items.iter().map(|(l, _)| l.entry.end()).max().unwrap();
-                let bytes = repo.backend().get_range(&crate::backend::keys::pack(&pack), start..end).await?;
                 let key = repo.key().clone();
-                tokio::task::spawn_blocking(move || write_range(&key, &files, start, &bytes, &items))
+                with_pack_range(repo, pack, start..end, move |bytes| write_range(&key, &files, start, bytes, &items))
                     .await
-                    .map_err(|e| Error::backend(format!("restore task failed: {e}")))?
             }
         })
         .buffer_unordered(repo.backend().connections())

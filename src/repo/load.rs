@@ -220,9 +220,9 @@ async fn fetch_window(repo: &Repository, window: Vec<BlobLocation>) -> Result<Ve
 async fn fetch_group(repo: &Repository, group: Group) -> Result<Vec<Vec<u8>>> {
     let range = group.range();
     let start = range.start;
-    let bytes = repo.backend().get_range(&keys::pack(&group.locations[0].pack), range).await?;
     let key = repo.key().clone();
-    tokio::task::spawn_blocking(move || {
+    let pack = group.locations[0].pack;
+    with_pack_range(repo, pack, range, move |bytes| {
         // Every blob of a group is in one pack: derive its key once.
         let pack_key = key.pack_key(&group.locations[0].salt);
         group
@@ -235,7 +235,29 @@ async fn fetch_group(repo: &Repository, group: Group) -> Result<Vec<Vec<u8>>> {
             .collect()
     })
     .await
-    .map_err(|e| Error::backend(format!("decrypt task failed: {e}")))?
+}
+
+/// Read `range` of `pack` and run `work` on the bytes on a blocking thread. From a local
+/// directory the read happens on that thread too, into a reused buffer; from an object
+/// store the range is fetched first.
+pub(crate) async fn with_pack_range<T: Send + 'static>(
+    repo: &Repository,
+    pack: crate::id::PackId,
+    range: std::ops::Range<u64>,
+    work: impl FnOnce(&[u8]) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let name = keys::pack(&pack);
+    let backend = repo.backend().clone();
+    let fetched = match backend.is_local() {
+        true => None,
+        false => Some(backend.get_range(&name, range.clone()).await?),
+    };
+    tokio::task::spawn_blocking(move || match fetched {
+        Some(bytes) => work(&bytes),
+        None => backend.with_local_range(&name, range, work),
+    })
+    .await
+    .map_err(|e| Error::backend(format!("read task failed: {e}")))?
 }
 
 /// The data of `content`, in order, as a stream of blob plaintexts. Windows of about

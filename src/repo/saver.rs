@@ -19,6 +19,7 @@
 //! index file that lists them: per-pack fsyncs stalled the pipeline behind writeback.
 
 use crate::backend::{keys, Backend, WriteMode};
+use crate::buffers::SpareBuffers;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
@@ -45,6 +46,10 @@ const INDEX_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 type Job = Vec<(BlobId, Vec<u8>)>;
 const BATCH_BYTES: usize = 1 << 20;
 
+/// Buffers of uploaded packs kept for the next ones: one pack being filled while the
+/// previous one uploads is the steady state.
+const SPARE_PACKS: usize = 2;
+
 /// What a saver stored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SaverStats {
@@ -68,6 +73,8 @@ struct Shared {
     /// once their index file is recorded in the catalog, so this stays bounded.
     seen: Arc<Mutex<HashSet<BlobId>>>,
     data_pack: Mutex<Option<PackWriter>>,
+    /// Buffers of uploaded data packs, for the next packs to fill.
+    spare_buffers: Arc<SpareBuffers>,
     meta_pack: Mutex<Option<PackWriter>>,
     upload_tx: tokio::sync::mpsc::Sender<FinishedPack>,
     added_bytes: AtomicU64,
@@ -140,6 +147,7 @@ impl Saver {
             catalog: repo.catalog().clone(),
             seen: Arc::new(Mutex::new(HashSet::new())),
             data_pack: Mutex::new(None),
+            spare_buffers: Arc::new(SpareBuffers::new(SPARE_PACKS)),
             meta_pack: Mutex::new(None),
             upload_tx,
             added_bytes: AtomicU64::new(0),
@@ -164,7 +172,7 @@ impl Saver {
             catalog: record.then(|| repo.catalog().clone()),
             seen: shared.seen.clone(),
         };
-        let uploader = runtime.spawn(upload_loop(indexer, upload_rx));
+        let uploader = runtime.spawn(upload_loop(indexer, upload_rx, shared.spare_buffers.clone()));
         let (data_tx, data_rx) = sync_channel::<Job>(workers * 2);
         let data_rx = Arc::new(Mutex::new(data_rx));
         let workers = (0..workers)
@@ -403,7 +411,11 @@ fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
         {
             let mut slot = shared.data_pack.lock().unwrap_or_else(|p| p.into_inner());
             for (id, plain, raw_len) in &encoded {
-                let writer = slot.get_or_insert_with(|| PackWriter::new(&shared.key, shared.pack_capacity));
+                let writer = slot.get_or_insert_with(|| {
+                    let buffer =
+                        shared.spare_buffers.take().unwrap_or_else(|| Vec::with_capacity(shared.pack_capacity));
+                    PackWriter::with_buffer(&shared.key, buffer)
+                });
                 shared.account(writer.add_encoded(BlobKind::Data, *id, plain, *raw_len));
                 if writer.size() >= shared.pack_size {
                     full.extend(slot.take());
@@ -422,7 +434,11 @@ type Uploaded = (Vec<PackId>, u64);
 
 /// Upload packs as they come, and write an index file for the durable ones every
 /// [`INDEX_FLUSH_BLOBS`] blobs and at the end. Returns (packs, index files) written.
-async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<FinishedPack>) -> Result<Uploaded> {
+async fn upload_loop(
+    indexer: Indexer,
+    mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
+    spare_buffers: Arc<SpareBuffers>,
+) -> Result<Uploaded> {
     let backend = &indexer.backend;
     // Parallel writes to one local disk only add memory; object stores get `--connections`.
     let concurrency = if backend.is_local() { 1 } else { backend.connections() };
@@ -436,10 +452,13 @@ async fn upload_loop(indexer: Indexer, mut rx: tokio::sync::mpsc::Receiver<Finis
             pack = rx.recv(), if in_flight.len() < concurrency && failure.is_none() => {
                 let Some(pack) = pack else { break };
                 let backend = backend.clone();
+                let spare_buffers = spare_buffers.clone();
                 in_flight.spawn(async move {
                     let FinishedPack { id, salt, bytes, entries } = pack;
                     let size = bytes.len() as u64;
-                    backend.put(&keys::pack(&id), bytes.into(), WriteMode::CreateIdempotentUnsynced).await?;
+                    let bytes = bytes::Bytes::from(bytes);
+                    backend.put(&keys::pack(&id), bytes.clone(), WriteMode::CreateIdempotentUnsynced).await?;
+                    spare_buffers.give_bytes(bytes);
                     Ok::<_, Error>(IndexPack { id, salt, size, blobs: entries })
                 });
             }

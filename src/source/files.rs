@@ -58,6 +58,8 @@ pub struct Walker<'a> {
     progress: &'a dyn Progress,
     stats: &'a mut SnapshotStats,
     warnings: &'a mut Vec<String>,
+    /// The chunker of the last file read, kept for its buffer.
+    spare: Option<Chunker<std::io::Empty>>,
 }
 
 impl<'a> Walker<'a> {
@@ -73,7 +75,7 @@ impl<'a> Walker<'a> {
         warnings: &'a mut Vec<String>,
     ) -> Self {
         let excludes = options.excludes.iter().map(|p| Glob::new(p)).collect();
-        Walker { repo, saver, handle, options, excludes, cancel, progress, stats, warnings }
+        Walker { repo, saver, handle, options, excludes, cancel, progress, stats, warnings, spare: None }
     }
 
     /// Walk every path; returns the root tree.
@@ -232,7 +234,11 @@ impl<'a> Walker<'a> {
         }
         let file = std::fs::File::open(path).map_err(|e| Error::io("read", path, e).with_kind(ErrorKind::Source))?;
         let mut builder = ContentBuilder::new();
-        for chunk in Chunker::with_size_hint(file, self.repo.config().chunker, meta.len()) {
+        let mut chunker = match self.spare.take() {
+            Some(spare) => spare.reset(file, meta.len()),
+            None => Chunker::with_size_hint(file, self.repo.config().chunker, meta.len()),
+        };
+        while let Some(chunk) = chunker.next_chunk().transpose() {
             self.cancel.check()?;
             let chunk = chunk.map_err(|e| Error::io("read", path, e).with_kind(ErrorKind::Source))?;
             let len = chunk.len() as u64;
@@ -240,6 +246,7 @@ impl<'a> Walker<'a> {
             builder.push(id, len, self.saver)?;
             self.progress.advance(len);
         }
+        self.spare = Some(chunker.reset(std::io::empty(), 0));
         let content = builder.finish(self.saver)?;
         self.stats.files += 1;
         self.stats.size += content.size;
