@@ -88,7 +88,7 @@ impl<R: Read> Chunker<R> {
         let max = params.max_size as usize;
         Chunker {
             reader,
-            buf: vec![0; full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1))],
+            buf: zeroed(full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1))),
             start: 0,
             end: 0,
             eof: false,
@@ -167,6 +167,14 @@ impl<R: Read> Chunker<R> {
         self.start += len;
         Ok(Some(chunk))
     }
+}
+
+/// A zeroed buffer of `len` bytes, in huge pages when it is large (see
+/// [`crate::buffers::with_huge_capacity`]).
+fn zeroed(len: usize) -> Vec<u8> {
+    let mut buf = crate::buffers::with_huge_capacity(len);
+    buf.resize(len, 0);
+    buf
 }
 
 /// The buffer for input of unknown length: two maximum chunks, at least 4 MiB.

@@ -190,10 +190,14 @@ impl Default for KdfParams {
 pub fn derive_password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32]> {
     let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
         .map_err(|e| Error::invalid(format!("invalid key derivation parameters: {e}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params.clone());
     let mut out = [0u8; 32];
+    // The working memory in huge pages: faulting 64 MiB in 4 KiB pages costs more than
+    // the hashing on virtual machines (crate::buffers::with_huge_capacity).
+    let mut memory = crate::buffers::with_huge_capacity(argon_params.block_count());
+    memory.resize(argon_params.block_count(), argon2::Block::default());
     argon
-        .hash_password_into(password, salt, &mut out)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory)
         .map_err(|e| Error::invalid(format!("key derivation failed: {e}")))?;
     Ok(out)
 }

@@ -1,4 +1,4 @@
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // one measured exception: crate::buffers (madvise); see Cargo.toml
 //! cairn: deduplicating, encrypted backups for databases and services.
 //!
 //! Layers, imports pointing downward only (docs/architecture.md):

@@ -314,7 +314,7 @@ impl Backend {
         };
         let path = root.join(key);
         let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
-        let mut buf = self.range_buffers.take().unwrap_or_default();
+        let mut buf = self.range_buffers.take().unwrap_or_else(|| crate::buffers::with_huge_capacity(want));
         if buf.len() < want {
             buf.resize(want, 0);
         }

@@ -1,11 +1,13 @@
 //! `cairn restore`: streams to a file or stdout, trees to a directory or a tar stream.
 //!
 //! Streams are read in order with several ranged reads in flight
-//! ([`crate::repo::load::read_content`]). Trees restore in three passes: plan (create
-//! directories, files of the right length and symlinks; group every needed blob by pack),
-//! data (each pack is fetched once, as few coalesced ranges; each blob is decrypted once
-//! and written with `pwrite` to every place it belongs), then metadata (modes, owners
-//! when root, mtimes; directories deepest first, so writing files does not disturb them).
+//! ([`crate::repo::load::read_content`]). Trees restore in three passes: plan (walk the
+//! trees and group every needed blob by pack, while a second thread creates the
+//! directories, empty files and symlinks in the order found), data (each pack is fetched
+//! once, as few coalesced ranges; each blob is decrypted once and written with `pwrite` to
+//! every place it belongs; the write that completes a file sets its mode, owner when root
+//! and mtime through the open file), then metadata for directories (deepest first, so
+//! nothing created later disturbs them), symlinks and empty files.
 
 use crate::catalog::BlobLocation;
 use crate::error::{Error, Result};
@@ -20,6 +22,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Blobs in one pack closer than this are fetched in one range.
 const COALESCE_GAP: u64 = 1 << 20;
@@ -139,12 +143,20 @@ struct Target {
     offset: u64,
 }
 
+/// A file to fill, and what to set once its last byte is written.
+struct PlannedFile {
+    path: PathBuf,
+    remaining: AtomicU64,
+    meta: Meta,
+}
+
 #[derive(Default)]
 struct Plan {
-    files: Vec<PathBuf>,
+    files: Vec<PlannedFile>,
     blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
-    /// Nodes whose metadata is applied after the data, in creation order.
-    metadata: Vec<(PathBuf, Node)>,
+    /// Directories, symlinks and empty files, whose metadata is applied after the data,
+    /// in creation order. Files with data get theirs right after their last write.
+    metadata: Vec<(PathBuf, Meta)>,
 }
 
 /// Restore a tree into `target`, creating it if needed.
@@ -158,6 +170,31 @@ pub async fn restore_tree_to_dir(
     std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
     let mut stats = RestoreStats::default();
     let mut plan = Plan::default();
+    let creator = Creator::start();
+    let planned = plan_tree(repo, root, target, options, &creator, &mut plan, &mut stats).await;
+    // The creator's own error explains a planner that could no longer hand it work.
+    creator.finish().await?;
+    planned?;
+    progress.begin("restoring", Some(stats.bytes));
+    let warnings = Mutex::new(std::mem::take(&mut stats.warnings));
+    write_data(repo, plan.files, plan.blobs, &warnings, progress).await?;
+    progress.end();
+    stats.warnings = warnings.into_inner().unwrap_or_else(|p| p.into_inner());
+    apply_metadata(&plan.metadata, &mut stats.warnings);
+    Ok(stats)
+}
+
+/// Walk the tree: hand every directory, file and symlink to the creator, and group the
+/// blobs of every file by pack.
+async fn plan_tree(
+    repo: &Repository,
+    root: &BlobId,
+    target: &Path,
+    options: &RestoreOptions,
+    creator: &Creator,
+    plan: &mut Plan,
+    stats: &mut RestoreStats,
+) -> Result<()> {
     let includes = includes(options);
     let mut stack = vec![(repo.load_tree(root).await?, target.to_path_buf(), Vec::new())];
     while let Some((tree, dir, rel)) = stack.pop() {
@@ -171,38 +208,88 @@ pub async fn restore_tree_to_dir(
             let path = dir.join(std::ffi::OsStr::from_bytes(&name));
             match node.kind {
                 NodeKind::Dir => {
-                    create_dir(&path)?;
+                    creator.send(Create::Dir(path.clone()))?;
                     let subtree = node
                         .subtree
                         .ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", path.display())))?;
                     stack.push((repo.load_tree(&subtree).await?, path.clone(), rel_path));
                     if restore {
                         stats.dirs += 1;
-                        plan.metadata.push((path, node));
+                        plan.metadata.push((path, Meta::of(&node)));
                     }
                 }
                 _ if !restore => {}
                 NodeKind::File => {
-                    plan_file(repo, &mut plan, &path, &node).await?;
+                    creator.send(Create::File(path.clone()))?;
+                    plan_file(repo, plan, &path, &node).await?;
                     stats.files += 1;
                     stats.bytes += node.size;
-                    plan.metadata.push((path, node));
                 }
                 NodeKind::Symlink => {
                     let link = node.target_bytes().unwrap_or_default();
-                    if place_symlink(&path, &rel_path, &link, target, options.confine_links, &mut stats)? {
-                        plan.metadata.push((path, node));
+                    if symlink_allowed(&path, &rel_path, &link, target, options.confine_links, stats) {
+                        creator.send(Create::Symlink(path.clone(), link))?;
+                        stats.symlinks += 1;
+                        plan.metadata.push((path, Meta::of(&node)));
                     }
                 }
                 other => stats.warnings.push(format!("{}: {other:?} nodes are not restored", path.display())),
             }
         }
     }
-    progress.begin("restoring", Some(stats.bytes));
-    write_data(repo, plan.files, plan.blobs, progress).await?;
-    progress.end();
-    apply_metadata(&plan.metadata, &mut stats.warnings);
-    Ok(stats)
+    Ok(())
+}
+
+/// What the creator makes, in the order the planner found it (parents first).
+enum Create {
+    Dir(PathBuf),
+    File(PathBuf),
+    Symlink(PathBuf, Vec<u8>),
+}
+
+/// Creates directories, empty files and symlinks on a thread of its own while the planner
+/// goes on reading and decrypting trees: on a tree of many small files the kernel's inode
+/// allocation and the planner's work then overlap instead of adding up.
+struct Creator {
+    tx: std::sync::mpsc::SyncSender<Create>,
+    thread: std::thread::JoinHandle<Result<()>>,
+}
+
+impl Creator {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Create>(8192);
+        let thread = std::thread::spawn(move || {
+            for op in rx {
+                match op {
+                    Create::Dir(path) => create_dir(&path)?,
+                    Create::File(path) => {
+                        std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+                    }
+                    Create::Symlink(path, link) => {
+                        let _ = std::fs::remove_file(&path);
+                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &path)
+                            .map_err(|e| Error::io("create symlink", &path, e))?;
+                    }
+                }
+            }
+            Ok(())
+        });
+        Creator { tx, thread }
+    }
+
+    fn send(&self, op: Create) -> Result<()> {
+        self.tx.send(op).map_err(|_| Error::backend("creating the restored files stopped"))
+    }
+
+    /// Wait until everything sent exists; the first creation error, if any.
+    async fn finish(self) -> Result<()> {
+        let Creator { tx, thread } = self;
+        drop(tx);
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| Error::backend(format!("restore task failed: {e}")))?
+            .unwrap_or_else(|_| Err(Error::backend("creating the restored files panicked")))
+    }
 }
 
 fn create_dir(path: &Path) -> Result<()> {
@@ -214,10 +301,12 @@ fn create_dir(path: &Path) -> Result<()> {
 }
 
 async fn plan_file(repo: &Repository, plan: &mut Plan, path: &Path, node: &Node) -> Result<()> {
-    let file = std::fs::File::create(path).map_err(|e| Error::io("create", path, e))?;
-    file.set_len(node.size).map_err(|e| Error::io("allocate", path, e))?;
     let index = plan.files.len();
-    plan.files.push(path.to_path_buf());
+    let meta = Meta::of(node);
+    if node.size == 0 {
+        plan.metadata.push((path.to_path_buf(), meta));
+    }
+    plan.files.push(PlannedFile { path: path.to_path_buf(), remaining: AtomicU64::new(node.size), meta });
     let Some(content) = &node.content else { return Ok(()) };
     let mut walker = LeafWalker::new(repo, content);
     let mut offset = 0u64;
@@ -244,8 +333,9 @@ async fn plan_file(repo: &Repository, plan: &mut Plan, path: &Path, node: &Node)
 /// Fetch each pack once and write every blob to all its targets.
 async fn write_data(
     repo: &Repository,
-    files: Vec<PathBuf>,
+    files: Vec<PlannedFile>,
     blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
+    warnings: &Mutex<Vec<String>>,
     progress: &dyn Progress,
 ) -> Result<()> {
     let mut by_pack: BTreeMap<PackId, Vec<(BlobLocation, Vec<Target>)>> = BTreeMap::new();
@@ -269,6 +359,7 @@ async fn write_data(
             ranges.push((pack, current));
         }
     }
+    let root = is_root();
     futures::stream::iter(ranges)
         .map(|(pack, items)| {
             let files = files.clone();
@@ -276,8 +367,12 @@ async fn write_data(
                 let start = items[0].0.entry.offset;
                 let end = items.iter().map(|(l, _)| l.entry.end()).max().unwrap();
                 let key = repo.key().clone();
-                with_pack_range(repo, pack, start..end, move |bytes| write_range(&key, &files, start, bytes, &items))
-                    .await
+                let (written, failed) = with_pack_range(repo, pack, start..end, move |bytes| {
+                    write_range(&key, &files, root, start, bytes, &items)
+                })
+                .await?;
+                warnings.lock().unwrap_or_else(|p| p.into_inner()).extend(failed);
+                Ok::<_, Error>(written)
             }
         })
         .buffer_unordered(repo.backend().connections())
@@ -288,22 +383,28 @@ async fn write_data(
         .await
 }
 
+/// Decrypt the blobs of one range and write each to its places. A file whose last bytes
+/// this writes gets its metadata here, through the open file. Returns the bytes written
+/// and the metadata warnings.
 fn write_range(
     key: &crate::crypto::MasterKey,
-    files: &[PathBuf],
+    files: &[PlannedFile],
+    root: bool,
     start: u64,
     bytes: &[u8],
     items: &[(BlobLocation, Vec<Target>)],
-) -> Result<u64> {
+) -> Result<(u64, Vec<String>)> {
     let mut open: HashMap<usize, std::fs::File> = HashMap::new();
     let mut written = 0;
+    let mut warnings = Vec::new();
     // A range lies within one pack: derive its key once.
     let pack_key = key.pack_key(&items[0].0.salt);
     for (location, targets) in items {
         let from = (location.entry.offset - start) as usize;
         let data = open_with(key, &pack_key, location, &bytes[from..from + location.entry.length as usize])?;
         for target in targets {
-            let path = &files[target.file];
+            let planned = &files[target.file];
+            let path = &planned.path;
             let file = match open.entry(target.file) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => v.insert(
@@ -312,39 +413,71 @@ fn write_range(
             };
             file.write_all_at(&data, target.offset).map_err(|e| Error::io("write", path, e))?;
             written += data.len() as u64;
+            let len = data.len() as u64;
+            if planned.remaining.fetch_sub(len, Ordering::AcqRel) == len {
+                if let Err(e) = planned.meta.apply_to_file(file, root) {
+                    warnings.push(format!("{}: cannot restore metadata: {e}", path.display()));
+                }
+            }
         }
     }
-    Ok(written)
+    Ok((written, warnings))
 }
 
-fn apply_metadata(nodes: &[(PathBuf, Node)], warnings: &mut Vec<String>) {
+fn apply_metadata(nodes: &[(PathBuf, Meta)], warnings: &mut Vec<String>) {
     let root = is_root();
-    // Files and links in order, then directories deepest first.
-    let (dirs, others): (Vec<_>, Vec<_>) = nodes.iter().partition(|(_, n)| n.kind == NodeKind::Dir);
-    for (path, node) in others.into_iter().chain(dirs.into_iter().rev()) {
-        if let Err(e) = set_metadata(path, node, root) {
+    // Links and empty files in order, then directories deepest first.
+    let (dirs, others): (Vec<_>, Vec<_>) = nodes.iter().partition(|(_, m)| m.kind == NodeKind::Dir);
+    for (path, meta) in others.into_iter().chain(dirs.into_iter().rev()) {
+        if let Err(e) = meta.apply(path, root) {
             warnings.push(format!("{}: cannot restore metadata: {e}", path.display()));
         }
     }
 }
 
-fn set_metadata(path: &Path, node: &Node, root: bool) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mtime = filetime::FileTime::from_unix_time(
-        node.mtime.div_euclid(1_000_000_000),
-        node.mtime.rem_euclid(1_000_000_000) as u32,
-    );
-    if node.kind == NodeKind::Symlink {
-        if root {
-            std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))?;
+/// The metadata a restore sets on an entry: mode, owner (when root), mtime.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    kind: NodeKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: filetime::FileTime,
+}
+
+impl Meta {
+    fn of(node: &Node) -> Self {
+        let mtime = filetime::FileTime::from_unix_time(
+            node.mtime.div_euclid(1_000_000_000),
+            node.mtime.rem_euclid(1_000_000_000) as u32,
+        );
+        Meta { kind: node.kind, mode: node.mode, uid: node.uid, gid: node.gid, mtime }
+    }
+
+    fn apply(&self, path: &Path, root: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.kind == NodeKind::Symlink {
+            if root {
+                std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))?;
+            }
+            return filetime::set_symlink_file_times(path, self.mtime, self.mtime);
         }
-        return filetime::set_symlink_file_times(path, mtime, mtime);
+        if root {
+            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
+        filetime::set_file_times(path, self.mtime, self.mtime)
     }
-    if root {
-        std::os::unix::fs::chown(path, Some(node.uid), Some(node.gid))?;
+
+    /// The same through an open file: no path lookups.
+    fn apply_to_file(&self, file: &std::fs::File, root: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if root {
+            std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        filetime::set_file_handle_times(file, Some(self.mtime), Some(self.mtime))
     }
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
-    filetime::set_file_times(path, mtime, mtime)
 }
 
 pub fn is_root() -> bool {
@@ -457,9 +590,8 @@ pub(crate) async fn consume_stream<T: Send>(
     })
 }
 
-/// Create the symlink `path` (at `rel` inside `target`) pointing at `link`. With
-/// `confine`, a link that leads outside `target` is not created but warned about.
-/// Returns whether it was created.
+/// Create the symlink `path` (at `rel` inside `target`) pointing at `link`, unless
+/// [`symlink_allowed`] refuses it. Returns whether it was created.
 pub(crate) fn place_symlink(
     path: &Path,
     rel: &[u8],
@@ -468,13 +600,7 @@ pub(crate) fn place_symlink(
     confine: bool,
     stats: &mut RestoreStats,
 ) -> Result<bool> {
-    if confine && super::archive::link_escapes(rel, link) {
-        stats.warnings.push(format!(
-            "{}: symlink to {:?} points outside {}; not created",
-            path.display(),
-            String::from_utf8_lossy(link),
-            target.display()
-        ));
+    if !symlink_allowed(path, rel, link, target, confine, stats) {
         return Ok(false);
     }
     let _ = std::fs::remove_file(path);
@@ -482,6 +608,28 @@ pub(crate) fn place_symlink(
         .map_err(|e| Error::io("create symlink", path, e))?;
     stats.symlinks += 1;
     Ok(true)
+}
+
+/// With `confine`, a link at `rel` inside `target` that leads outside it is refused with
+/// a warning.
+fn symlink_allowed(
+    path: &Path,
+    rel: &[u8],
+    link: &[u8],
+    target: &Path,
+    confine: bool,
+    stats: &mut RestoreStats,
+) -> bool {
+    if confine && super::archive::link_escapes(rel, link) {
+        stats.warnings.push(format!(
+            "{}: symlink to {:?} points outside {}; not created",
+            path.display(),
+            String::from_utf8_lossy(link),
+            target.display()
+        ));
+        return false;
+    }
+    true
 }
 
 /// A tar header with a node's mode, owner and mtime (size 0, type unset).

@@ -412,8 +412,10 @@ fn seal_loop(shared: &Shared, rx: &Mutex<Receiver<Job>>) -> Result<()> {
             let mut slot = shared.data_pack.lock().unwrap_or_else(|p| p.into_inner());
             for (id, plain, raw_len) in &encoded {
                 let writer = slot.get_or_insert_with(|| {
-                    let buffer =
-                        shared.spare_buffers.take().unwrap_or_else(|| Vec::with_capacity(shared.pack_capacity));
+                    let buffer = shared
+                        .spare_buffers
+                        .take()
+                        .unwrap_or_else(|| crate::buffers::with_huge_capacity(shared.pack_capacity));
                     PackWriter::with_buffer(&shared.key, buffer)
                 });
                 shared.account(writer.add_encoded(BlobKind::Data, *id, plain, *raw_len));

@@ -11,6 +11,9 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("etc/app/app.toml"), "port = 8080\n").unwrap();
     std::fs::write(root.join("etc/app/conf.d/secret.env"), "TOKEN=abc\n").unwrap();
     std::fs::write(root.join("big.bin"), noise(5 << 20, 9)).unwrap();
+    // The same blobs twice in one file and once more in big.bin; read-only, so its mode can
+    // only be set once every byte is written.
+    std::fs::write(root.join("logs/twice.bin"), [noise(5 << 20, 9), noise(5 << 20, 9)].concat()).unwrap();
     std::fs::write(root.join("empty"), "").unwrap();
     std::fs::write(root.join("logs/app.log"), "line\n".repeat(1000)).unwrap();
     std::fs::write(root.join("docker-compose.yml"), "services: {}\n").unwrap();
@@ -24,6 +27,8 @@ fn make_tree(root: &Path) {
     }
     let old = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
     filetime::set_file_mtime(root.join("etc/app/app.toml"), old).unwrap();
+    filetime::set_file_mtime(root.join("logs/twice.bin"), old).unwrap();
+    std::fs::set_permissions(root.join("logs/twice.bin"), std::fs::Permissions::from_mode(0o444)).unwrap();
 }
 
 fn restored(target: &Path, source: &Path) -> PathBuf {
@@ -67,7 +72,7 @@ fn tree_round_trip_with_metadata_and_unchanged_files() {
     make_tree(&src);
     let first = env.cmd().args(["--json", "backup", "files", "--name", "cfg"]).arg(&src).assert().success();
     let first: serde_json::Value = serde_json::from_slice(&first.get_output().stdout).unwrap();
-    assert_eq!(first["files"], 6);
+    assert_eq!(first["files"], 7);
     let target = env.path("out");
     env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
     assert_same(&src, &restored(&target, &src));
@@ -75,7 +80,7 @@ fn tree_round_trip_with_metadata_and_unchanged_files() {
     std::fs::write(src.join("logs/app.log"), "line\n".repeat(1001)).unwrap();
     let second = env.cmd().args(["--json", "backup", "files", "--name", "cfg"]).arg(&src).assert().success();
     let second: serde_json::Value = serde_json::from_slice(&second.get_output().stdout).unwrap();
-    assert_eq!(second["unchanged_files"], 5, "{second}");
+    assert_eq!(second["unchanged_files"], 6, "{second}");
     assert!(second["added"].as_u64().unwrap() < 64 * 1024, "{second}");
     let target2 = env.path("out2");
     env.cmd().args(["restore", "latest", "--to"]).arg(&target2).assert().success();
@@ -120,7 +125,7 @@ fn unreadable_file_is_a_warning_with_exit_3() {
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
     assert!(stderr.contains("warning") && stderr.contains("compact_memory"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    assert_eq!(report["files"], 6, "the unreadable file must not be counted: {report}");
+    assert_eq!(report["files"], 7, "the unreadable file must not be counted: {report}");
     assert_eq!(env.snapshots().len(), 1, "the snapshot is still written");
     let target = env.path("out");
     env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
