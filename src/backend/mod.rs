@@ -11,6 +11,7 @@
 //! object_store under a hidden name and linked or renamed into place, so a reader never
 //! sees a partial object.
 
+mod direct;
 pub mod faulty;
 mod url;
 
@@ -70,7 +71,12 @@ pub struct Backend {
     conditional_writes: bool,
     /// Buffers for [`Backend::with_local_range`], one per read in flight.
     range_buffers: Arc<SpareBuffers>,
+    /// Aligned staging buffers for direct pack writes to a local directory.
+    staging_buffers: Arc<SpareBuffers>,
 }
+
+/// Packs at least this large are written to a local directory with direct I/O.
+const DIRECT_MIN: usize = 1 << 20;
 
 /// Requests in flight to an object store unless `--connections` says otherwise.
 pub const DEFAULT_REMOTE_CONNECTIONS: usize = 8;
@@ -117,6 +123,7 @@ impl Backend {
             connections: DEFAULT_REMOTE_CONNECTIONS,
             conditional_writes: true,
             range_buffers: Arc::new(SpareBuffers::new(DEFAULT_REMOTE_CONNECTIONS)),
+            staging_buffers: Arc::new(SpareBuffers::new(1)),
         }
     }
 
@@ -142,6 +149,7 @@ impl Backend {
             connections: DEFAULT_LOCAL_CONNECTIONS,
             conditional_writes: true,
             range_buffers: Arc::new(SpareBuffers::new(DEFAULT_LOCAL_CONNECTIONS)),
+            staging_buffers: Arc::new(SpareBuffers::new(1)),
         })
     }
 
@@ -299,30 +307,26 @@ impl Backend {
 
     /// Read `range` of `key` and run `work` on the bytes, on this thread; only for a local
     /// directory ([`Backend::is_local`]; elsewhere use [`Backend::get_range`]). The read
-    /// goes into a buffer the backend keeps for the next read, so a restore reading
-    /// thousands of ranges maps and zeroes its buffers once, not once per range. Read
-    /// errors are worded as `get_range`'s.
+    /// is direct (see `direct`) into a buffer the backend keeps for the next read, so a
+    /// restore reading thousands of ranges maps its buffers once and copies nothing
+    /// through the page cache. Read errors are worded as `get_range`'s.
     pub fn with_local_range<T>(
         &self,
         key: &str,
         range: Range<u64>,
         work: impl FnOnce(&[u8]) -> Result<T>,
     ) -> Result<T> {
-        use std::os::unix::fs::FileExt;
         let Some(root) = &self.local_root else {
             return Err(Error::new(ErrorKind::Unsupported, format!("{} is not a local directory", self.location)));
         };
         let path = root.join(key);
-        let want = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
-        let mut buf = self.range_buffers.take().unwrap_or_else(|| crate::buffers::with_huge_capacity(want));
-        if buf.len() < want {
-            buf.resize(want, 0);
-        }
-        let read = std::fs::File::open(&path).and_then(|file| file.read_exact_at(&mut buf[..want], range.start));
+        let mut buf = self.range_buffers.take().unwrap_or_default();
+        let read = direct::read_range(&path, range.clone(), &mut buf);
         let result = match read {
-            Ok(()) => work(&buf[..want]),
+            Ok(at) => work(&buf[at]),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corrupt(format!(
-                "{key} is truncated: wanted {want} bytes at offset {}, the file is shorter",
+                "{key} is truncated: wanted {} bytes at offset {}, the file is shorter",
+                range.end - range.start,
                 range.start
             ))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::new(
@@ -337,6 +341,20 @@ impl Backend {
 
     /// Store an object; see the module's durability contract.
     pub async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<()> {
+        if mode == WriteMode::CreateIdempotentUnsynced && data.len() >= DIRECT_MIN {
+            if let Some(root) = &self.local_root {
+                let (path, staging, bytes) = (root.join(key), self.staging_buffers.clone(), data.clone());
+                let direct = tokio::task::spawn_blocking(move || direct::write_pack(&path, &bytes, &staging))
+                    .await
+                    .map_err(|e| Error::backend(format!("write task failed: {e}")))?;
+                match direct {
+                    Ok(()) => return Ok(()),
+                    // The filesystem takes no direct I/O: write through the page cache.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(Error::io("write", &root.join(key), e)),
+                }
+            }
+        }
         let path = StorePath::from(key);
         let idempotent = matches!(mode, WriteMode::CreateIdempotent | WriteMode::CreateIdempotentUnsynced);
         let put_mode = match mode {
