@@ -6,8 +6,8 @@
 //! directories, empty files and symlinks in the order found), data (each pack is fetched
 //! once, as few coalesced ranges; each blob is decrypted once and written with `pwrite` to
 //! every place it belongs; the write that completes a file sets its mode, owner when root
-//! and mtime through the open file), then metadata for directories (deepest first, so
-//! nothing created later disturbs them), symlinks and empty files.
+//! and mtime through the open file; meanwhile directories get theirs, deepest first),
+//! then metadata for symlinks and empty files.
 
 use crate::catalog::BlobLocation;
 use crate::error::{Error, Result};
@@ -175,12 +175,24 @@ pub async fn restore_tree_to_dir(
     // The creator's own error explains a planner that could no longer hand it work.
     creator.finish().await?;
     planned?;
+    // Every entry exists now and writing data into files does not touch their
+    // directories, so directories get their metadata while the data is written. Only a
+    // directory we could no longer enter (no owner search permission, unless root) waits.
+    let root = is_root();
+    let (early, late): (Vec<_>, Vec<_>) =
+        plan.metadata.into_iter().partition(|(_, m)| m.kind == NodeKind::Dir && (root || m.mode & 0o100 != 0));
+    let directories = tokio::task::spawn_blocking(move || {
+        let mut warnings = Vec::new();
+        apply_metadata(&early, &mut warnings);
+        warnings
+    });
     progress.begin("restoring", Some(stats.bytes));
     let warnings = Mutex::new(std::mem::take(&mut stats.warnings));
     write_data(repo, plan.files, plan.blobs, &warnings, progress).await?;
     progress.end();
     stats.warnings = warnings.into_inner().unwrap_or_else(|p| p.into_inner());
-    apply_metadata(&plan.metadata, &mut stats.warnings);
+    stats.warnings.extend(directories.await.map_err(|e| Error::backend(format!("restore task failed: {e}")))?);
+    apply_metadata(&late, &mut stats.warnings);
     Ok(stats)
 }
 
