@@ -236,17 +236,18 @@ fi
 
 fresh_restore_fs() {  # DIR: mount a new ext4 there (BENCH_RESTORE_FS=fresh)
   [[ $RESTORE_FS == fresh ]] || return 0
-  local image="$1.img"
-  rm -f "$image"
-  truncate -s "$((TREE_MB * 3 + 1024))M" "$image"
-  mkfs.ext4 -q -F "$image"
+  # One image for every tool, made anew each time. Its inode tables and journal are
+  # written now (untimed) rather than by ext4's background initialisation during the
+  # restore, and nothing is discarded, so no tool competes with leftover disk work.
+  local image="$WORK/restore-fs.img"
+  [[ -f $image ]] || truncate -s "$((TREE_MB * 3 + 1024))M" "$image"
+  mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$image"
   mount -o loop "$image" "$1"
 }
 
-release_restore_fs() {  # DIR: unmount and drop what fresh_restore_fs made
+release_restore_fs() {  # DIR: unmount what fresh_restore_fs mounted
   [[ $RESTORE_FS == fresh ]] || return 0
   umount "$1"
-  rm -f "$1.img"
 }
 
 # Tree steps (a)-(d) on the live tree $TREE.
@@ -494,6 +495,7 @@ main() {
     done
   done
   rm -rf "$TREE"
+  rm -f "$WORK/restore-fs.img"
 
   {
     echo "## cairn benchmark: cairn vs restic vs borg"
