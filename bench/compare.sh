@@ -21,6 +21,9 @@
 #   BENCH_TOOLS ["cairn restic borg"]
 #   CAIRN_BIN         cairn binary; unset = `cargo build --release` in the repo
 #   BENCH_KEEP [0]    1 = keep restored trees/files after verification
+#   BENCH_REPEAT [3]  times each restore is timed (restores change nothing; the median
+#                     time and the highest peak RSS are reported; backups run once)
+#   BENCH_RESTORE_FS  fresh | work: where trees are restored (see fresh_restore_fs)
 #
 # Usage:  bash bench/compare.sh
 #         BENCH_NIGHTS=2 BENCH_NIGHT_MB=20 BENCH_TREE_MB=100 bash bench/compare.sh
@@ -37,6 +40,7 @@ SEED=${BENCH_SEED:-1}
 MUTATE_SEED=${BENCH_MUTATE_SEED:-2}
 TOOLS=${BENCH_TOOLS:-"cairn restic borg"}
 KEEP=${BENCH_KEEP:-0}
+REPEAT=${BENCH_REPEAT:-3}     # restores are timed this many times; the median counts
 
 DATA="$WORK/data"
 TREE="$WORK/tree"            # the live tree every tool backs up (same path for all)
@@ -270,11 +274,14 @@ run_tree() {
   bytes=$(tree_bytes "$TREE")
   measure "$tool" tree_changed "$bytes" "${tool}_backup_tree" "$repo" "$TREE" tree-3
   record_size "$tool" repo_tree "$(dir_bytes "$repo")"
-  local out="$dir/restore-tree"
-  rm -rf "$out"
-  mkdir -p "$out"
-  fresh_restore_fs "$out"
-  measure "$tool" tree_restore "$bytes" "${tool}_restore_tree" "$repo" "$out" tree-3
+  local out="$dir/restore-tree" i
+  for ((i = 1; i <= REPEAT; i++)); do
+    rm -rf "$out"
+    mkdir -p "$out"
+    fresh_restore_fs "$out"
+    measure "$tool" tree_restore "$bytes" "${tool}_restore_tree" "$repo" "$out" tree-3
+    ((i == REPEAT)) || { release_restore_fs "$out"; rm -rf "$out"; }
+  done
   if diff -r "$TREE" "$(restored_root "$out" "$TREE")" >"$dir/tree.diff" 2>&1; then
     record_check "$tool" tree OK
   else
@@ -304,8 +311,12 @@ run_nightly() {
   done
   record_size "$tool" repo_nightly "$(dir_bytes "$repo")"
   f=$(night_file "$NIGHTS")
-  measure "$tool" nightly_restore "$(stat -c %s "$f")" \
-    "${tool}_restore_stdin" "$repo" "$dir/restore-night.sql" "$(printf 'night-%02d' "$NIGHTS")"
+  local i
+  for ((i = 1; i <= REPEAT; i++)); do
+    rm -f "$dir/restore-night.sql"
+    measure "$tool" nightly_restore "$(stat -c %s "$f")" \
+      "${tool}_restore_stdin" "$repo" "$dir/restore-night.sql" "$(printf 'night-%02d' "$NIGHTS")"
+  done
   if cmp "$f" "$dir/restore-night.sql" >&2; then
     record_check "$tool" nightly OK
   else
@@ -330,6 +341,7 @@ system_info() {
   echo "- work dir filesystem: $(df -hT "$WORK" | awk 'NR == 2 {print $2 ", " $3 " total, " $5 " free"}')"
   echo "- data: $NIGHTS nightly dumps × ~$NIGHT_MB MB, tree ~$TREE_MB MB (seed $SEED, mutate seed $MUTATE_SEED)"
   echo "- caches: page cache not dropped — every tool reads warm data; every tool runs the same steps in the same order; \`sync\` (untimed) before every step"
+  echo "- restores: each timed $REPEAT times; the median time and the highest peak RSS are reported"
   echo "- tree restore target: $RESTORE_FS ($([[ $RESTORE_FS == fresh ]] && echo 'a newly made ext4 per tool, mounted at the restore directory' || echo 'a directory under the work dir'))"
   echo "- MB = 10^6 bytes; throughput = logical input bytes / wall seconds"
 }
@@ -347,8 +359,16 @@ def rows(path):
             return [l.rstrip("\n").split("\t") for l in f if l.strip()]
     except FileNotFoundError:
         return []
+runs = {}
 for t, s, secs, rss, b in rows(steps_f):
-    steps[(t, s)] = (None if secs == "FAIL" else float(secs), int(rss), int(b))
+    runs.setdefault((t, s), []).append((None if secs == "FAIL" else float(secs), int(rss), int(b)))
+# A step timed several times (the restores) counts with its median time and its highest RSS.
+for key, rs in runs.items():
+    if any(r[0] is None for r in rs):
+        steps[key] = (None, max(r[1] for r in rs), rs[0][2])
+    else:
+        times = sorted(r[0] for r in rs)
+        steps[key] = (times[len(times) // 2], max(r[1] for r in rs), rs[0][2])
 for t, w, b in rows(sizes_f):
     sizes[(t, w)] = int(b)
 for t, w, v in rows(checks_f):
