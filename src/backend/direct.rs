@@ -85,17 +85,28 @@ pub fn read_range(
     buffer: &mut Vec<u8>,
 ) -> io::Result<std::ops::Range<usize>> {
     let want = usize::try_from(range.end - range.start).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let file = match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(file) => file,
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            if buffer.len() < want {
-                buffer.resize(want, 0);
-            }
-            std::fs::File::open(path)?.read_exact_at(&mut buffer[..want], range.start)?;
-            return Ok(0..want);
-        }
+    match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
+        Ok(file) => match read_direct(&file, range.clone(), want, buffer) {
+            // Some filesystems accept the flag at open and refuse the read.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            other => return other,
+        },
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
         Err(e) => return Err(e),
-    };
+    }
+    if buffer.len() < want {
+        buffer.resize(want, 0);
+    }
+    std::fs::File::open(path)?.read_exact_at(&mut buffer[..want], range.start)?;
+    Ok(0..want)
+}
+
+fn read_direct(
+    file: &std::fs::File,
+    range: std::ops::Range<u64>,
+    want: usize,
+    buffer: &mut Vec<u8>,
+) -> io::Result<std::ops::Range<usize>> {
     let lead = (range.start % ALIGN as u64) as usize;
     let from = range.start - lead as u64;
     let needed = lead + want;
