@@ -88,7 +88,7 @@ impl<R: Read> Chunker<R> {
         let max = params.max_size as usize;
         Chunker {
             reader,
-            buf: zeroed(full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1))),
+            buf: zeroed(buffer_for(max, size)),
             start: 0,
             end: 0,
             eof: false,
@@ -101,18 +101,18 @@ impl<R: Read> Chunker<R> {
         }
     }
 
-    /// Bytes of input consumed so far that have not been returned as chunks.
     /// Chunk `reader` next, keeping this chunker's buffer and gear tables: a backup of
     /// many files then maps and zeroes its buffer once, not once per file.
     pub fn reset<S: Read>(self, reader: S, size: u64) -> Chunker<S> {
         let Chunker { mut buf, min, avg, max, masks, gear, gear_ls, .. } = self;
-        let wanted = full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1));
+        let wanted = buffer_for(max, size);
         if buf.len() < wanted {
-            buf.resize(wanted, 0);
+            buf = zeroed(wanted);
         }
         Chunker { reader, buf, start: 0, end: 0, eof: false, min, avg, max, masks, gear, gear_ls }
     }
 
+    /// Bytes of input consumed so far that have not been returned as chunks.
     fn available(&self) -> usize {
         self.end - self.start
     }
@@ -175,6 +175,12 @@ fn zeroed(len: usize) -> Vec<u8> {
     let mut buf = crate::buffers::with_huge_capacity(len);
     buf.resize(len, 0);
     buf
+}
+
+/// The buffer for an input of `size` bytes: the whole input and one byte to see its end,
+/// or [`full_buffer`] if that is smaller.
+fn buffer_for(max: usize, size: u64) -> usize {
+    full_buffer(max).min(usize::try_from(size).unwrap_or(usize::MAX).saturating_add(1))
 }
 
 /// The buffer for input of unknown length: two maximum chunks, at least 4 MiB.

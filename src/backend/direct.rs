@@ -11,18 +11,29 @@
 //! Restores read pack ranges the same way, into reused buffers. Besides the copies, that
 //! keeps gigabytes of packs from pushing the database's own working set out of the page
 //! cache on the machine being backed up. Filesystems without direct I/O (`EINVAL`) get
-//! ordinary reads and writes.
+//! ordinary reads and writes, from the first refusal on ([`Refused`]).
 
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::buffers::SpareBuffers;
 
 /// Offsets, lengths and buffer addresses of direct I/O must be multiples of the device's
 /// logical block size; 4096 covers 512-byte and 4 KiB devices.
 const ALIGN: usize = 4096;
+
+/// Where in `buffer` an `ALIGN`-aligned block of `len` bytes starts, after replacing
+/// `buffer` with a larger one (in huge pages) if it has no room for it.
+fn aligned_block(buffer: &mut Vec<u8>, len: usize) -> usize {
+    if buffer.len() < len + ALIGN {
+        *buffer = crate::buffers::with_huge_capacity(len + ALIGN);
+        buffer.resize(len + ALIGN, 0);
+    }
+    buffer.as_ptr().align_offset(ALIGN)
+}
 
 /// Write `data` as the new object `path` with direct I/O: staged through an aligned
 /// buffer, written under a temporary name (`NAME#N`, which object_store's listing skips,
@@ -32,11 +43,7 @@ const ALIGN: usize = 4096;
 pub fn write_pack(path: &Path, data: &[u8], staging: &SpareBuffers) -> io::Result<()> {
     let padded = data.len().next_multiple_of(ALIGN);
     let mut buffer = staging.take().unwrap_or_default();
-    if buffer.len() < padded + ALIGN {
-        buffer = crate::buffers::with_huge_capacity(padded + ALIGN);
-        buffer.resize(padded + ALIGN, 0);
-    }
-    let start = buffer.as_ptr().align_offset(ALIGN);
+    let start = aligned_block(&mut buffer, padded);
     let block = &mut buffer[start..start + padded];
     block[..data.len()].copy_from_slice(data);
     block[data.len()..].fill(0);
@@ -75,24 +82,48 @@ fn create_temp(path: &Path) -> io::Result<(std::fs::File, PathBuf)> {
     unreachable!("u32 temporary names ran out")
 }
 
+/// Whether the filesystem refused direct I/O (`EINVAL`) once already: later reads and
+/// writes go straight to the page cache instead of failing again first.
+#[derive(Debug, Default)]
+pub struct Refused(AtomicBool);
+
+impl Refused {
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// True (and remembered) if `e` is the filesystem refusing direct I/O.
+    pub fn note(&self, e: &io::Error) -> bool {
+        let refused = e.raw_os_error() == Some(libc::EINVAL);
+        if refused {
+            self.0.store(true, Ordering::Relaxed);
+        }
+        refused
+    }
+}
+
 /// Read `range` of the file at `path` into `buffer` (grown as needed, never shrunk) and
-/// return where in `buffer` the range's bytes are. Direct when the filesystem allows: the
-/// read then covers the aligned blocks around the range. A file that ends before
+/// return where in `buffer` the range's bytes are. Direct unless the filesystem refused
+/// it: the read then covers the aligned blocks around the range. A file that ends before
 /// `range.end` is `UnexpectedEof`.
 pub fn read_range(
     path: &Path,
     range: std::ops::Range<u64>,
     buffer: &mut Vec<u8>,
+    refused: &Refused,
 ) -> io::Result<std::ops::Range<usize>> {
     let want = usize::try_from(range.end - range.start).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    match OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path) {
-        Ok(file) => match read_direct(&file, range.clone(), want, buffer) {
-            // Some filesystems accept the flag at open and refuse the read.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+    if !refused.get() {
+        // Some filesystems accept the flag at open and refuse the read.
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .and_then(|file| read_direct(&file, range.clone(), want, buffer));
+        match direct {
+            Err(e) if refused.note(&e) => {}
             other => return other,
-        },
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-        Err(e) => return Err(e),
+        }
     }
     if buffer.len() < want {
         buffer.resize(want, 0);
@@ -111,11 +142,7 @@ fn read_direct(
     let from = range.start - lead as u64;
     let needed = lead + want;
     let span = needed.next_multiple_of(ALIGN);
-    if buffer.len() < span + ALIGN {
-        *buffer = crate::buffers::with_huge_capacity(span + ALIGN);
-        buffer.resize(span + ALIGN, 0);
-    }
-    let start = buffer.as_ptr().align_offset(ALIGN);
+    let start = aligned_block(buffer, span);
     let block = &mut buffer[start..start + span];
     let mut got = 0;
     // Direct reads continue only from aligned offsets: a short read stops at the file's end.
@@ -158,10 +185,10 @@ mod tests {
         let path = dir.path().join(format!("data/ab/pack-{}", (3 << 20) + 17));
         let data = std::fs::read(&path).unwrap();
         for range in [0..1, 5..4096, 4095..4097, 1000..(3 << 20) + 17, (3 << 20) + 16..(3 << 20) + 17] {
-            let at = read_range(&path, range.start as u64..range.end as u64, &mut buffer).unwrap();
+            let at = read_range(&path, range.start as u64..range.end as u64, &mut buffer, &Refused::default()).unwrap();
             assert_eq!(&buffer[at], &data[range.clone()], "{range:?}");
         }
-        let past = read_range(&path, 0..(3 << 20) + 18, &mut buffer).unwrap_err();
+        let past = read_range(&path, 0..(3 << 20) + 18, &mut buffer, &Refused::default()).unwrap_err();
         assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("data/ab")).unwrap().map(|e| e.unwrap().file_name()).collect();

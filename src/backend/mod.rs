@@ -73,6 +73,8 @@ pub struct Backend {
     range_buffers: Arc<SpareBuffers>,
     /// Aligned staging buffers for direct pack writes to a local directory.
     staging_buffers: Arc<SpareBuffers>,
+    /// Set once the local filesystem refuses direct I/O.
+    direct_refused: Arc<direct::Refused>,
 }
 
 /// Packs at least this large are written to a local directory with direct I/O.
@@ -124,6 +126,7 @@ impl Backend {
             conditional_writes: true,
             range_buffers: Arc::new(SpareBuffers::new(DEFAULT_REMOTE_CONNECTIONS)),
             staging_buffers: Arc::new(SpareBuffers::new(1)),
+            direct_refused: Arc::default(),
         }
     }
 
@@ -150,6 +153,7 @@ impl Backend {
             conditional_writes: true,
             range_buffers: Arc::new(SpareBuffers::new(DEFAULT_LOCAL_CONNECTIONS)),
             staging_buffers: Arc::new(SpareBuffers::new(1)),
+            direct_refused: Arc::default(),
         })
     }
 
@@ -321,7 +325,7 @@ impl Backend {
         };
         let path = root.join(key);
         let mut buf = self.range_buffers.take().unwrap_or_default();
-        let read = direct::read_range(&path, range.clone(), &mut buf);
+        let read = direct::read_range(&path, range.clone(), &mut buf, &self.direct_refused);
         let result = match read {
             Ok(at) => work(&buf[at]),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corrupt(format!(
@@ -341,7 +345,7 @@ impl Backend {
 
     /// Store an object; see the module's durability contract.
     pub async fn put(&self, key: &str, data: Bytes, mode: WriteMode) -> Result<()> {
-        if mode == WriteMode::CreateIdempotentUnsynced && data.len() >= DIRECT_MIN {
+        if mode == WriteMode::CreateIdempotentUnsynced && data.len() >= DIRECT_MIN && !self.direct_refused.get() {
             if let Some(root) = &self.local_root {
                 let (path, staging, bytes) = (root.join(key), self.staging_buffers.clone(), data.clone());
                 let direct = tokio::task::spawn_blocking(move || direct::write_pack(&path, &bytes, &staging))
@@ -350,7 +354,7 @@ impl Backend {
                 match direct {
                     Ok(()) => return Ok(()),
                     // The filesystem takes no direct I/O: write through the page cache.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) if self.direct_refused.note(&e) => {}
                     Err(e) => return Err(Error::io("write", &root.join(key), e)),
                 }
             }

@@ -183,16 +183,16 @@ pub async fn restore_tree_to_dir(
         plan.metadata.into_iter().partition(|(_, m)| m.kind == NodeKind::Dir && (root || m.mode & 0o100 != 0));
     let directories = tokio::task::spawn_blocking(move || {
         let mut warnings = Vec::new();
-        apply_metadata(&early, &mut warnings);
+        apply_metadata(&early, root, &mut warnings);
         warnings
     });
     progress.begin("restoring", Some(stats.bytes));
     let warnings = Mutex::new(std::mem::take(&mut stats.warnings));
-    write_data(repo, plan.files, plan.blobs, &warnings, progress).await?;
+    write_data(repo, plan.files, plan.blobs, root, &warnings, progress).await?;
     progress.end();
     stats.warnings = warnings.into_inner().unwrap_or_else(|p| p.into_inner());
     stats.warnings.extend(directories.await.map_err(|e| Error::backend(format!("restore task failed: {e}")))?);
-    apply_metadata(&late, &mut stats.warnings);
+    apply_metadata(&late, root, &mut stats.warnings);
     Ok(stats)
 }
 
@@ -277,11 +277,7 @@ impl Creator {
                     Create::File(path) => {
                         std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
                     }
-                    Create::Symlink(path, link) => {
-                        let _ = std::fs::remove_file(&path);
-                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&link), &path)
-                            .map_err(|e| Error::io("create symlink", &path, e))?;
-                    }
+                    Create::Symlink(path, link) => make_symlink(&path, &link)?,
                 }
             }
             Ok(())
@@ -347,6 +343,7 @@ async fn write_data(
     repo: &Repository,
     files: Vec<PlannedFile>,
     blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
+    root: bool,
     warnings: &Mutex<Vec<String>>,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -371,7 +368,6 @@ async fn write_data(
             ranges.push((pack, current));
         }
     }
-    let root = is_root();
     futures::stream::iter(ranges)
         .map(|(pack, items)| {
             let files = files.clone();
@@ -424,8 +420,8 @@ fn write_range(
                 ),
             };
             file.write_all_at(&data, target.offset).map_err(|e| Error::io("write", path, e))?;
-            written += data.len() as u64;
             let len = data.len() as u64;
+            written += len;
             if planned.remaining.fetch_sub(len, Ordering::AcqRel) == len {
                 if let Err(e) = planned.meta.apply_to_file(file, root) {
                     warnings.push(format!("{}: cannot restore metadata: {e}", path.display()));
@@ -436,8 +432,7 @@ fn write_range(
     Ok((written, warnings))
 }
 
-fn apply_metadata(nodes: &[(PathBuf, Meta)], warnings: &mut Vec<String>) {
-    let root = is_root();
+fn apply_metadata(nodes: &[(PathBuf, Meta)], root: bool, warnings: &mut Vec<String>) {
     // Links and empty files in order, then directories deepest first.
     let (dirs, others): (Vec<_>, Vec<_>) = nodes.iter().partition(|(_, m)| m.kind == NodeKind::Dir);
     for (path, meta) in others.into_iter().chain(dirs.into_iter().rev()) {
@@ -615,11 +610,16 @@ pub(crate) fn place_symlink(
     if !symlink_allowed(path, rel, link, target, confine, stats) {
         return Ok(false);
     }
-    let _ = std::fs::remove_file(path);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), path)
-        .map_err(|e| Error::io("create symlink", path, e))?;
+    make_symlink(path, link)?;
     stats.symlinks += 1;
     Ok(true)
+}
+
+/// Create the symlink `path` pointing at `link`, replacing whatever file is there.
+fn make_symlink(path: &Path, link: &[u8]) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), path)
+        .map_err(|e| Error::io("create symlink", path, e))
 }
 
 /// With `confine`, a link at `rel` inside `target` that leads outside it is refused with
