@@ -82,6 +82,18 @@ pub struct Catalog {
     excluded: std::sync::RwLock<HashSet<PackId>>,
 }
 
+/// A read transaction held open; see [`Catalog::pin_reads`].
+pub struct ReadPin<'a>(Option<&'a Catalog>);
+
+impl Drop for ReadPin<'_> {
+    fn drop(&mut self) {
+        if let Some(catalog) = self.0 {
+            // A read-only transaction: ending it cannot lose anything.
+            let _ = catalog.conn().execute_batch("COMMIT");
+        }
+    }
+}
+
 impl Catalog {
     /// Open (or create) the catalog at `path`; `None` makes a private temporary one.
     pub fn open(path: Option<&Path>) -> Result<Self> {
@@ -126,6 +138,19 @@ impl Catalog {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hold one read transaction until the returned guard is dropped. Each lookup outside
+    /// a transaction takes and releases SQLite's file locks and revalidates its page
+    /// cache; a restore's planner makes one per tree and blob, so it pins one snapshot of
+    /// the catalog instead. Nothing may write the catalog while the guard lives.
+    pub fn pin_reads(&self) -> Result<ReadPin<'_>> {
+        let conn = self.conn();
+        if !conn.is_autocommit() {
+            return Ok(ReadPin(None));
+        }
+        conn.execute_batch("BEGIN DEFERRED")?;
+        Ok(ReadPin(Some(self)))
     }
 
     /// Bring the catalog up to date; returns whether the index changed.

@@ -27,13 +27,18 @@ fn compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     })
 }
 
-fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+/// Decompress `data` into the spare capacity of `out`, after its contents; returns the
+/// bytes added.
+fn decompress_after(data: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
         if slot.is_none() {
             *slot = Some(zstd::bulk::Decompressor::new()?);
         }
-        slot.as_mut().unwrap().decompress(data, capacity)
+        let start = out.len();
+        let mut cursor = std::io::Cursor::new(out);
+        cursor.set_position(start as u64);
+        slot.as_mut().unwrap().decompress_to_buffer(data, &mut cursor)
     })
 }
 
@@ -104,18 +109,36 @@ pub fn encode_parallel(data: &[u8], level: i32, parts: usize) -> Vec<u8> {
 
 /// Decode a blob plaintext whose data is `raw_len` bytes long.
 pub fn decode(mut plain: Vec<u8>, raw_len: usize) -> Result<Vec<u8>> {
+    if plain.first() == Some(&RAW) && plain.len() == raw_len + 1 {
+        plain.remove(0);
+        return Ok(plain);
+    }
+    let mut out = Vec::new();
+    decode_into(&plain, raw_len, &mut out)?;
+    Ok(out)
+}
+
+/// Decode a blob plaintext whose data is `raw_len` bytes long and append the data to
+/// `out`, decompressing straight into its spare room. On failure `out` is unchanged.
+pub fn decode_into(plain: &[u8], raw_len: usize, out: &mut Vec<u8>) -> Result<()> {
     match plain.first() {
         Some(&RAW) if plain.len() == raw_len + 1 => {
-            plain.remove(0);
-            Ok(plain)
+            out.extend_from_slice(&plain[1..]);
+            Ok(())
         }
         Some(&ZSTD) => {
-            let out = decompress(&plain[1..], raw_len)
-                .map_err(|e| Error::corrupt(format!("blob does not decompress: {e}")))?;
-            if out.len() != raw_len {
-                return Err(Error::corrupt(format!("blob decompresses to {} bytes, expected {raw_len}", out.len())));
+            let start = out.len();
+            // Room for exactly the recorded length (`reserve` may give more): a frame
+            // that claims more fails or is caught by the length check below.
+            out.reserve(raw_len);
+            let written = decompress_after(&plain[1..], out)
+                .map_err(|e| Error::corrupt(format!("blob does not decompress: {e}")));
+            if written.as_ref().is_ok_and(|&n| n == raw_len) {
+                return Ok(());
             }
-            Ok(out)
+            out.truncate(start);
+            let n = written?;
+            Err(Error::corrupt(format!("blob decompresses to {n} bytes, expected {raw_len}")))
         }
         _ => Err(Error::corrupt("blob has an unknown compression flag or wrong length")),
     }
@@ -170,7 +193,21 @@ mod tests {
     #[test]
     fn wrong_length_is_corrupt() {
         let encoded = encode(&[7u8; 1000], 3);
-        assert!(decode(encoded, 999).is_err());
+        assert!(decode(encoded.clone(), 999).is_err());
+        assert!(decode(encoded, 1001).is_err());
         assert!(decode(vec![9, 1, 2], 2).is_err());
+    }
+
+    #[test]
+    fn decode_into_appends_and_leaves_failures_out() {
+        let text = b"a line of text, a line of text, a line of text, a line of text\n".repeat(50);
+        let mut out = b"before".to_vec();
+        decode_into(&encode(&text, 3), text.len(), &mut out).unwrap();
+        decode_into(&encode(b"raw", 0), 3, &mut out).unwrap();
+        assert_eq!(out, [&b"before"[..], &text, b"raw"].concat());
+        let len = out.len();
+        assert!(decode_into(&encode(&text, 3), text.len() - 1, &mut out).is_err());
+        assert!(decode_into(&encode(&text, 3), text.len() + 1, &mut out).is_err());
+        assert_eq!(out.len(), len);
     }
 }

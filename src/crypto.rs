@@ -13,7 +13,7 @@
 //! Fuzzed by `fuzz/fuzz_targets/sealed.rs`.
 
 use crate::error::{Error, ErrorKind, Result};
-use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInOut, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
 pub const NONCE_LEN: usize = 12;
@@ -122,7 +122,7 @@ impl SealKey {
         out.extend_from_slice(&nonce);
         let ciphertext = self
             .0
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
             .expect("AES-GCM encryption cannot fail for in-memory buffers");
         out.extend_from_slice(&ciphertext);
         out
@@ -136,18 +136,33 @@ impl SealKey {
         out.extend_from_slice(plaintext);
         let tag = self
             .0
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut out[start..])
+            .encrypt_inout_detached(&Nonce::from(nonce), aad, (&mut out[start..]).into())
             .expect("AES-GCM encryption cannot fail for in-memory buffers");
         out.extend_from_slice(&tag);
     }
 
     /// Decrypt sealed bytes, checking the tag over ciphertext and `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+        let mut plain = Vec::new();
+        self.open_into(aad, sealed, &mut plain)?;
+        Ok(plain)
+    }
+
+    /// [`SealKey::open`] into `plain`, replacing its contents: a buffer reused across
+    /// many blobs saves an allocation per blob. On failure `plain` holds nothing useful.
+    pub fn open_into(&self, aad: &[u8], sealed: &[u8], plain: &mut Vec<u8>) -> Result<()> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(auth_failed());
         }
-        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        self.0.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad }).map_err(|_| auth_failed())
+        let (nonce, rest) = sealed.split_at(NONCE_LEN);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
+        let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
+        plain.clear();
+        plain.extend_from_slice(ciphertext);
+        self.0
+            .decrypt_inout_detached(&Nonce::from(nonce), aad, plain.as_mut_slice().into(), &tag.into())
+            .map_err(|_| auth_failed())
     }
 }
 

@@ -237,10 +237,31 @@ pub fn decode_header(header: &[u8]) -> Result<Vec<PackEntry>> {
 pub fn open_blob(master: &MasterKey, key: &SealKey, entry: &PackEntry, sealed: &[u8]) -> Result<Vec<u8>> {
     let plain = key.open(entry.id.as_bytes(), sealed)?;
     let data = compress::decode(plain, entry.raw_length as usize)?;
-    if master.blob_id(&data) != entry.id {
+    verify(master, entry, &data)?;
+    Ok(data)
+}
+
+/// [`open_blob`] appending the data to `out`, with `scratch` for the decrypted bytes: no
+/// allocation per blob once both have grown. On failure `out` is unchanged.
+pub fn open_blob_into(
+    master: &MasterKey,
+    key: &SealKey,
+    entry: &PackEntry,
+    sealed: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    key.open_into(entry.id.as_bytes(), sealed, scratch)?;
+    let start = out.len();
+    compress::decode_into(scratch, entry.raw_length as usize, out)?;
+    verify(master, entry, &out[start..]).inspect_err(|_| out.truncate(start))
+}
+
+fn verify(master: &MasterKey, entry: &PackEntry, data: &[u8]) -> Result<()> {
+    if master.blob_id(data) != entry.id {
         return Err(Error::corrupt(format!("blob {} does not hash to its id", entry.id)));
     }
-    Ok(data)
+    Ok(())
 }
 
 #[cfg(test)]

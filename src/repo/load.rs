@@ -104,8 +104,23 @@ pub fn open_located(key: &MasterKey, location: &BlobLocation, sealed: &[u8]) -> 
 
 /// [`open_located`] with the pack key already derived, for many blobs of one pack.
 pub fn open_with(key: &MasterKey, pack_key: &SealKey, location: &BlobLocation, sealed: &[u8]) -> Result<Vec<u8>> {
-    pack::open_blob(key, pack_key, &location.entry, sealed)
-        .map_err(|e| e.context(format!("blob {} in pack {}", location.entry.id, location.pack)))
+    pack::open_blob(key, pack_key, &location.entry, sealed).map_err(|e| located(e, location))
+}
+
+/// [`open_with`] appending the data to `out` (see [`pack::open_blob_into`]).
+pub fn open_with_into(
+    key: &MasterKey,
+    pack_key: &SealKey,
+    location: &BlobLocation,
+    sealed: &[u8],
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    pack::open_blob_into(key, pack_key, &location.entry, sealed, scratch, out).map_err(|e| located(e, location))
+}
+
+fn located(e: Error, location: &BlobLocation) -> Error {
+    e.context(format!("blob {} in pack {}", location.entry.id, location.pack))
 }
 
 /// Walks a [`Content`] down to its data blobs, loading stream nodes as needed.

@@ -88,6 +88,29 @@ fn tree_round_trip_with_metadata_and_unchanged_files() {
     env.check_read_data();
 }
 
+/// The data pass writes while the creator is still making the tree; when the creator
+/// cannot make an entry the restore fails with its error, naming the path, and does not
+/// wait for a file that will never exist.
+#[test]
+fn restore_fails_naming_an_entry_it_cannot_create() {
+    let env = Env::new();
+    let src = env.path("src");
+    make_tree(&src);
+    env.cmd().args(["backup", "files", "--name", "cfg"]).arg(&src).assert().success();
+    let target = env.path("out");
+    let blocked = restored(&target, &src).join("logs");
+    std::fs::create_dir_all(blocked.parent().unwrap()).unwrap();
+    std::fs::write(&blocked, "a file where the snapshot has a directory").unwrap();
+    env.cmd()
+        .args(["restore", "latest", "--to"])
+        .arg(&target)
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains(blocked.to_str().unwrap()));
+    assert_eq!(std::fs::read_to_string(&blocked).unwrap(), "a file where the snapshot has a directory");
+}
+
 #[test]
 fn several_paths_include_and_exclude() {
     let env = Env::new();
