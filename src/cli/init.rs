@@ -40,7 +40,7 @@ pub struct InitArgs {
 }
 
 pub fn kdf_params(memory_mib: u32, iterations: u32) -> KdfParams {
-    KdfParams { memory_kib: memory_mib.saturating_mul(1024), iterations, parallelism: 1 }
+    KdfParams { memory_kib: memory_mib.saturating_mul(1024), iterations, ..KdfParams::default() }
 }
 
 pub async fn run(ctx: &Context, args: InitArgs) -> Outcome {

@@ -19,6 +19,10 @@ use futures::{Stream, StreamExt};
 
 /// Largest ranged read that grouping builds.
 const MAX_GROUP_BYTES: u64 = 8 << 20;
+/// Most plaintext one group opens. A group is opened on one thread, so a window of
+/// [`WINDOW_BYTES`] is cut into several groups that the cores open side by side: a dump
+/// compresses about 5:1, and one 8 MiB read of it would hold a whole window.
+const MAX_GROUP_PLAIN: u64 = 2 << 20;
 
 impl Repository {
     /// Where a blob is, or a `Corrupt` error naming it.
@@ -179,10 +183,15 @@ impl Group {
     fn range(&self) -> std::ops::Range<u64> {
         self.locations[0].entry.offset..self.locations.iter().map(|l| l.entry.end()).max().unwrap()
     }
+
+    fn plain(&self) -> u64 {
+        self.locations.iter().map(|l| u64::from(l.entry.raw_length)).sum()
+    }
 }
 
 /// Plan the reads for a window: distinct blobs grouped by pack, in offset order,
-/// neighbours within [`GROUP_GAP`] merged, each read at most [`MAX_GROUP_BYTES`].
+/// neighbours within [`GROUP_GAP`] merged, each read at most [`MAX_GROUP_BYTES`] and
+/// [`MAX_GROUP_PLAIN`] once opened.
 fn plan(window: &[BlobLocation]) -> Vec<Group> {
     let mut sorted: Vec<BlobLocation> = window.to_vec();
     sorted.sort_by_key(|l| (l.pack, l.entry.offset));
@@ -193,7 +202,8 @@ fn plan(window: &[BlobLocation]) -> Vec<Group> {
             Some(g)
                 if g.locations[0].pack == location.pack
                     && location.entry.offset <= g.range().end + GROUP_GAP
-                    && location.entry.end() - g.range().start <= MAX_GROUP_BYTES =>
+                    && location.entry.end() - g.range().start <= MAX_GROUP_BYTES
+                    && g.plain() + u64::from(location.entry.raw_length) <= MAX_GROUP_PLAIN =>
             {
                 g.locations.push(location)
             }
