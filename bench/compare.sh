@@ -23,6 +23,7 @@
 #   BENCH_KEEP [0]    1 = keep restored trees/files after verification
 #   BENCH_REPEAT [3]  times each restore is timed (restores change nothing; the median
 #                     time and the highest peak RSS are reported; backups run once)
+#   BENCH_WARMUP [1]  untimed restores of each kind before the timed ones (see warm_up)
 #   BENCH_RESTORE_FS  fresh | work: where trees are restored (see fresh_restore_fs)
 #
 # Usage:  bash bench/compare.sh
@@ -41,6 +42,7 @@ MUTATE_SEED=${BENCH_MUTATE_SEED:-2}
 TOOLS=${BENCH_TOOLS:-"cairn restic borg"}
 KEEP=${BENCH_KEEP:-0}
 REPEAT=${BENCH_REPEAT:-3}     # restores are timed this many times; the median counts
+WARMUP=${BENCH_WARMUP:-1}     # untimed restores before the timed ones
 
 DATA="$WORK/data"
 TREE="$WORK/tree"            # the live tree every tool backs up (same path for all)
@@ -204,6 +206,20 @@ measure() {
     printf "  %-7s %-16s %8.2f s %9.1f MB/s  peak RSS %7.1f MiB\n", t, s, e, (e > 0 ? b / 1e6 / e : 0), m / 1024 }' >&2
 }
 
+# warm_up TOOL FUNC ARGS... — run FUNC once, untimed, before a step's timed runs. This VM
+# backs guest memory lazily: the first restore after memory was freed (the filesystem
+# of the previous restore unmounted, caches of the previous tool dropped) pays the host's
+# page faults in every copy into the page cache, which showed up as 2–3 times the system
+# time of the same restore repeated (docs/PERFORMANCE.md). Every tool gets the same.
+warm_up() {
+  local tool=$1
+  shift
+  ((WARMUP > 0)) || return 0
+  printf '\n=== %s warm-up (untimed): %s\n' "$tool" "$*" >>"$LOGS/$tool.log"
+  sync
+  bash -o pipefail -c '"$@"' _ "$@" >>"$LOGS/$tool.log" 2>&1 || warn "$tool: warm-up '$1' failed — see $LOGS/$tool.log"
+}
+
 record_size()  { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$SIZES_TSV"; }
 
 record_check() {  # TOOL WHAT OK|FAIL
@@ -244,7 +260,8 @@ fresh_restore_fs() {  # DIR: mount a new ext4 there (BENCH_RESTORE_FS=fresh)
   # written now (untimed) rather than by ext4's background initialisation during the
   # restore, and nothing is discarded, so no tool competes with leftover disk work.
   local image="$WORK/restore-fs.img"
-  [[ -f $image ]] || truncate -s "$((TREE_MB * 3 + 1024))M" "$image"
+  # Allocated up front, so that no restore pays for the host filesystem filling holes.
+  [[ -f $image ]] || fallocate -l "$((TREE_MB * 3 + 1024))M" "$image" || truncate -s "$((TREE_MB * 3 + 1024))M" "$image"
   mkfs.ext4 -q -F -E nodiscard,lazy_itable_init=0,lazy_journal_init=0 "$image"
   mount -o loop "$image" "$1"
 }
@@ -275,6 +292,13 @@ run_tree() {
   measure "$tool" tree_changed "$bytes" "${tool}_backup_tree" "$repo" "$TREE" tree-3
   record_size "$tool" repo_tree "$(dir_bytes "$repo")"
   local out="$dir/restore-tree" i
+  for ((i = 1; i <= WARMUP; i++)); do
+    rm -rf "$out"
+    mkdir -p "$out"
+    fresh_restore_fs "$out"
+    warm_up "$tool" "${tool}_restore_tree" "$repo" "$out" tree-3
+    release_restore_fs "$out"
+  done
   for ((i = 1; i <= REPEAT; i++)); do
     rm -rf "$out"
     mkdir -p "$out"
@@ -312,6 +336,10 @@ run_nightly() {
   record_size "$tool" repo_nightly "$(dir_bytes "$repo")"
   f=$(night_file "$NIGHTS")
   local i
+  for ((i = 1; i <= WARMUP; i++)); do
+    rm -f "$dir/restore-night.sql"
+    warm_up "$tool" "${tool}_restore_stdin" "$repo" "$dir/restore-night.sql" "$(printf 'night-%02d' "$NIGHTS")"
+  done
   for ((i = 1; i <= REPEAT; i++)); do
     rm -f "$dir/restore-night.sql"
     measure "$tool" nightly_restore "$(stat -c %s "$f")" \

@@ -144,13 +144,15 @@ impl SealKey {
     /// Decrypt sealed bytes, checking the tag over ciphertext and `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         let mut plain = Vec::new();
-        self.open_into(aad, sealed, &mut plain)?;
+        let len = self.open_into(aad, sealed, &mut plain)?.len();
+        plain.truncate(len);
         Ok(plain)
     }
 
-    /// [`SealKey::open`] into `plain`, replacing its contents: a buffer reused across
-    /// many blobs saves an allocation per blob. On failure `plain` holds nothing useful.
-    pub fn open_into(&self, aad: &[u8], sealed: &[u8], plain: &mut Vec<u8>) -> Result<()> {
+    /// [`SealKey::open`] decrypting straight from `sealed` into `buffer`, which grows as
+    /// needed and is never shrunk: reused across many blobs it costs no allocation or
+    /// copy per blob. Returns the plaintext, a prefix of `buffer`.
+    pub fn open_into<'a>(&self, aad: &[u8], sealed: &[u8], buffer: &'a mut Vec<u8>) -> Result<&'a [u8]> {
         if sealed.len() < SEAL_OVERHEAD {
             return Err(auth_failed());
         }
@@ -158,11 +160,13 @@ impl SealKey {
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at NONCE_LEN");
         let tag: [u8; TAG_LEN] = tag.try_into().expect("split at TAG_LEN");
-        plain.clear();
-        plain.extend_from_slice(ciphertext);
-        self.0
-            .decrypt_inout_detached(&Nonce::from(nonce), aad, plain.as_mut_slice().into(), &tag.into())
-            .map_err(|_| auth_failed())
+        if buffer.len() < ciphertext.len() {
+            buffer.resize(ciphertext.len(), 0);
+        }
+        let plain = &mut buffer[..ciphertext.len()];
+        let inout = aes_gcm::aead::inout::InOutBuf::new(ciphertext, plain).expect("equal lengths");
+        self.0.decrypt_inout_detached(&Nonce::from(nonce), aad, inout, &tag.into()).map_err(|_| auth_failed())?;
+        Ok(plain)
     }
 }
 

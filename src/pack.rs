@@ -251,9 +251,9 @@ pub fn open_blob_into(
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
 ) -> Result<()> {
-    key.open_into(entry.id.as_bytes(), sealed, scratch)?;
+    let plain = key.open_into(entry.id.as_bytes(), sealed, scratch)?;
     let start = out.len();
-    compress::decode_into(scratch, entry.raw_length as usize, out)?;
+    compress::decode_into(plain, entry.raw_length as usize, out)?;
     verify(master, entry, &out[start..]).inspect_err(|_| out.truncate(start))
 }
 

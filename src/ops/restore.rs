@@ -632,29 +632,53 @@ impl Meta {
         Meta { kind: node.kind, mode: node.mode, uid: node.uid, gid: node.gid, mtime }
     }
 
+    // Owner and mode are changed only where they differ from what the entry has: a stat
+    // costs less than a chown or chmod, each of which dirties the inode in the journal,
+    // and a restore as root of root's files (or of files with the usual modes) needs
+    // neither.
+
     fn apply(&self, path: &Path, root: bool) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
+        let current = std::fs::symlink_metadata(path)?;
+        let chowned = root && self.owner_differs(&current);
         if self.kind == NodeKind::Symlink {
-            if root {
+            if chowned {
                 std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))?;
             }
             return filetime::set_symlink_file_times(path, self.mtime, self.mtime);
         }
-        if root {
+        if chowned {
             std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))?;
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
+        if chowned || self.mode_differs(&current) {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
+        }
         filetime::set_file_times(path, self.mtime, self.mtime)
     }
 
     /// The same through an open file: no path lookups.
     fn apply_to_file(&self, file: &std::fs::File, root: bool) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        if root {
+        let current = file.metadata()?;
+        let chowned = root && self.owner_differs(&current);
+        if chowned {
             std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))?;
         }
-        file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        // A chown clears set-user-ID and set-group-ID bits: the mode goes on after it.
+        if chowned || self.mode_differs(&current) {
+            file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        }
         filetime::set_file_handle_times(file, Some(self.mtime), Some(self.mtime))
+    }
+
+    fn owner_differs(&self, current: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        (current.uid(), current.gid()) != (self.uid, self.gid)
+    }
+
+    fn mode_differs(&self, current: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        current.mode() & 0o7777 != self.mode & 0o7777
     }
 }
 

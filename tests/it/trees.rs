@@ -23,6 +23,8 @@ fn make_tree(root: &Path) {
     if cairn::ops::restore::is_root() {
         // Ownership is restored only as root; the tests run as root in CI.
         std::os::unix::fs::chown(root.join("docker-compose.yml"), Some(1234), Some(5678)).unwrap();
+        // Set-user-ID and set-group-ID survive the restore's chown (which clears them).
+        std::fs::set_permissions(root.join("docker-compose.yml"), std::fs::Permissions::from_mode(0o6755)).unwrap();
         std::os::unix::fs::lchown(root.join("current.toml"), Some(4321), Some(8765)).unwrap();
     }
     let old = filetime::FileTime::from_unix_time(1_600_000_000, 123_456_789);
