@@ -19,6 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 const SCHEMA_VERSION: i64 = 2;
@@ -78,21 +79,15 @@ pub struct PackRow {
 
 pub struct Catalog {
     conn: Mutex<Connection>,
+    /// Lookups served inside the read transaction `reader` keeps open; 0 when none is.
+    /// Changed only with `conn` locked.
+    reads_in_transaction: AtomicU32,
     /// Packs a pending removal may delete (see `repo::gc`): their blobs are not reused.
     excluded: std::sync::RwLock<HashSet<PackId>>,
 }
 
-/// A read transaction held open; see [`Catalog::pin_reads`].
-pub struct ReadPin<'a>(Option<&'a Catalog>);
-
-impl Drop for ReadPin<'_> {
-    fn drop(&mut self) {
-        if let Some(catalog) = self.0 {
-            // A read-only transaction: ending it cannot lose anything.
-            let _ = catalog.conn().execute_batch("COMMIT");
-        }
-    }
-}
+/// Lookups one read transaction serves before it is renewed (see `Catalog::reader`).
+const READS_PER_TRANSACTION: u32 = 4096;
 
 impl Catalog {
     /// Open (or create) the catalog at `path`; `None` makes a private temporary one.
@@ -133,24 +128,41 @@ impl Catalog {
         conn.pragma_update(None, "cache_size", -16384)?;
         conn.execute_batch("PRAGMA temp.cache_size = -16384")?;
         conn.execute_batch(STAGING)?;
-        Ok(Catalog { conn: Mutex::new(conn), excluded: Default::default() })
+        Ok(Catalog { conn: Mutex::new(conn), reads_in_transaction: AtomicU32::new(0), excluded: Default::default() })
     }
 
+    /// The connection, outside any read transaction [`Catalog::reader`] left open: what
+    /// follows may write, and sees what this process and others have written.
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        if self.reads_in_transaction.swap(0, Ordering::Relaxed) > 0 {
+            // A read-only transaction: ending it cannot lose anything.
+            let _ = conn.execute_batch("COMMIT");
+        }
+        conn
     }
 
-    /// Hold one read transaction until the returned guard is dropped. Each lookup outside
-    /// a transaction takes and releases SQLite's file locks and revalidates its page
-    /// cache; a restore's planner makes one per tree and blob, so it pins one snapshot of
-    /// the catalog instead. Nothing may write the catalog while the guard lives.
-    pub fn pin_reads(&self) -> Result<ReadPin<'_>> {
-        let conn = self.conn();
-        if !conn.is_autocommit() {
-            return Ok(ReadPin(None));
+    /// The connection for a lookup, inside a read transaction shared with up to
+    /// [`READS_PER_TRANSACTION`] lookups. A lookup in autocommit mode takes and releases
+    /// SQLite's file locks and revalidates its page cache, which was 60% of a lookup's
+    /// cost; a backup of an unchanged tree or a restore's planner makes one per tree and
+    /// blob. The transaction ends at the next [`Catalog::conn`] (every write goes through
+    /// it) or when the catalog is closed; until then the lookups see the catalog as it
+    /// was when it began, which costs at most a blob stored twice.
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reads = self.reads_in_transaction.load(Ordering::Relaxed);
+        if reads >= READS_PER_TRANSACTION {
+            let _ = conn.execute_batch("COMMIT");
+            reads = 0;
         }
-        conn.execute_batch("BEGIN DEFERRED")?;
-        Ok(ReadPin(Some(self)))
+        // Not inside a transaction of someone else's making (`unchecked_transaction`).
+        if reads == 0 && !(conn.is_autocommit() && conn.execute_batch("BEGIN DEFERRED").is_ok()) {
+            self.reads_in_transaction.store(0, Ordering::Relaxed);
+            return conn;
+        }
+        self.reads_in_transaction.store(reads + 1, Ordering::Relaxed);
+        conn
     }
 
     /// Bring the catalog up to date; returns whether the index changed.
@@ -291,7 +303,7 @@ impl Catalog {
     /// the newest (highest catalog row) first.
     pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
         let rows = {
-            let conn = self.conn();
+            let conn = self.reader();
             let mut stmt = conn.prepare_cached(
                 "SELECT p.id, p.salt, b.kind, b.offset, b.length, b.raw_length, p.size FROM blobs b JOIN packs p ON p.rowid = b.pack
                  WHERE b.id = ?1 ORDER BY b.pack DESC",
@@ -363,7 +375,7 @@ impl Catalog {
 
     /// Every pack the index places a copy of the blob in.
     pub fn copies(&self, id: &BlobId) -> Result<Vec<PackId>> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt =
             conn.prepare_cached("SELECT p.id FROM blobs b JOIN packs p ON p.rowid = b.pack WHERE b.id = ?1")?;
         let rows = stmt.query_map([&id.0[..]], |r| r.get::<_, Vec<u8>>(0))?;
@@ -375,7 +387,7 @@ impl Catalog {
     }
 
     pub fn contains(&self, id: &BlobId) -> Result<bool> {
-        let conn = self.conn();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached("SELECT 1 FROM blobs WHERE id = ?1")?;
         Ok(stmt.exists([&id.0[..]])?)
     }

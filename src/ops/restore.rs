@@ -176,10 +176,7 @@ pub async fn restore_tree_to_dir(
     let mut stats = RestoreStats::default();
     let mut plan = Plan::default();
     let mut creator = Creator::start();
-    // One read transaction for the planner's lookups, one per tree and blob.
-    let pin = repo.catalog().pin_reads()?;
     let planned = plan_tree(repo, root, target, options, &mut creator, &mut plan, &mut stats).await;
-    drop(pin);
     if let Err(e) = planned {
         // The creator's own error explains a planner that could no longer hand it work.
         creator.finish().await?;
