@@ -146,9 +146,11 @@ impl Catalog {
     /// [`READS_PER_TRANSACTION`] lookups. A lookup in autocommit mode takes and releases
     /// SQLite's file locks and revalidates its page cache, which was 60% of a lookup's
     /// cost; a backup of an unchanged tree or a restore's planner makes one per tree and
-    /// blob. The transaction ends at the next [`Catalog::conn`] (every write goes through
-    /// it) or when the catalog is closed; until then the lookups see the catalog as it
-    /// was when it began, which costs at most a blob stored twice.
+    /// blob. The transaction ends at the next [`Catalog::conn`] (every write and every
+    /// refresh goes through it) or when the catalog is closed. Until then the lookups do
+    /// not see what other processes sharing this cache wrote since it began, as a
+    /// process with a cache of its own never does: removal does not rely on a writer's
+    /// catalog being current (docs/format.md §17).
     fn reader(&self) -> MutexGuard<'_, Connection> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut reads = self.reads_in_transaction.load(Ordering::Relaxed);
