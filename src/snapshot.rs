@@ -19,6 +19,14 @@ use crate::wire::{put_u32, put_u64, Reader};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// A directory whose tree encodes to at most this many bytes is kept inside its parent's
+/// tree rather than stored as a blob of its own. Most directories are this small (one to
+/// three entries); as blobs each would cost about 120 bytes of seal, pack-header and index
+/// entries plus its id in the parent, and a read of its own on every walk. The price: a
+/// parent that changes stores its small subdirectories again, at most about five times
+/// the bytes their references would take.
+pub const INLINE_TREE_MAX: usize = 1024;
+
 /// Entries per stream node (40 KiB nodes).
 pub const FANOUT: usize = 1024;
 const NODE_MAGIC: &[u8; 4] = b"CSN1";
@@ -210,6 +218,10 @@ pub struct Node {
     pub content: Option<Content>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtree: Option<BlobId>,
+    /// Directories whose tree encodes to at most [`INLINE_TREE_MAX`] bytes: the tree itself,
+    /// instead of `subtree`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<Tree>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,6 +231,25 @@ pub struct Node {
 }
 
 impl Node {
+    /// Give this directory its tree: inside the node when it encodes to at most
+    /// [`INLINE_TREE_MAX`] bytes, otherwise stored through `sink` and named by `subtree`.
+    pub fn set_tree(&mut self, tree: Tree, sink: &dyn MetaSink) -> Result<()> {
+        let bytes = tree.encode();
+        if bytes.len() <= INLINE_TREE_MAX {
+            self.subtree = None;
+            self.tree = Some(tree);
+        } else {
+            self.tree = None;
+            self.subtree = Some(sink.save_meta(bytes)?);
+        }
+        Ok(())
+    }
+
+    /// Whether this node holds or names a directory tree.
+    pub fn has_tree(&self) -> bool {
+        self.subtree.is_some() || self.tree.is_some()
+    }
+
     /// The name as raw bytes, exactly as it was on disk.
     pub fn name_bytes(&self) -> Vec<u8> {
         raw_or(&self.name, &self.name_raw)
@@ -334,10 +365,13 @@ mod tests {
         assert!(decode_node(b"").is_err());
     }
 
-    #[test]
-    fn tree_encoding_is_deterministic() {
-        let node = Node {
-            name: "a".into(),
+    fn dir(name: &str) -> Node {
+        Node { name: name.into(), kind: NodeKind::Dir, content: None, ..file(name) }
+    }
+
+    fn file(name: &str) -> Node {
+        Node {
+            name: name.into(),
             name_raw: None,
             kind: NodeKind::File,
             mode: 0o644,
@@ -349,11 +383,61 @@ mod tests {
             size: 0,
             content: Some(Content::default()),
             subtree: None,
+            tree: None,
             target: None,
             target_raw: None,
             rdev: None,
-        };
-        let tree = Tree { nodes: vec![node] };
+        }
+    }
+
+    #[test]
+    fn small_trees_are_inlined_and_large_ones_stored() {
+        let sink = MemSink::default();
+        let small = Tree { nodes: vec![file("a")] };
+        let mut node = dir("small");
+        node.set_tree(small.clone(), &sink).unwrap();
+        assert_eq!((node.tree.as_ref(), node.subtree), (Some(&small), None));
+        assert!(sink.0.borrow().is_empty());
+
+        let names: Vec<String> = (0..20).map(|i| format!("file-{i:02}")).collect();
+        let large = Tree { nodes: names.iter().map(|n| file(n)).collect() };
+        assert!(large.encode().len() > INLINE_TREE_MAX);
+        let mut node = dir("large");
+        node.set_tree(large.clone(), &sink).unwrap();
+        assert_eq!(node.tree, None);
+        assert_eq!(sink.0.borrow()[&node.subtree.unwrap()], large.encode());
+
+        // An inline tree is part of its parent's bytes and decodes back, nested.
+        let mut outer = dir("outer");
+        outer
+            .set_tree(
+                Tree {
+                    nodes: vec![node.clone(), {
+                        let mut d = dir("d");
+                        d.set_tree(small.clone(), &sink).unwrap();
+                        d
+                    }],
+                },
+                &sink,
+            )
+            .unwrap();
+        let parent = Tree { nodes: vec![outer] };
+        assert_eq!(Tree::decode(&parent.encode()).unwrap(), parent);
+        assert!(parent.nodes[0].tree.as_ref().unwrap().nodes[1].has_tree());
+    }
+
+    #[test]
+    fn deeply_nested_inline_trees_are_refused_not_overflowed() {
+        let mut json = String::new();
+        for _ in 0..10_000 {
+            json.push_str(r#"{"nodes":[{"name":"d","type":"dir","mode":0,"uid":0,"gid":0,"mtime":0,"tree":"#);
+        }
+        assert!(Tree::decode(json.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn tree_encoding_is_deterministic() {
+        let tree = Tree { nodes: vec![file("a")] };
         assert_eq!(tree.encode(), tree.clone().encode());
         assert_eq!(Tree::decode(&tree.encode()).unwrap(), tree);
         let (text, raw) = text_and_raw(b"caf\xe9");

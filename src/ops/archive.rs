@@ -29,9 +29,12 @@ impl Trees<'_> {
             if self.loaded.contains_key(path) {
                 continue;
             }
-            let Some(dir) = self.find(&parents[..depth - 1], &parents[depth - 1]) else { return Ok(None) };
-            let Some(subtree) = dir.subtree else { return Ok(None) };
-            let tree = self.repo.load_tree(&subtree).await?;
+            let Some(mut dir) = self.find(&parents[..depth - 1], &parents[depth - 1]) else { return Ok(None) };
+            if !dir.has_tree() {
+                return Ok(None);
+            }
+            let name = dir.name.clone();
+            let tree = self.repo.dir_tree(&mut dir, &name).await?;
             self.loaded.insert(path.to_vec(), tree);
         }
         Ok(self.find(parents, name))

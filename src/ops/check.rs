@@ -279,23 +279,31 @@ impl Walk<'_> {
         } else {
             match self.load_meta(id).await.and_then(|b| Tree::decode(&b)) {
                 Err(e) => problems.push(format!("{at}: tree {id}: {e}")),
-                Ok(tree) => {
-                    for node in &tree.nodes {
-                        let path = format!("{}/{}", at.trim_end_matches('/'), node.name);
-                        if let Some(sub) = &node.subtree {
-                            problems.extend(Box::pin(self.tree(sub, &path)).await);
-                        }
-                        if let Some(content) = &node.content {
-                            problems.extend(self.content(content, &path).await);
-                        }
-                    }
-                }
+                Ok(tree) => problems.extend(self.nodes(&tree, at).await),
             }
         }
         if problems.is_empty() {
             self.good_trees.insert(*id);
         } else {
             self.bad_trees.insert(*id, problems.clone());
+        }
+        problems
+    }
+
+    /// Check what a tree's nodes refer to, inline trees included.
+    async fn nodes(&mut self, tree: &Tree, at: &str) -> Vec<String> {
+        let mut problems = Vec::new();
+        for node in &tree.nodes {
+            let path = format!("{}/{}", at.trim_end_matches('/'), node.name);
+            if let Some(sub) = &node.subtree {
+                problems.extend(Box::pin(self.tree(sub, &path)).await);
+            }
+            if let Some(inline) = &node.tree {
+                problems.extend(Box::pin(self.nodes(inline, &path)).await);
+            }
+            if let Some(content) = &node.content {
+                problems.extend(self.content(content, &path).await);
+            }
         }
         problems
     }

@@ -176,14 +176,7 @@ impl Transfer<'_> {
         self.cancel.check()?;
         let bytes = self.load(id)?;
         let mut tree = Tree::decode(&bytes).map_err(|e| e.context(format!("tree {id}")))?;
-        for node in &mut tree.nodes {
-            if let Some(sub) = node.subtree {
-                node.subtree = Some(self.tree(&sub)?);
-            }
-            if let Some(content) = &node.content {
-                node.content = Some(self.content(content)?);
-            }
-        }
+        self.nodes(&mut tree)?;
         if self.same_ids {
             if self.saver.claim(id)? {
                 self.saver.store_claimed(BlobKind::Meta, *id, bytes)?;
@@ -192,6 +185,23 @@ impl Transfer<'_> {
         } else {
             self.saver.save_meta(tree.encode())
         }
+    }
+
+    /// Copy what a tree's nodes refer to, and name it as the destination does. Inline trees
+    /// stay inline: with new ids they keep their size.
+    fn nodes(&mut self, tree: &mut Tree) -> Result<()> {
+        for node in &mut tree.nodes {
+            if let Some(sub) = node.subtree {
+                node.subtree = Some(self.tree(&sub)?);
+            }
+            if let Some(inline) = &mut node.tree {
+                self.nodes(inline)?;
+            }
+            if let Some(content) = &node.content {
+                node.content = Some(self.content(content)?);
+            }
+        }
+        Ok(())
     }
 
     /// Copy a content's data and nodes; returns the content as the destination names it.

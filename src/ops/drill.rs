@@ -29,18 +29,14 @@ pub struct TreeCheck {
 pub async fn verify_tree(repo: &Repository, root: &BlobId, dir: &Path) -> Result<TreeCheck> {
     let mut check = TreeCheck::default();
     let params = repo.config().chunker;
-    let mut stack = vec![(*root, dir.to_path_buf())];
-    while let Some((tree_id, at)) = stack.pop() {
-        let tree = repo.load_tree(&tree_id).await?;
-        for node in tree.nodes {
+    let mut stack = vec![(repo.load_tree(root).await?, dir.to_path_buf())];
+    while let Some((tree, at)) = stack.pop() {
+        for mut node in tree.nodes {
             let path = at.join(std::ffi::OsStr::from_bytes(&node.name_bytes()));
             match node.kind {
                 NodeKind::Dir => {
                     check.dirs += 1;
-                    let subtree = node
-                        .subtree
-                        .ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", node.name)))?;
-                    stack.push((subtree, path));
+                    stack.push((repo.dir_tree(&mut node, &path.display()).await?, path));
                 }
                 NodeKind::File => {
                     check.files += 1;

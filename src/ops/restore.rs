@@ -223,7 +223,7 @@ async fn plan_tree(
     let includes = includes(options);
     let mut stack = vec![(repo.load_tree(root).await?, target.to_path_buf(), Vec::new())];
     while let Some((tree, dir, rel)) = stack.pop() {
-        for node in tree.nodes {
+        for mut node in tree.nodes {
             let name = safe_name(&node)?;
             let rel_path = join(&rel, &name);
             let (restore, descend) = selected(&includes, &rel_path);
@@ -234,10 +234,8 @@ async fn plan_tree(
             match node.kind {
                 NodeKind::Dir => {
                     creator.send(Create::Dir(path.clone()))?;
-                    let subtree = node
-                        .subtree
-                        .ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", path.display())))?;
-                    stack.push((repo.load_tree(&subtree).await?, path.clone(), rel_path));
+                    let subtree = repo.dir_tree(&mut node, &path.display()).await?;
+                    stack.push((subtree, path.clone(), rel_path));
                     if restore {
                         stats.dirs += 1;
                         plan.metadata.push((path, Meta::of(&node)));
@@ -697,7 +695,7 @@ pub async fn restore_tree_to_tar<W: Write + Send>(
     let mut stack: Vec<(std::vec::IntoIter<Node>, Vec<u8>)> =
         vec![(repo.load_tree(root).await?.nodes.into_iter(), Vec::new())];
     while let Some((iter, rel)) = stack.last_mut() {
-        let Some(node) = iter.next() else {
+        let Some(mut node) = iter.next() else {
             stack.pop();
             continue;
         };
@@ -718,9 +716,8 @@ pub async fn restore_tree_to_tar<W: Write + Send>(
                         .map_err(tar_error)?;
                     stats.dirs += 1;
                 }
-                let subtree =
-                    node.subtree.ok_or_else(|| Error::corrupt(format!("directory {} has no subtree", node.name)))?;
-                stack.push((repo.load_tree(&subtree).await?.nodes.into_iter(), rel_path));
+                let subtree = repo.dir_tree(&mut node, &path.display()).await?;
+                stack.push((subtree.nodes.into_iter(), rel_path));
             }
             _ if !restore => {}
             NodeKind::File => {

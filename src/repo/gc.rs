@@ -178,9 +178,11 @@ pub async fn referenced_blobs<S: BlobSink + Send>(
                 continue;
             }
             let tree = Tree::decode(&repo.load_blob(&id).await?).map_err(|e| e.context(format!("tree {id}")))?;
-            for node in tree.nodes {
+            let mut nodes = tree.nodes;
+            while let Some(node) = nodes.pop() {
                 trees.extend(node.subtree);
                 contents.extend(node.content);
+                nodes.extend(node.tree.into_iter().flat_map(|t| t.nodes));
             }
         } else {
             return Ok(());

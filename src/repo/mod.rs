@@ -19,7 +19,7 @@ use crate::crypto::{KdfParams, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, RepoId, SnapshotId};
 use crate::object;
-use crate::snapshot::{SnapshotFile, Tree};
+use crate::snapshot::{Node, SnapshotFile, Tree};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -312,6 +312,18 @@ impl Repository {
 
     pub async fn load_tree(&self, id: &crate::id::BlobId) -> Result<Tree> {
         Tree::decode(&self.load_blob(id).await?).map_err(|e| e.context(format!("tree {id}")))
+    }
+
+    /// The tree of directory `node`: taken out of the node when it is inline, else loaded.
+    /// A directory with neither is corrupt; `path` names it in the error.
+    pub async fn dir_tree(&self, node: &mut Node, path: &dyn std::fmt::Display) -> Result<Tree> {
+        if let Some(tree) = node.tree.take() {
+            return Ok(tree);
+        }
+        match node.subtree {
+            Some(id) => self.load_tree(&id).await,
+            None => Err(Error::corrupt(format!("directory {path} has no tree"))),
+        }
     }
 
     /// Find one snapshot by `latest` or a unique id prefix (at least 8 hex characters),

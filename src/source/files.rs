@@ -94,16 +94,21 @@ impl<'a> Walker<'a> {
             if let Some(node) = self.walk_one(&path, previous)? {
                 if components.is_empty() {
                     // `/` contains every other path given: its tree is the snapshot's root.
-                    whole_root = node.subtree;
+                    whole_root = Some(node);
                 } else {
                     insert(&mut root, &components, node);
                 }
             }
         }
-        match whole_root {
-            Some(tree) => Ok(tree),
-            None => self.save_virtual(Path::new("/"), root),
-        }
+        // The root is always a blob of its own: the snapshot names it.
+        let tree = match whole_root {
+            Some(mut node) => match node.tree.take() {
+                Some(tree) => tree,
+                None => return node.subtree.ok_or_else(|| Error::corrupt("the backed-up root has no tree")),
+            },
+            None => self.virtual_tree(Path::new("/"), root)?,
+        };
+        self.saver.save_meta(tree.encode())
     }
 
     fn warn(&mut self, path: &Path, err: impl std::fmt::Display) {
@@ -123,9 +128,17 @@ impl<'a> Walker<'a> {
             if i + 1 == components.len() {
                 return Some(node);
             }
-            tree = self.load_tree(node.subtree?)?;
+            tree = self.previous_tree(node)?;
         }
         None
+    }
+
+    /// The tree of a directory as the parent snapshot recorded it.
+    fn previous_tree(&mut self, mut node: Node) -> Option<Tree> {
+        match node.tree.take() {
+            Some(tree) => Some(tree),
+            None => self.load_tree(node.subtree?),
+        }
     }
 
     fn excluded(&self, path: &Path) -> bool {
@@ -174,7 +187,7 @@ impl<'a> Walker<'a> {
             let mut node = node_from_metadata(&name, &meta);
             match node.kind {
                 NodeKind::Dir => {
-                    let previous = previous.and_then(|p| p.subtree).and_then(|id| self.load_tree(id));
+                    let previous = previous.and_then(|p| self.previous_tree(p));
                     stack.push(Frame { node, nodes: Vec::new(), previous });
                     continue;
                 }
@@ -213,7 +226,7 @@ impl<'a> Walker<'a> {
         while stack.len() > depth {
             let mut frame = stack.pop().unwrap();
             frame.nodes.sort_by_key(Node::name_bytes);
-            frame.node.subtree = Some(self.saver.save_meta(Tree { nodes: frame.nodes }.encode())?);
+            frame.node.set_tree(Tree { nodes: frame.nodes }, self.saver)?;
             self.stats.dirs += 1;
             place(stack, frame.node, result);
         }
@@ -253,8 +266,9 @@ impl<'a> Walker<'a> {
         Ok(content)
     }
 
-    /// Store a virtual directory, taking its metadata from the real directory at `path`.
-    fn save_virtual(&mut self, path: &Path, dir: VirtualDir) -> Result<BlobId> {
+    /// The tree of a virtual directory, its subdirectories' metadata taken from the real
+    /// directories under `path`.
+    fn virtual_tree(&mut self, path: &Path, dir: VirtualDir) -> Result<Tree> {
         let mut nodes = Vec::with_capacity(dir.children.len());
         for (name, entry) in dir.children {
             match entry {
@@ -263,12 +277,12 @@ impl<'a> Walker<'a> {
                     let sub_path = path.join(std::ffi::OsStr::from_bytes(&name));
                     let meta = std::fs::symlink_metadata(&sub_path).map_err(|e| Error::io("read", &sub_path, e))?;
                     let mut node = node_from_metadata(&name, &meta);
-                    node.subtree = Some(self.save_virtual(&sub_path, sub)?);
+                    node.set_tree(self.virtual_tree(&sub_path, sub)?, self.saver)?;
                     nodes.push(node);
                 }
             }
         }
-        self.saver.save_meta(Tree { nodes }.encode())
+        Ok(Tree { nodes })
     }
 }
 
@@ -287,6 +301,7 @@ fn dir_with_subtree(subtree: BlobId) -> Node {
         size: 0,
         content: None,
         subtree: Some(subtree),
+        tree: None,
         target: None,
         target_raw: None,
         rdev: None,
@@ -373,6 +388,7 @@ pub fn node_from_metadata(name: &[u8], meta: &Metadata) -> Node {
         size: 0,
         content: None,
         subtree: None,
+        tree: None,
         target: None,
         target_raw: None,
         rdev: matches!(kind, NodeKind::Chardev | NodeKind::Blockdev).then(|| meta.rdev()),

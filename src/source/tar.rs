@@ -38,6 +38,7 @@ fn node(name: &[u8], kind: NodeKind, mode: u32, uid: u32, gid: u32, mtime: i64) 
         size: 0,
         content: None,
         subtree: None,
+        tree: None,
         target: None,
         target_raw: None,
         rdev: None,
@@ -68,20 +69,20 @@ impl Dir {
         Ok(dir)
     }
 
-    /// Save this directory's tree (children first); returns its id.
-    fn save(self, sink: &dyn MetaSink) -> Result<BlobId> {
+    /// This directory's tree, its subdirectories' stored (or inlined) first.
+    fn tree(self, sink: &dyn MetaSink) -> Result<Tree> {
         let mut nodes = Vec::with_capacity(self.entries.len());
         for (_, entry) in self.entries {
             nodes.push(match entry {
                 Entry::Leaf(n) => n,
                 Entry::Dir(d) => {
                     let mut n = d.node.clone();
-                    n.subtree = Some(d.save(sink)?);
+                    n.set_tree(d.tree(sink)?, sink)?;
                     n
                 }
             });
         }
-        sink.save_meta(Tree { nodes }.encode())
+        Ok(Tree { nodes })
     }
 }
 
@@ -424,6 +425,7 @@ pub fn import(
             }
         } else {
             n.subtree = None;
+            n.tree = None;
             dir.entries.insert(name.clone(), Entry::Leaf(n));
         }
     }
@@ -432,5 +434,5 @@ pub fn import(
     let mut rest = archive.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink()).map_err(bad)?;
     let top = root.node.clone();
-    Ok(Imported { root: root.save(saver)?, captured, members, warnings, end_of_last, top })
+    Ok(Imported { root: saver.save_meta(root.tree(saver)?.encode())?, captured, members, warnings, end_of_last, top })
 }

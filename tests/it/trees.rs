@@ -269,3 +269,76 @@ fn config_set_in_one_command_restores_selectively() {
         }
     }
 }
+
+/// The node at `path` (relative to the snapshot's root tree), reading stored subtrees
+/// with `cairn cat tree` and stepping into inline ones.
+fn node_at(env: &Env, path: &Path) -> serde_json::Value {
+    let cat = |what: &[&str]| -> serde_json::Value {
+        let out = env.cmd().arg("cat").args(what).assert().success();
+        serde_json::from_slice(&out.get_output().stdout).unwrap()
+    };
+    let snapshot = cat(&["snapshot", "latest"]);
+    let mut tree = cat(&["tree", snapshot["snapshot"]["tree"].as_str().unwrap()]);
+    let mut components = path.iter().filter(|c| *c != "/").peekable();
+    while let Some(name) = components.next() {
+        let node = tree["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name.to_str().unwrap()).cloned();
+        let node = node.unwrap_or_else(|| panic!("{name:?} not in {tree}"));
+        if components.peek().is_none() {
+            return node;
+        }
+        tree = match node.get("tree") {
+            Some(inline) => inline.clone(),
+            None => cat(&["tree", node["subtree"].as_str().unwrap()]),
+        };
+    }
+    unreachable!("empty path")
+}
+
+/// Small directories are written inside their parent's tree, large ones as blobs of their
+/// own; restore reaches both, and damage to a file inside an inline directory is named by
+/// the file's path.
+#[test]
+fn small_directories_are_stored_inside_their_parents() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a/b/c")).unwrap();
+    std::fs::write(src.join("a/b/c/deep.txt"), "deep inside small directories\n").unwrap();
+    std::fs::create_dir_all(src.join("wide")).unwrap();
+    for i in 0..30 {
+        std::fs::write(src.join(format!("wide/file-{i:02}")), format!("{i}\n")).unwrap();
+    }
+    env.cmd().args(["backup", "files", "--name", "t"]).arg(&src).assert().success();
+
+    let small = node_at(&env, &src.join("a"));
+    assert!(small.get("tree").is_some() && small.get("subtree").is_none(), "{small}");
+    let wide = node_at(&env, &src.join("wide"));
+    assert!(wide.get("subtree").is_some() && wide.get("tree").is_none(), "{wide}");
+
+    let target = env.path("out");
+    env.cmd().args(["restore", "latest", "--to"]).arg(&target).assert().success();
+    assert_same(&src, &restored(&target, &src));
+    env.check_read_data();
+
+    // Flip a byte inside deep.txt's only blob.
+    let deep = node_at(&env, &src.join("a/b/c/deep.txt"));
+    let blob = deep["content"]["entries"][0][0].as_str().unwrap().to_string();
+    let (pack, offset) = env
+        .packs()
+        .into_iter()
+        .find_map(|pack| {
+            let name = pack.file_name().unwrap().to_str().unwrap().to_string();
+            let out = env.cmd().args(["cat", "pack", &name]).assert().success();
+            let header: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+            let entry = header["blobs"].as_array().unwrap().iter().find(|b| b["id"] == blob.as_str()).cloned();
+            entry.map(|e| (pack, e["offset"].as_u64().unwrap() as usize))
+        })
+        .expect("deep.txt's blob is in a pack");
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[offset + 14] ^= 0x40;
+    std::fs::write(&pack, bytes).unwrap();
+    env.cmd()
+        .args(["check", "--read-data"])
+        .assert()
+        .code(13)
+        .stderr(predicate::str::contains("a/b/c/deep.txt").and(predicate::str::contains(&blob[..16])));
+}
