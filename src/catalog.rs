@@ -55,6 +55,10 @@ const DROP_INDEX_TABLES: &str =
 /// Index rows are staged here (appended, unsorted), then moved into `blobs` in key order:
 /// a million random-key inserts into a B-tree cost several times one sorted insert.
 const STAGING: &str = concat!("CREATE TEMP TABLE IF NOT EXISTS staged_blobs (", blob_columns!(), ");");
+/// Blobs a writing session reused, beyond those it keeps in memory (`Saver::note_reused`);
+/// `session` tells apart savers sharing this connection.
+const SESSION_REUSED: &str = "CREATE TEMP TABLE IF NOT EXISTS session_reused \
+     (session INTEGER NOT NULL, id BLOB NOT NULL, PRIMARY KEY (session, id)) WITHOUT ROWID;";
 /// From this many staged rows on, the pack index of an empty catalog is built after the
 /// insert (one sort) rather than updated row by row.
 const BULK_ROWS: i64 = 100_000;
@@ -128,6 +132,7 @@ impl Catalog {
         conn.pragma_update(None, "cache_size", -16384)?;
         conn.execute_batch("PRAGMA temp.cache_size = -16384")?;
         conn.execute_batch(STAGING)?;
+        conn.execute_batch(SESSION_REUSED)?;
         Ok(Catalog { conn: Mutex::new(conn), reads_in_transaction: AtomicU32::new(0), excluded: Default::default() })
     }
 
@@ -357,6 +362,41 @@ impl Catalog {
     /// Whether a removal may delete the pack (see [`Catalog::exclude_packs`]).
     pub fn is_excluded(&self, pack: &PackId) -> bool {
         self.excluded.read().unwrap_or_else(|p| p.into_inner()).contains(pack)
+    }
+
+    /// Remember that writing session `session` relies on `ids`, on disk (a temporary
+    /// table) rather than in memory.
+    pub fn stash_reused(&self, session: u64, ids: &[BlobId]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut insert =
+                tx.prepare_cached("INSERT OR IGNORE INTO temp.session_reused (session, id) VALUES (?1, ?2)")?;
+            for id in ids {
+                insert.execute(params![session as i64, &id.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Those of `ids` that session `session` stashed.
+    pub fn stashed_reused<'a>(&self, session: u64, ids: impl IntoIterator<Item = &'a BlobId>) -> Result<Vec<BlobId>> {
+        let conn = self.conn();
+        let mut query = conn.prepare_cached("SELECT 1 FROM temp.session_reused WHERE session = ?1 AND id = ?2")?;
+        let mut found = Vec::new();
+        for id in ids {
+            if query.exists(params![session as i64, &id.0[..]])? {
+                found.push(*id);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Forget what session `session` stashed.
+    pub fn forget_reused(&self, session: u64) -> Result<()> {
+        self.conn().execute("DELETE FROM temp.session_reused WHERE session = ?1", params![session as i64])?;
+        Ok(())
     }
 
     /// Whether a blob is indexed in a pack that new snapshots may rely on.
@@ -691,6 +731,20 @@ pub(crate) mod tests {
         assert!(!catalog.contains_reusable(&only_a).unwrap());
         assert_eq!(catalog.totals().unwrap().0, 2, "stats count distinct blobs");
         assert_eq!(catalog.entry_count().unwrap(), 3, "index entries count every copy");
+    }
+
+    #[test]
+    fn sessions_stash_reused_ids_apart() {
+        let catalog = Catalog::open(None).unwrap();
+        let ids: Vec<BlobId> = (0..5).map(|_| BlobId::random()).collect();
+        catalog.stash_reused(1, &ids[..3]).unwrap();
+        catalog.stash_reused(1, &ids[2..4]).unwrap();
+        catalog.stash_reused(2, &ids[4..]).unwrap();
+        assert_eq!(catalog.stashed_reused(1, &ids).unwrap(), ids[..4]);
+        assert_eq!(catalog.stashed_reused(2, &ids).unwrap(), ids[4..]);
+        catalog.forget_reused(1).unwrap();
+        assert!(catalog.stashed_reused(1, &ids).unwrap().is_empty());
+        assert_eq!(catalog.stashed_reused(2, &ids).unwrap(), ids[4..]);
     }
 
     #[test]

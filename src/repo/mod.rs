@@ -100,6 +100,8 @@ pub struct Repository {
     gc_start: gc::GcView,
     /// How often a writer looks for removals that started after it (see `gc`).
     gc_check_interval: std::time::Duration,
+    /// Reused blob ids a writer keeps in memory before stashing them in the catalog.
+    reused_in_memory: usize,
 }
 
 /// How often a long-running writer reads the GC generation by default.
@@ -259,6 +261,7 @@ impl Repository {
             meta_cache: Default::default(),
             gc_start,
             gc_check_interval: GC_CHECK_INTERVAL,
+            reused_in_memory: saver::REUSED_IN_MEMORY,
         }
     }
 
@@ -273,6 +276,16 @@ impl Repository {
     /// Look for concurrent removals this often while saving (tests shorten it).
     pub fn set_gc_check_interval(&mut self, interval: std::time::Duration) {
         self.gc_check_interval = interval;
+    }
+
+    pub fn reused_in_memory(&self) -> usize {
+        self.reused_in_memory
+    }
+
+    /// Keep this many reused blob ids in memory before stashing them in the catalog (tests
+    /// lower it to exercise the stash).
+    pub fn set_reused_in_memory(&mut self, ids: usize) {
+        self.reused_in_memory = ids.max(1);
     }
 
     pub fn backend(&self) -> &Backend {

@@ -91,14 +91,28 @@ struct Watch {
     interval: std::time::Duration,
     my_packs: Mutex<HashSet<PackId>>,
     state: Mutex<WatchState>,
+    /// Names this saver's rows in the catalog's `session_reused` table.
+    session: u64,
+    /// Reused ids kept in memory before they are stashed ([`REUSED_IN_MEMORY`]).
+    reused_in_memory: usize,
 }
+
+/// Reused blob ids a saver keeps in memory (2 MiB) before it stashes them in the catalog,
+/// so that memory does not grow with the size of an unchanged tree or stream.
+pub const REUSED_IN_MEMORY: usize = 65_536;
+
+/// Sessions started by this process, to tell their stashed ids apart.
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
 
 struct WatchState {
     last: std::time::Instant,
     generation: u64,
     known_sets: std::collections::BTreeSet<String>,
-    /// Blobs this session reused from the index instead of storing them.
-    reused: HashSet<BlobId>,
+    /// Blobs this session reused from the index instead of storing them, since it last
+    /// stashed them in the catalog (duplicates allowed).
+    reused: Vec<BlobId>,
+    /// Whether some are stashed.
+    stashed: bool,
 }
 
 impl Shared {
@@ -162,8 +176,11 @@ impl Saver {
                     last: std::time::Instant::now(),
                     generation: repo.gc_start().generation,
                     known_sets: repo.gc_start().pending.iter().cloned().collect(),
-                    reused: HashSet::new(),
+                    reused: Vec::new(),
+                    stashed: false,
                 }),
+                session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+                reused_in_memory: repo.reused_in_memory(),
             },
         });
         let indexer = Indexer {
@@ -198,7 +215,7 @@ impl Saver {
         }
         if self.shared.catalog.contains_reusable(id)? {
             drop(seen);
-            self.note_reused([*id]);
+            self.note_reused([*id])?;
             return Ok(false);
         }
         seen.insert(*id);
@@ -207,8 +224,17 @@ impl Saver {
 
     /// Record blobs the snapshot will reference without storing them (a parent
     /// snapshot's unchanged files), so a removal that marks them is noticed.
-    pub fn note_reused(&self, ids: impl IntoIterator<Item = BlobId>) {
-        self.shared.watch.state.lock().unwrap_or_else(|p| p.into_inner()).reused.extend(ids);
+    pub fn note_reused(&self, ids: impl IntoIterator<Item = BlobId>) -> Result<()> {
+        let mut state = self.shared.watch.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.reused.extend(ids);
+        if state.reused.len() >= self.shared.watch.reused_in_memory {
+            let mut ids = std::mem::take(&mut state.reused);
+            ids.sort_unstable();
+            ids.dedup();
+            self.shared.catalog.stash_reused(self.shared.watch.session, &ids)?;
+            state.stashed = true;
+        }
+        Ok(())
     }
 
     /// Every so often, look for removals marked since this session started; stop reusing
@@ -233,10 +259,15 @@ impl Saver {
         for (name, set) in sets.into_iter().filter(|(name, _)| !known.contains(name)) {
             self.shared.catalog.exclude_packs(set.packs.iter().copied());
             let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
-            let reused: Vec<BlobId> = {
+            let (mut reused, stashed): (Vec<BlobId>, bool) = {
                 let state = watch.state.lock().unwrap_or_else(|p| p.into_inner());
-                state.reused.iter().filter(|b| doomed.contains(b)).copied().collect()
+                (state.reused.iter().filter(|b| doomed.contains(b)).copied().collect(), state.stashed)
             };
+            if stashed {
+                reused.extend(self.shared.catalog.stashed_reused(watch.session, &set.doomed)?);
+            }
+            reused.sort_unstable();
+            reused.dedup();
             let own: Vec<crate::id::PackId> = {
                 let mine = watch.my_packs.lock().unwrap_or_else(|p| p.into_inner());
                 set.packs.iter().filter(|p| mine.contains(p)).copied().collect()
@@ -332,6 +363,10 @@ impl Saver {
         let worker_result = sent.and(worker_result);
         let uploader = self.uploader.take().expect("finish runs once");
         let (added_bytes, added_blobs) = self.added();
+        if self.shared.watch.state.lock().unwrap_or_else(|p| p.into_inner()).stashed {
+            // Only disk space of a temporary table: a failure here loses nothing.
+            let _ = self.shared.catalog.forget_reused(self.shared.watch.session);
+        }
         // Closing the channel lets the uploader write its last index file and stop.
         drop(self);
         let upload_result = uploader.await.map_err(|e| Error::backend(format!("uploader failed: {e}")))?;

@@ -241,7 +241,7 @@ impl<'a> Walker<'a> {
                 self.stats.unchanged_files += 1;
                 self.stats.size += content.size;
                 self.progress.advance(content.size);
-                self.saver.note_reused(content.entries.iter().map(|e| e.0));
+                self.saver.note_reused(content.entries.iter().map(|e| e.0))?;
                 return Ok(content.clone());
             }
         }

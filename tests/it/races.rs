@@ -99,6 +99,10 @@ async fn writers_racing_removal_never_lose_committed_data() {
             writers.push(tokio::spawn(async move {
                 let mut repo = open(&store).await;
                 repo.set_gc_check_interval(Duration::from_millis(5));
+                // Writer 0 stashes what it reuses in the catalog almost at once.
+                if writer == 0 {
+                    repo.set_reused_in_memory(3);
+                }
                 let input = data(round, writer);
                 let options = BackupOptions { name: format!("w{writer}"), kind: "stdin".into(), ..Default::default() };
                 let result = backup_stream(&repo, Slow(&input), &options, &Cancel::new(), &Silent).await;
