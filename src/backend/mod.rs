@@ -461,6 +461,41 @@ impl Backend {
         .await
     }
 
+    /// On a local directory, delete the staging files (`NAME#N`, ours and object_store's)
+    /// under `prefix` last modified more than `age` ago: what a write killed mid-way left.
+    /// Listing never shows them, so nothing else would. Returns how many went; 0 for
+    /// object stores, which stage nothing visible.
+    pub fn remove_stale_staging(&self, prefix: &str, age: std::time::Duration) -> Result<u64> {
+        let Some(root) = &self.local_root else { return Ok(0) };
+        let dir = root.join(prefix.trim_end_matches('/'));
+        let mut removed = 0;
+        for entry in walkdir::WalkDir::new(&dir).min_depth(1).into_iter() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+                Err(e) => {
+                    let path = e.path().unwrap_or(&dir).to_path_buf();
+                    return Err(Error::io("list", &path, e.into()));
+                }
+            };
+            let name = entry.file_name().to_string_lossy();
+            let staged =
+                name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !staged || !entry.file_type().is_file() {
+                continue;
+            }
+            let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if stale.is_some_and(|elapsed| elapsed > age) {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("delete", entry.path(), e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         let path = StorePath::from(key);
         match self.retry(key, "delete", || self.store.delete(&path)).await {

@@ -104,6 +104,9 @@ pub fn describe(report: &CollectReport, dry_run: bool) -> String {
             cairn::repo::gc::MAX_DOOMED_PER_RUN
         ));
     }
+    if report.stale_staging_files > 0 {
+        text.push_str(&format!("; deleted {} staging files of interrupted pack writes", report.stale_staging_files));
+    }
     if report.index_files_after < report.index_files_before {
         text.push_str(&format!(
             "; consolidated {} index files into {}",

@@ -211,7 +211,13 @@ pub struct CollectReport {
     pub index_files_after: u64,
     /// Unreferenced packs left for the next run's mark (see [`CollectOptions::max_doomed`]).
     pub deferred_packs: u64,
+    /// Staging files of interrupted pack writes deleted (local directories only).
+    pub stale_staging_files: u64,
 }
+
+/// A staging file this much older than now belongs to no running write: a pack is written
+/// in seconds.
+pub const STALE_STAGING_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now.
 /// Never blocks writers; see the module documentation.
@@ -351,6 +357,9 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             report.deleted_packs += 1;
             report.deleted_bytes += size;
         }
+    }
+    if !dry_run {
+        report.stale_staging_files = backend.remove_stale_staging("data/", STALE_STAGING_AGE)?;
     }
 
     // Repack and mark, against the state after the sweep (in a dry run: as it would be,

@@ -254,3 +254,32 @@ fn prune_refuses_when_a_needed_pack_is_gone() {
     }
     assert_eq!(env.packs(), packs, "nothing was deleted");
 }
+
+/// A pack write killed mid-way leaves its staging file (`NAME#N`), which listing never
+/// shows; prune deletes those older than an hour and leaves a younger one (a write that
+/// may still be running) alone.
+#[test]
+fn prune_deletes_stale_staging_files_of_interrupted_writes() {
+    let env = Env::new();
+    env.backup_stdin("db", &crate::harness::noise(1 << 20, 7));
+    let pack = env.packs().into_iter().next().unwrap();
+    let staged = |n: u32| {
+        let mut name = pack.as_os_str().to_owned();
+        name.push(format!("#{n}"));
+        std::path::PathBuf::from(name)
+    };
+    let (stale, fresh) = (staged(7), staged(8));
+    std::fs::write(&stale, b"half a pack").unwrap();
+    std::fs::write(&fresh, b"a pack being written").unwrap();
+    let two_hours_ago = filetime::FileTime::from_unix_time(filetime::FileTime::now().unix_seconds() - 7200, 0);
+    filetime::set_file_mtime(&stale, two_hours_ago).unwrap();
+    assert_eq!(env.packs().len(), 3, "the walk sees the staging files; the repository does not");
+    env.cmd().arg("check").assert().success();
+
+    assert_eq!(prune_json(&env, true)["report"]["stale_staging_files"], 0, "a dry run deletes nothing");
+    assert!(stale.exists());
+    assert_eq!(prune_json(&env, false)["report"]["stale_staging_files"], 1);
+    assert!(!stale.exists() && fresh.exists());
+    assert!(pack.exists());
+    env.cmd().args(["check", "--read-data"]).assert().success();
+}
