@@ -296,6 +296,8 @@ pub fn import(
     // Where the last member's data (padded to 512 bytes) ends: an archive must go on past
     // it with its end-of-archive blocks, or it was cut off at a member boundary.
     let mut end_of_last = 0u64;
+    // One chunker for every member, so its buffer is mapped and zeroed once.
+    let mut spare: Option<Chunker<std::io::Empty>> = None;
     for entry in archive.entries().map_err(bad)? {
         cancel.check()?;
         let mut entry = entry.map_err(bad)?;
@@ -364,7 +366,11 @@ pub fn import(
                 let wanted = options.capture.iter().any(|c| c.as_bytes() == path_bytes.as_slice());
                 let mut kept = Vec::new();
                 let mut builder = ContentBuilder::new();
-                for chunk in Chunker::with_size_hint(&mut entry, params, size) {
+                let mut chunker = match spare.take() {
+                    Some(chunker) => chunker.reset(&mut entry, size),
+                    None => Chunker::with_size_hint(&mut entry, params, size),
+                };
+                for chunk in chunker.by_ref() {
                     cancel.check()?;
                     let chunk = chunk.map_err(bad)?;
                     let len = chunk.len() as u64;
@@ -375,6 +381,7 @@ pub fn import(
                     builder.push(id, len, saver)?;
                     progress.advance(len);
                 }
+                spare = Some(chunker.reset(std::io::empty(), 0));
                 let content: Content = builder.finish(saver)?;
                 if content.size != size {
                     return Err(Error::source(format!(
