@@ -147,6 +147,12 @@ impl Catalog {
         conn
     }
 
+    /// End the read transaction lookups share, if one is open (see [`Catalog::reader`]):
+    /// for a caller about to spend long without lookups.
+    pub fn end_reads(&self) {
+        drop(self.conn());
+    }
+
     /// The connection for a lookup, inside a read transaction shared with up to
     /// [`READS_PER_TRANSACTION`] lookups. A lookup in autocommit mode takes and releases
     /// SQLite's file locks and revalidates its page cache, which was 60% of a lookup's
@@ -731,6 +737,18 @@ pub(crate) mod tests {
         assert!(!catalog.contains_reusable(&only_a).unwrap());
         assert_eq!(catalog.totals().unwrap().0, 2, "stats count distinct blobs");
         assert_eq!(catalog.entry_count().unwrap(), 3, "index entries count every copy");
+    }
+
+    #[test]
+    fn end_reads_closes_the_shared_read_transaction() {
+        let catalog = Catalog::open(None).unwrap();
+        let id = BlobId::random();
+        catalog.add_index(&IndexId::random(), &IndexFile { packs: vec![pack(&[(id, 10)])] }).unwrap();
+        assert!(catalog.lookup(&id).unwrap().is_some());
+        assert!(!catalog.conn.lock().unwrap().is_autocommit(), "lookups share a read transaction");
+        catalog.end_reads();
+        assert!(catalog.conn.lock().unwrap().is_autocommit());
+        assert!(catalog.lookup(&id).unwrap().is_some(), "and the next lookup starts another");
     }
 
     #[test]

@@ -182,6 +182,9 @@ pub async fn restore_tree_to_dir(
         creator.finish().await?;
         return Err(e);
     }
+    // The data pass looks nothing up: end the planner's read transaction, which would
+    // otherwise keep other processes sharing this cache from checkpointing it until we exit.
+    repo.catalog().end_reads();
     let created = creator.progress();
     // Once every entry exists, directories get their metadata while the data is written
     // (writing into a file does not touch its directory; a read-only directory could take
