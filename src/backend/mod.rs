@@ -463,37 +463,14 @@ impl Backend {
 
     /// On a local directory, delete the staging files (`NAME#N`, ours and object_store's)
     /// under `prefix` last modified more than `age` ago: what a write killed mid-way left.
-    /// Listing never shows them, so nothing else would. Returns how many went; 0 for
-    /// object stores, which stage nothing visible.
-    pub fn remove_stale_staging(&self, prefix: &str, age: std::time::Duration) -> Result<u64> {
+    /// Listing never shows them, so nothing else would. Returns how many there were
+    /// (with `dry_run`, deletes none); 0 for object stores, which stage nothing visible.
+    pub async fn remove_stale_staging(&self, prefix: &str, age: std::time::Duration, dry_run: bool) -> Result<u64> {
         let Some(root) = &self.local_root else { return Ok(0) };
         let dir = root.join(prefix.trim_end_matches('/'));
-        let mut removed = 0;
-        for entry in walkdir::WalkDir::new(&dir).min_depth(1).into_iter() {
-            let entry = match entry {
-                Ok(e) => e,
-                Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
-                Err(e) => {
-                    let path = e.path().unwrap_or(&dir).to_path_buf();
-                    return Err(Error::io("list", &path, e.into()));
-                }
-            };
-            let name = entry.file_name().to_string_lossy();
-            let staged =
-                name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            if !staged || !entry.file_type().is_file() {
-                continue;
-            }
-            let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-            if stale.is_some_and(|elapsed| elapsed > age) {
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("delete", entry.path(), e)),
-                }
-            }
-        }
-        Ok(removed)
+        tokio::task::spawn_blocking(move || remove_stale_staging(&dir, age, dry_run))
+            .await
+            .map_err(|e| Error::backend(format!("staging cleanup failed: {e}")))?
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
@@ -539,4 +516,37 @@ pub mod keys {
     pub fn name(key: &str) -> &str {
         key.rsplit('/').next().unwrap_or(key)
     }
+}
+
+/// The blocking part of [`Backend::remove_stale_staging`].
+fn remove_stale_staging(dir: &std::path::Path, age: std::time::Duration, dry_run: bool) -> Result<u64> {
+    let mut removed = 0;
+    for entry in walkdir::WalkDir::new(dir).min_depth(1).into_iter() {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.io_error().is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound) => continue,
+            Err(e) => {
+                let path = e.path().unwrap_or(dir).to_path_buf();
+                return Err(Error::io("list", &path, e.into()));
+            }
+        };
+        let name = entry.file_name().to_string_lossy();
+        let staged = name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if !staged || !entry.file_type().is_file() {
+            continue;
+        }
+        let stale = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if stale.is_some_and(|elapsed| elapsed > age) {
+            if dry_run {
+                removed += 1;
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("delete", entry.path(), e)),
+            }
+        }
+    }
+    Ok(removed)
 }

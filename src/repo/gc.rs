@@ -358,9 +358,7 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             report.deleted_bytes += size;
         }
     }
-    if !dry_run {
-        report.stale_staging_files = backend.remove_stale_staging("data/", STALE_STAGING_AGE)?;
-    }
+    report.stale_staging_files = backend.remove_stale_staging("data/", STALE_STAGING_AGE, dry_run).await?;
 
     // Repack and mark, against the state after the sweep (in a dry run: as it would be,
     // the swept packs counted as gone), and the snapshots listed after the fence.

@@ -135,10 +135,9 @@ impl<'a> Walker<'a> {
 
     /// The tree of a directory as the parent snapshot recorded it.
     fn previous_tree(&mut self, mut node: Node) -> Option<Tree> {
-        match node.tree.take() {
-            Some(tree) => Some(tree),
-            None => self.load_tree(node.subtree?),
-        }
+        // As in `load_tree`: one that cannot be read only costs re-reading files.
+        let name = std::mem::take(&mut node.name);
+        self.handle.block_on(self.repo.dir_tree(&mut node, &name)).ok()
     }
 
     fn excluded(&self, path: &Path) -> bool {
