@@ -105,7 +105,7 @@ pub fn describe(report: &CollectReport, dry_run: bool) -> String {
         ));
     }
     if report.stale_staging_files > 0 {
-        text.push_str(&format!("; deleted {} staging files of interrupted pack writes", report.stale_staging_files));
+        text.push_str(&format!("; {deleted} {} staging files of interrupted pack writes", report.stale_staging_files));
     }
     if report.index_files_after < report.index_files_before {
         text.push_str(&format!(
