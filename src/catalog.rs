@@ -365,6 +365,11 @@ impl Catalog {
         self.excluded.write().unwrap_or_else(|p| p.into_inner()).extend(packs);
     }
 
+    /// Whether any pack is excluded from reuse.
+    pub fn has_exclusions(&self) -> bool {
+        !self.excluded.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
     /// Whether a removal may delete the pack (see [`Catalog::exclude_packs`]).
     pub fn is_excluded(&self, pack: &PackId) -> bool {
         self.excluded.read().unwrap_or_else(|p| p.into_inner()).contains(pack)

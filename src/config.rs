@@ -180,6 +180,8 @@ pub struct PruneConfig {
     pub max_unused: String,
     /// As `prune --max-repack`.
     pub max_repack: Option<String>,
+    /// As `prune --stale-session-after` (default 1h).
+    pub stale_session_after: Option<String>,
 }
 
 fn yes() -> bool {
@@ -192,7 +194,7 @@ fn five_percent() -> String {
 
 impl Default for PruneConfig {
     fn default() -> Self {
-        PruneConfig { enabled: true, max_unused: five_percent(), max_repack: None }
+        PruneConfig { enabled: true, max_unused: five_percent(), max_repack: None, stale_session_after: None }
     }
 }
 

@@ -50,11 +50,24 @@ pub enum WriteMode {
     Overwrite,
 }
 
-/// A listed object: its key relative to the repository root, and its size.
+/// A listed object: its key relative to the repository root, its size, and when the
+/// storage last wrote it (milliseconds since the epoch, by the storage's own clock: the
+/// service's for object stores, the file system's for a local directory).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
+    pub modified_ms: i64,
+}
+
+impl ObjectInfo {
+    fn from_meta(meta: &object_store::ObjectMeta) -> Self {
+        ObjectInfo {
+            key: meta.location.to_string(),
+            size: meta.size,
+            modified_ms: meta.last_modified.timestamp_millis(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -191,29 +204,45 @@ impl Backend {
     /// Leaves nothing behind.
     pub async fn probe_conditional_writes(&self) -> Result<bool> {
         let key = format!("probe-{}", hex::encode(crate::crypto::random_bytes::<8>()));
-        let path = StorePath::from(key.as_str());
+        Ok(self.probe_create_only(&key).await?.is_some())
+    }
+
+    /// Write `key` create-only twice. `Some(time)` (when the storage says it wrote the
+    /// first, milliseconds since the epoch by its own clock) if the second write was
+    /// refused, `None` if it replaced the first or create-only writes are unsupported.
+    /// The probe object is deleted either way.
+    pub async fn probe_create_only(&self, key: &str) -> Result<Option<i64>> {
+        let path = StorePath::from(key);
         let create = || PutOptions { mode: PutMode::Create, ..Default::default() };
         let first =
-            self.retry(&key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"1"), create())).await;
-        let supported = match first {
+            self.retry(key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"1"), create())).await;
+        let refused = match first {
             Ok(_) => {
                 let second = self
-                    .retry(&key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"2"), create()))
+                    .retry(key, "write", || self.store.put_opts(&path, PutPayload::from_static(b"2"), create()))
                     .await;
                 match second {
                     Ok(_) => false,
                     Err(e) if e.kind() == ErrorKind::AlreadyExists => true,
                     Err(e) => {
-                        let _ = self.delete(&key).await;
+                        let _ = self.delete(key).await;
                         return Err(e);
                     }
                 }
             }
-            Err(e) if e.kind() == ErrorKind::Unsupported => false,
+            Err(e) if e.kind() == ErrorKind::Unsupported => return Ok(None),
             Err(e) => return Err(e),
         };
-        self.delete(&key).await?;
-        Ok(supported)
+        let stat = self.stat(key).await;
+        self.delete(key).await?;
+        match (refused, stat?) {
+            (true, Some(info)) => Ok(Some(info.modified_ms)),
+            (true, None) => Err(Error::backend(format!(
+                "{key} in {} vanished right after it was written; the storage is not consistent enough for removal",
+                self.location
+            ))),
+            (false, _) => Ok(None),
+        }
     }
 
     /// Whether this is a local directory (one disk: no gain from parallel writes).
@@ -448,15 +477,21 @@ impl Backend {
         }
     }
 
+    /// Size and modification time of an object, or `None` if it does not exist.
+    pub async fn stat(&self, key: &str) -> Result<Option<ObjectInfo>> {
+        let path = StorePath::from(key);
+        match self.retry(key, "inspect", || self.store.head(&path)).await {
+            Ok(meta) => Ok(Some(ObjectInfo { key: key.to_string(), ..ObjectInfo::from_meta(&meta) })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every object under `prefix` (a directory such as `index/`), recursively.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let path = StorePath::from(prefix.trim_end_matches('/'));
         self.retry(prefix, "list", || async {
-            self.store
-                .list(Some(&path))
-                .map_ok(|meta| ObjectInfo { key: meta.location.to_string(), size: meta.size })
-                .try_collect::<Vec<_>>()
-                .await
+            self.store.list(Some(&path)).map_ok(|meta| ObjectInfo::from_meta(&meta)).try_collect::<Vec<_>>().await
         })
         .await
     }

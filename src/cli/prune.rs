@@ -27,12 +27,20 @@ pub struct PruneOptions {
     /// Repack at most this much of old packs in one run (e.g. 500M, 2G) [default: no limit]
     #[arg(long, value_name = "SIZE")]
     max_repack: Option<String>,
+    /// Judge a writer dead when its session has not been renewed for this long (writers
+    /// renew every minute); its unreferenced packs are then reclaimed (e.g. 30m, 2h)
+    #[arg(long, default_value = "1h", value_name = "DURATION")]
+    stale_session_after: String,
 }
 
 impl PruneOptions {
     /// The `[prune]` table of the configuration file.
     pub fn from_config(config: &cairn::config::PruneConfig) -> Self {
-        PruneOptions { max_unused: config.max_unused.clone(), max_repack: config.max_repack.clone() }
+        PruneOptions {
+            max_unused: config.max_unused.clone(),
+            max_repack: config.max_repack.clone(),
+            stale_session_after: config.stale_session_after.clone().unwrap_or_else(|| "1h".into()),
+        }
     }
 
     pub fn collect_options(&self, dry_run: bool) -> anyhow::Result<CollectOptions> {
@@ -49,7 +57,22 @@ impl PruneOptions {
             }
         };
         let max_repack = self.max_repack.as_deref().map(parse_size).transpose()?;
-        Ok(CollectOptions { dry_run, max_unused, max_repack, consolidate: true, max_doomed: None })
+        let text = self.stale_session_after.trim();
+        let stale_after = text
+            .parse::<jiff::SignedDuration>()
+            .ok()
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| usage(format!("--stale-session-after {text:?}: expected a duration like 30m or 2h")))?;
+        Ok(CollectOptions {
+            dry_run,
+            max_unused,
+            max_repack,
+            consolidate: true,
+            max_doomed: None,
+            stale_after: Some(stale_after),
+            protection_margin: None,
+        })
     }
 }
 
@@ -82,13 +105,32 @@ pub fn describe(report: &CollectReport, dry_run: bool) -> String {
     let (deleted, marked, repacked) =
         if dry_run { ("would delete", "would mark", "would repack") } else { ("deleted", "marked", "repacked") };
     let mut text = format!(
-        "{deleted} {} packs ({}) marked by the previous run ({} rescued by newer snapshots); {marked} {} packs ({}) for the next run",
+        "{deleted} {} packs ({}) no snapshot needs ({} rescued by newer snapshots); {marked} {} packs ({})",
         report.deleted_packs,
         bytes(report.deleted_bytes),
         report.rescued_packs,
         report.marked_packs,
         bytes(report.marked_bytes)
     );
+    if report.waiting_packs > 0 || report.protected_packs > 0 {
+        text.push_str(&format!(
+            "; {} marked packs ({}) wait until running writers acknowledge the mark, {} unreferenced packs ({}) newer than the oldest running writer are kept",
+            report.waiting_packs,
+            bytes(report.waiting_bytes),
+            report.protected_packs,
+            bytes(report.protected_bytes)
+        ));
+        let writers: Vec<String> = report.live_sessions.iter().map(|s| format!("{} pid {}", s.host, s.pid)).collect();
+        if !writers.is_empty() {
+            text.push_str(&format!(" (running: {}); a prune after they finish frees them", writers.join(", ")));
+        }
+    }
+    if !report.dead_sessions.is_empty() {
+        text.push_str(&format!(
+            "; {} writer sessions not renewed within --stale-session-after were judged dead",
+            report.dead_sessions.len()
+        ));
+    }
     if report.repacked_packs > 0 {
         text.push_str(&format!(
             "; {repacked} {} packs ({}) with unused space{}",

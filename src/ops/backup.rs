@@ -60,15 +60,36 @@ pub(crate) async fn run<F>(
 where
     F: FnOnce(&Saver, &mut SnapshotStats, &mut Vec<String>) -> Result<Root>,
 {
+    let session = std::sync::Arc::new(repo.begin_session().await?);
+    let result = run_in_session(repo, &session, options, parent, producer).await;
+    session.end().await;
+    result
+}
+
+/// [`run`] within a writer session the caller began (and ends).
+pub(crate) async fn run_in_session<F>(
+    repo: &Repository,
+    session: &std::sync::Arc<crate::repo::gc::Session>,
+    options: &BackupOptions,
+    parent: Option<SnapshotId>,
+    producer: F,
+) -> Result<BackupResult>
+where
+    F: FnOnce(&Saver, &mut SnapshotStats, &mut Vec<String>) -> Result<Root>,
+{
     let started = Instant::now();
     let time = options.time.unwrap_or_else(jiff::Timestamp::now);
-    let saver = Saver::start(repo, &tokio::runtime::Handle::current());
+    let saver = Saver::start(repo, session, &tokio::runtime::Handle::current());
     let mut stats = SnapshotStats::default();
     let mut warnings = Vec::new();
     let produced = tokio::task::block_in_place(|| producer(&saver, &mut stats, &mut warnings));
     let finished: Result<SaverStats> = saver.finish().await;
-    let root = produced?;
-    let saved = finished?;
+    // When both failed, the saver's error is the cause: the producer only saw the
+    // pipeline stop.
+    let (root, saved) = match (produced, finished) {
+        (Ok(root), Ok(saved)) => (root, saved),
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+    };
     stats.added = saved.added_bytes;
     stats.added_blobs = saved.added_blobs;
     stats.warnings = warnings.len() as u64;
@@ -105,8 +126,23 @@ where
         meta: options.meta.clone().into_iter().chain(learned).collect(),
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
     };
-    let id = repo.save_snapshot(&snapshot).await?;
+    let id = repo.save_snapshot(session, &snapshot).await?;
     Ok(BackupResult { id, snapshot, warnings })
+}
+
+/// [`backup_stream`] within a writer session the caller began and ends: for callers that
+/// order a backup against other work (tests of the removal protocol).
+pub async fn backup_stream_in<R: Read + Send>(
+    repo: &Repository,
+    session: &std::sync::Arc<crate::repo::gc::Session>,
+    reader: R,
+    options: &BackupOptions,
+) -> Result<BackupResult> {
+    let params = repo.config().chunker;
+    run_in_session(repo, session, options, None, |saver, _, _| {
+        Ok(Root::Content(stream::store_stream(saver, reader, params, &Cancel::new(), &crate::progress::Silent)?))
+    })
+    .await
 }
 
 /// Back up a byte stream read to its end.

@@ -56,7 +56,8 @@ pub async fn adopt_orphans(repo: &Repository) -> Result<u64> {
     let mut adopted = Vec::new();
     for object in repo.backend().list(keys::DATA).await? {
         let Ok(id) = PackId::from_hex(keys::name(&object.key)) else { continue };
-        if indexed.contains(&id) {
+        // Packs a removal marked are left to it.
+        if indexed.contains(&id) || repo.catalog().is_excluded(&id) {
             continue;
         }
         let Ok(bytes) = repo.backend().get(&object.key).await else { continue };
@@ -92,7 +93,11 @@ pub async fn copy(
 ) -> Result<CopyReport> {
     let same_ids = src.key().same_id_key(dst.key());
     let mut report = CopyReport { same_ids, ..Default::default() };
-    report.packs_adopted = adopt_orphans(dst).await?;
+    // Adoption writes an index file, so it runs in a writer session like any writer.
+    let session = dst.begin_session().await?;
+    let adopted = adopt_orphans(dst).await;
+    session.end().await;
+    report.packs_adopted = adopted?;
     let present: HashSet<String> = dst.catalog().snapshots()?.iter().map(|(id, s)| origin(id, s)).collect();
     selected.sort_by_key(|(_, s)| s.time);
     for (id, snapshot) in selected {
@@ -103,44 +108,63 @@ pub async fn copy(
             continue;
         }
         progress.begin(&format!("copying {}", id.short()), Some(snapshot.stats.size));
-        let saver = Saver::start(dst, &tokio::runtime::Handle::current());
-        let handle = tokio::runtime::Handle::current();
-        let moved = tokio::task::block_in_place(|| {
-            let mut t = Transfer { src, saver: &saver, handle, same_ids, cancel, progress };
-            let tree = snapshot.tree.as_ref().map(|t_id| t.tree(t_id)).transpose()?;
-            let content = snapshot.content.as_ref().map(|c| t.content(c)).transpose()?;
-            Ok::<_, Error>((tree, content))
-        });
-        let saved = saver.finish().await;
-        progress.end();
-        let (tree, content) = moved?;
-        let saved = saved?;
-        report.blobs_sent += saved.added_blobs;
-        report.bytes_sent += saved.added_bytes;
-        report.packs_written += saved.packs;
-        report.index_files_written += saved.index_files;
-        for pack in &saved.pack_ids {
-            verify_pack(dst, pack).await?;
-            report.packs_verified += 1;
-        }
-        let mut copy = snapshot.clone();
-        copy.tree = tree;
-        copy.content = content;
-        copy.parent = None;
-        copy.meta.insert("copied_from".into(), serde_json::Value::String(from));
-        let mut needed = HashSet::new();
-        crate::repo::gc::referenced_blobs(dst, &copy, &mut needed).await?;
-        if let Some(missing) = needed.iter().find(|b| !dst.catalog().contains(b).unwrap_or(false)) {
-            return Err(Error::corrupt(format!(
-                "copy of snapshot {} is incomplete: blob {missing} is not in {}; nothing was committed",
-                id.short(),
-                dst.backend().location()
-            )));
-        }
-        let new_id = dst.save_snapshot(&copy).await?;
-        report.copied.push((id, new_id));
+        let session = std::sync::Arc::new(dst.begin_session().await?);
+        let copied = copy_one(src, dst, &session, id, &snapshot, same_ids, cancel, progress, &mut report).await;
+        session.end().await;
+        report.copied.push((id, copied?));
     }
     Ok(report)
+}
+
+/// Copy one snapshot within a writer session of the destination; returns its new id.
+#[allow(clippy::too_many_arguments)]
+async fn copy_one(
+    src: &Repository,
+    dst: &Repository,
+    session: &std::sync::Arc<crate::repo::gc::Session>,
+    id: SnapshotId,
+    snapshot: &SnapshotFile,
+    same_ids: bool,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+    report: &mut CopyReport,
+) -> Result<SnapshotId> {
+    let from = origin(&id, snapshot);
+    let saver = Saver::start(dst, session, &tokio::runtime::Handle::current());
+    let handle = tokio::runtime::Handle::current();
+    let moved = tokio::task::block_in_place(|| {
+        let mut t = Transfer { src, saver: &saver, handle, same_ids, cancel, progress };
+        let tree = snapshot.tree.as_ref().map(|t_id| t.tree(t_id)).transpose()?;
+        let content = snapshot.content.as_ref().map(|c| t.content(c)).transpose()?;
+        Ok::<_, Error>((tree, content))
+    });
+    let saved = saver.finish().await;
+    progress.end();
+    let (tree, content) = moved?;
+    let saved = saved?;
+    report.blobs_sent += saved.added_blobs;
+    report.bytes_sent += saved.added_bytes;
+    report.packs_written += saved.packs;
+    report.index_files_written += saved.index_files;
+    for pack in &saved.pack_ids {
+        verify_pack(dst, pack).await?;
+        report.packs_verified += 1;
+    }
+    let mut copy = snapshot.clone();
+    copy.tree = tree;
+    copy.content = content;
+    copy.parent = None;
+    copy.meta.insert("copied_from".into(), serde_json::Value::String(from));
+    let mut needed = HashSet::new();
+    crate::repo::gc::referenced_blobs(dst, &copy, &mut needed).await?;
+    if let Some(missing) = needed.iter().find(|b| !dst.catalog().contains(b).unwrap_or(false)) {
+        return Err(Error::corrupt(format!(
+            "copy of snapshot {} is incomplete: blob {missing} is not in {}; nothing was committed",
+            id.short(),
+            dst.backend().location()
+        )));
+    }
+    dst.save_snapshot(session, &copy).await
 }
 
 /// Read a pack back from the destination and check it hashes to its name.

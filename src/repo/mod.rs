@@ -96,8 +96,6 @@ pub struct Repository {
     /// The key slot that opened the repository, if a password did.
     key_slot: Option<KeyId>,
     meta_cache: load::MetaCache,
-    /// The GC generation when the repository was opened (before the catalog loaded).
-    gc_start: gc::GcView,
     /// How often a writer looks for removals that started after it (see `gc`).
     gc_check_interval: std::time::Duration,
     /// Reused blob ids a writer keeps in memory before stashing them in the catalog.
@@ -163,7 +161,7 @@ impl Repository {
             _ => e,
         })?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        Ok(Self::assemble(backend, key, config, catalog, key_slot, gc::GcView::default()))
+        Ok(Self::assemble(backend, key, config, catalog, key_slot))
     }
 
     /// Open an existing repository and refresh its catalog.
@@ -235,13 +233,7 @@ impl Repository {
     pub async fn open_unrefreshed(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
         let (backend, key, config, key_slot) = Self::unlock(backend, secret).await?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
-        // Read the GC generation before anything else is loaded, and keep new snapshots
-        // off packs that a pending removal may delete (see `gc`).
-        let gc_start = gc::read_view(&backend, &key).await?;
-        for name in &gc_start.pending {
-            catalog.exclude_packs(gc::read_candidates(&backend, &key, name).await?.packs);
-        }
-        Ok(Self::assemble(backend, key, config, catalog, key_slot, gc_start))
+        Ok(Self::assemble(backend, key, config, catalog, key_slot))
     }
 
     fn assemble(
@@ -250,7 +242,6 @@ impl Repository {
         config: RepoConfig,
         catalog: Arc<Catalog>,
         key_slot: Option<KeyId>,
-        gc_start: gc::GcView,
     ) -> Self {
         Repository {
             backend,
@@ -259,14 +250,23 @@ impl Repository {
             catalog,
             key_slot,
             meta_cache: Default::default(),
-            gc_start,
             gc_check_interval: GC_CHECK_INTERVAL,
             reused_in_memory: saver::REUSED_IN_MEMORY,
         }
     }
 
-    pub fn gc_start(&self) -> &gc::GcView {
-        &self.gc_start
+    /// Start a writer session (docs/format.md §17.3): every saver and snapshot write
+    /// belongs to one. Its object exists before the generation is read; packs pending
+    /// removal then are excluded from reuse, and the catalog is refreshed after that read,
+    /// so it lists no pack a sweep finished before the session began. End it with
+    /// [`gc::Session::end`].
+    pub async fn begin_session(&self) -> Result<gc::Session> {
+        let session = gc::Session::begin(&self.backend, &self.key).await?;
+        for name in &session.start().pending {
+            self.catalog.exclude_packs(gc::read_candidates(&self.backend, &self.key, name).await?.packs);
+        }
+        self.catalog.refresh(&self.backend, &self.key).await?;
+        Ok(session)
     }
 
     pub fn gc_check_interval(&self) -> std::time::Duration {
@@ -307,14 +307,14 @@ impl Repository {
     /// Write a snapshot manifest. Call only after the saver that stored its data finished:
     /// a snapshot that exists must reference only indexed, durable blobs.
     /// Removals that ran meanwhile are accounted for before and after the write (`gc`).
-    pub async fn save_snapshot(&self, snapshot: &SnapshotFile) -> Result<SnapshotId> {
-        let guarded = gc::guard(self, snapshot).await?;
+    pub async fn save_snapshot(&self, session: &Arc<gc::Session>, snapshot: &SnapshotFile) -> Result<SnapshotId> {
+        let guarded = gc::guard(self, session, snapshot).await?;
         let id = SnapshotId::random();
         let json = serde_json::to_vec(snapshot).expect("snapshots serialize");
         let sealed = object::seal(&self.key, object::SNAPSHOT_MAGIC, &json);
         let name = objkeys::snapshot(&id);
         self.backend.put(&name, sealed.into(), WriteMode::Create).await?;
-        if let Err(e) = gc::confirm(self, snapshot, guarded).await {
+        if let Err(e) = gc::confirm(self, session, snapshot, guarded).await {
             // The snapshot may refer to data a concurrent removal deleted: withdraw it.
             self.backend.delete(&name).await?;
             return Err(e);

@@ -18,6 +18,7 @@
 //! On local disks packs are written without fsync and synced as a batch just before the
 //! index file that lists them: per-pack fsyncs stalled the pipeline behind writeback.
 
+use super::gc::session::Session;
 use crate::backend::{keys, Backend, WriteMode};
 use crate::buffers::SpareBuffers;
 use crate::catalog::Catalog;
@@ -87,12 +88,17 @@ struct Shared {
 struct Watch {
     runtime: tokio::runtime::Handle,
     backend: crate::backend::Backend,
-    start: super::gc::GcView,
+    /// The writer's session: where it started, and what it acknowledged.
+    session: Arc<Session>,
     interval: std::time::Duration,
     my_packs: Mutex<HashSet<PackId>>,
     state: Mutex<WatchState>,
+    /// Held shared while a blob is judged reusable and recorded as reused, and exclusively
+    /// while newly marked packs are excluded: so every reuse either sees the exclusion or
+    /// is in the list the copy-out reads, before the writer acknowledges the mark.
+    gate: std::sync::RwLock<()>,
     /// Names this saver's rows in the catalog's `session_reused` table.
-    session: u64,
+    stash: u64,
     /// Reused ids kept in memory before they are stashed ([`REUSED_IN_MEMORY`]).
     reused_in_memory: usize,
 }
@@ -101,8 +107,8 @@ struct Watch {
 /// so that memory does not grow with the size of an unchanged tree or stream.
 pub const REUSED_IN_MEMORY: usize = 65_536;
 
-/// Sessions started by this process, to tell their stashed ids apart.
-static SESSIONS: AtomicU64 = AtomicU64::new(0);
+/// Savers started by this process, to tell their stashed ids apart.
+static STASHES: AtomicU64 = AtomicU64::new(0);
 
 struct WatchState {
     last: std::time::Instant,
@@ -139,18 +145,23 @@ pub struct Saver {
 
 impl Saver {
     /// Start workers and the uploader on `runtime`.
-    pub fn start(repo: &super::Repository, runtime: &tokio::runtime::Handle) -> Saver {
-        Self::start_with(repo, runtime, true)
+    pub fn start(repo: &super::Repository, session: &Arc<Session>, runtime: &tokio::runtime::Handle) -> Saver {
+        Self::start_with(repo, session, runtime, true)
     }
 
     /// A saver for moving blobs between packs (repacking): its index files are not
     /// recorded in the catalog one by one; the caller refreshes the catalog afterwards,
     /// which loads them in one sorted merge.
-    pub fn start_moving(repo: &super::Repository, runtime: &tokio::runtime::Handle) -> Saver {
-        Self::start_with(repo, runtime, false)
+    pub fn start_moving(repo: &super::Repository, session: &Arc<Session>, runtime: &tokio::runtime::Handle) -> Saver {
+        Self::start_with(repo, session, runtime, false)
     }
 
-    fn start_with(repo: &super::Repository, runtime: &tokio::runtime::Handle, record: bool) -> Saver {
+    fn start_with(
+        repo: &super::Repository,
+        session: &Arc<Session>,
+        runtime: &tokio::runtime::Handle,
+        record: bool,
+    ) -> Saver {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
         let (upload_tx, upload_rx) = tokio::sync::mpsc::channel(1);
         let shared = Arc::new(Shared {
@@ -169,17 +180,18 @@ impl Saver {
             watch: Watch {
                 runtime: runtime.clone(),
                 backend: repo.backend().clone(),
-                start: repo.gc_start().clone(),
+                session: session.clone(),
                 interval: repo.gc_check_interval(),
                 my_packs: Mutex::new(HashSet::new()),
                 state: Mutex::new(WatchState {
                     last: std::time::Instant::now(),
-                    generation: repo.gc_start().generation,
-                    known_sets: repo.gc_start().pending.iter().cloned().collect(),
+                    generation: session.start().generation,
+                    known_sets: session.start().pending.iter().cloned().collect(),
                     reused: Vec::new(),
                     stashed: false,
                 }),
-                session: SESSIONS.fetch_add(1, Ordering::Relaxed),
+                gate: std::sync::RwLock::new(()),
+                stash: STASHES.fetch_add(1, Ordering::Relaxed),
                 reused_in_memory: repo.reused_in_memory(),
             },
         });
@@ -188,6 +200,7 @@ impl Saver {
             key: repo.key().clone(),
             catalog: record.then(|| repo.catalog().clone()),
             seen: shared.seen.clone(),
+            session: session.clone(),
         };
         let uploader = runtime.spawn(upload_loop(indexer, upload_rx, shared.spare_buffers.clone()));
         let (data_tx, data_rx) = sync_channel::<Job>(workers * 2);
@@ -209,6 +222,7 @@ impl Saver {
     /// store it now; false if it is indexed or already on its way.
     pub fn claim(&self, id: &BlobId) -> Result<bool> {
         self.watch_removals()?;
+        let _gate = self.shared.watch.gate.read().unwrap_or_else(|p| p.into_inner());
         let mut seen = self.shared.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.contains(id) {
             return Ok(false);
@@ -222,24 +236,47 @@ impl Saver {
         Ok(true)
     }
 
-    /// Record blobs the snapshot will reference without storing them (a parent
-    /// snapshot's unchanged files), so a removal that marks them is noticed.
-    pub fn note_reused(&self, ids: impl IntoIterator<Item = BlobId>) -> Result<()> {
+    /// Rely on blobs without storing them (a parent snapshot's unchanged file), if every
+    /// one is indexed outside the packs a removal marked: true if the caller may reference
+    /// them; false if it must store the data again.
+    /// `depth` is the content's: stream nodes (depth > 0) are not looked into, so such a
+    /// content is reused only while no pack is excluded.
+    pub fn reuse(&self, ids: &[BlobId], depth: u8) -> Result<bool> {
+        self.watch_removals()?;
+        let _gate = self.shared.watch.gate.read().unwrap_or_else(|p| p.into_inner());
+        if self.shared.catalog.has_exclusions() {
+            if depth > 0 {
+                return Ok(false);
+            }
+            for id in ids {
+                if !self.shared.catalog.contains_reusable(id)? {
+                    return Ok(false);
+                }
+            }
+        }
+        self.note_reused(ids.iter().copied())?;
+        Ok(true)
+    }
+
+    /// Record blobs the snapshot will reference without storing them, so a removal that
+    /// marks them is noticed. Call with the gate held.
+    fn note_reused(&self, ids: impl IntoIterator<Item = BlobId>) -> Result<()> {
         let mut state = self.shared.watch.state.lock().unwrap_or_else(|p| p.into_inner());
         state.reused.extend(ids);
         if state.reused.len() >= self.shared.watch.reused_in_memory {
             let mut ids = std::mem::take(&mut state.reused);
             ids.sort_unstable();
             ids.dedup();
-            self.shared.catalog.stash_reused(self.shared.watch.session, &ids)?;
+            self.shared.catalog.stash_reused(self.shared.watch.stash, &ids)?;
             state.stashed = true;
         }
         Ok(())
     }
 
     /// Every so often, look for removals marked since this session started; stop reusing
-    /// their packs, and copy out what this session already relies on while it still
-    /// exists. The snapshot commit checks once more (`gc::guard`).
+    /// their packs, copy out what this session already relies on while it still exists,
+    /// then acknowledge them in the session object, which lets their sweep go ahead. The
+    /// snapshot commit checks once more (`gc::guard`).
     fn watch_removals(&self) -> Result<()> {
         let watch = &self.shared.watch;
         let (generation, known) = {
@@ -255,16 +292,22 @@ impl Saver {
         if view.generation == generation {
             return Ok(());
         }
-        let sets = watch.runtime.block_on(super::gc::sets_since(&watch.backend, key, &watch.start, view.generation))?;
+        let sets = watch.runtime.block_on(super::gc::sets_since(
+            &watch.backend,
+            key,
+            watch.session.start(),
+            view.generation,
+        ))?;
         for (name, set) in sets.into_iter().filter(|(name, _)| !known.contains(name)) {
-            self.shared.catalog.exclude_packs(set.packs.iter().copied());
             let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
             let (mut reused, stashed): (Vec<BlobId>, bool) = {
+                let _gate = watch.gate.write().unwrap_or_else(|p| p.into_inner());
+                self.shared.catalog.exclude_packs(set.packs.iter().copied());
                 let state = watch.state.lock().unwrap_or_else(|p| p.into_inner());
                 (state.reused.iter().filter(|b| doomed.contains(b)).copied().collect(), state.stashed)
             };
             if stashed {
-                reused.extend(self.shared.catalog.stashed_reused(watch.session, &set.doomed)?);
+                reused.extend(self.shared.catalog.stashed_reused(watch.stash, &set.doomed)?);
             }
             reused.sort_unstable();
             reused.dedup();
@@ -287,7 +330,8 @@ impl Saver {
             watch.state.lock().unwrap_or_else(|p| p.into_inner()).known_sets.insert(name);
         }
         watch.state.lock().unwrap_or_else(|p| p.into_inner()).generation = view.generation;
-        Ok(())
+        // Copies queued here reach storage before any snapshot does (`finish`).
+        watch.runtime.block_on(watch.session.acknowledge(view.generation))
     }
 
     /// Queue a data blob that [`Saver::claim`] returned true for.
@@ -365,7 +409,7 @@ impl Saver {
         let (added_bytes, added_blobs) = self.added();
         if self.shared.watch.state.lock().unwrap_or_else(|p| p.into_inner()).stashed {
             // Only disk space of a temporary table: a failure here loses nothing.
-            let _ = self.shared.catalog.forget_reused(self.shared.watch.session);
+            let _ = self.shared.catalog.forget_reused(self.shared.watch.stash);
         }
         // Closing the channel lets the uploader write its last index file and stop.
         drop(self);
@@ -549,6 +593,7 @@ struct Indexer {
     /// `None`: the caller records the index files (see [`Saver::start_moving`]).
     catalog: Option<Arc<Catalog>>,
     seen: Arc<Mutex<HashSet<BlobId>>>,
+    session: Arc<Session>,
 }
 
 impl Indexer {
@@ -561,6 +606,12 @@ impl Indexer {
         let id = IndexId::random();
         let sealed = object::seal(&self.key, object::INDEX_MAGIC, &file.encode());
         self.backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
+        // A session judged dead may have had these packs swept after the remover read the
+        // index: take the file back rather than leave entries for missing packs.
+        if let Err(e) = self.session.check_alive().await {
+            let _ = self.backend.delete(&keys::index(&id)).await;
+            return Err(e);
+        }
         if let Some(catalog) = &self.catalog {
             catalog.add_index(&id, &file)?;
         }

@@ -234,13 +234,14 @@ impl<'a> Walker<'a> {
 
     /// The content of one regular file; counted in the stats only once it was stored.
     fn file_content(&mut self, path: &Path, meta: &Metadata, previous: Option<&Node>) -> Result<Content> {
-        if let Some(prev) = previous.filter(|p| unchanged(p, meta)) {
-            if let Some(content) = &prev.content {
+        if let Some(content) = previous.filter(|p| unchanged(p, meta)).and_then(|p| p.content.as_ref()) {
+            // Reused unless a removal marked a pack holding some of it: then read it again.
+            let ids: Vec<BlobId> = content.entries.iter().map(|e| e.0).collect();
+            if self.saver.reuse(&ids, content.depth)? {
                 self.stats.files += 1;
                 self.stats.unchanged_files += 1;
                 self.stats.size += content.size;
                 self.progress.advance(content.size);
-                self.saver.note_reused(content.entries.iter().map(|e| e.0))?;
                 return Ok(content.clone());
             }
         }

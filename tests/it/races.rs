@@ -233,7 +233,18 @@ async fn forget_all(store: &Arc<dyn ObjectStore>) {
 }
 
 async fn collect(store: &Arc<dyn ObjectStore>) -> gc::CollectReport {
-    gc::collect(&open(store).await, false).await.unwrap()
+    collect_with(store, Duration::from_secs(3600)).await
+}
+
+/// A removal run without the clock-skew margin (these tests run in milliseconds, so every
+/// pack would be within it), judging sessions dead after `stale_after`.
+async fn collect_with(store: &Arc<dyn ObjectStore>, stale_after: Duration) -> gc::CollectReport {
+    let options = gc::CollectOptions {
+        protection_margin: Some(Duration::ZERO),
+        stale_after: Some(stale_after),
+        ..Default::default()
+    };
+    gc::collect_with(&open(store).await, &options).await.unwrap()
 }
 
 async fn restores(store: &Arc<dyn ObjectStore>, data: &[u8]) {
@@ -245,61 +256,155 @@ async fn restores(store: &Arc<dyn ObjectStore>, data: &[u8]) {
     assert!(check(&repo, ReadData::All, &Silent).await.unwrap().is_ok());
 }
 
-/// A writer opened before a removal marked the data it then reuses: its commit copies the
-/// blobs out of the marked packs, and the sweep that follows leaves its snapshot whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_copies_reused_blobs_out_of_marked_packs() {
-    let store = fresh_store().await;
-    let data = noise(3 << 20, 41);
-    backup(&open(&store).await, &data).await.unwrap();
-    let mut writer = open(&store).await; // knows the data, nothing pending
-    writer.set_gc_check_interval(Duration::from_secs(3600)); // only the commit looks
-    forget_all(&store).await;
-    assert_eq!(collect(&store).await.marked_packs, 0, "first sight of unreferenced packs only watches them");
-    assert!(collect(&store).await.marked_packs > 0, "the second mark picks them");
-    let before = gc::copied_blobs();
-    backup(&writer, &data).await.unwrap();
-    assert!(gc::copied_blobs() > before, "the commit copied the reused blobs out");
-    assert_eq!(collect(&store).await.deleted_packs, 3, "the sweep deleted the marked packs");
-    restores(&store, &data).await;
+/// A reader that hands out `first`, then waits for a signal before it hands out `rest`:
+/// a backup held half-way while the test runs removals.
+struct Held {
+    first: Vec<u8>,
+    rest: Vec<u8>,
+    go: std::sync::mpsc::Receiver<()>,
+    reached: Option<std::sync::mpsc::Sender<()>>,
 }
 
-/// The same writer, looking for removals while it saves: it stops reusing the marked
-/// packs and stores the blobs afresh, even when the sweep ran before it committed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_that_sees_a_mark_stores_afresh_and_survives_the_sweep() {
-    let store = fresh_store().await;
-    let data = noise(3 << 20, 42);
-    backup(&open(&store).await, &data).await.unwrap();
-    let mut writer = open(&store).await;
-    writer.set_gc_check_interval(Duration::ZERO);
-    forget_all(&store).await;
-    collect(&store).await;
-    collect(&store).await;
-    assert!(collect(&store).await.deleted_packs > 0, "swept before the writer even started saving");
-    let before = gc::excluded_hits();
-    backup(&writer, &data).await.unwrap();
-    assert!(gc::excluded_hits() > before, "the writer noticed the mark and did not reuse");
-    restores(&store, &data).await;
-}
-
-/// A writer that never looked while a removal marked and swept what it reused cannot
-/// repair its snapshot: it fails cleanly and commits nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_that_missed_the_sweep_fails_cleanly() {
-    let store = fresh_store().await;
-    let data = noise(3 << 20, 43);
-    backup(&open(&store).await, &data).await.unwrap();
-    let mut writer = open(&store).await;
-    writer.set_gc_check_interval(Duration::from_secs(3600));
-    forget_all(&store).await;
-    for _ in 0..3 {
-        collect(&store).await;
+impl Read for Held {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.first.is_empty() {
+            let n = buf.len().min(self.first.len());
+            buf[..n].copy_from_slice(&self.first[..n]);
+            self.first.drain(..n);
+            return Ok(n);
+        }
+        if let Some(reached) = self.reached.take() {
+            let _ = reached.send(());
+            let _ = self.go.recv();
+        }
+        let n = buf.len().min(self.rest.len());
+        buf[..n].copy_from_slice(&self.rest[..n]);
+        self.rest.drain(..n);
+        Ok(n)
     }
-    let err = backup(&writer, &data).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
-    assert!(err.message().contains("run the backup again"), "{err}");
-    assert!(open(&store).await.catalog().snapshots().unwrap().is_empty(), "nothing committed");
-    backup(&open(&store).await, &data).await.unwrap();
+}
+
+type Outcome = tokio::task::JoinHandle<cairn::error::Result<cairn::ops::backup::BackupResult>>;
+
+/// Start a backup of `first`, 6 MiB of padding, then `rest`, in a session of its own,
+/// held after the padding: by then it has chunked `first` (the chunker's 4 MiB window and
+/// a pack in the making are behind it), so it relies on whatever of it was stored before
+/// and has stored the rest. Returns the whole input, the signal that releases the
+/// backup, and its outcome.
+async fn held_backup(
+    store: &Arc<dyn ObjectStore>,
+    first: Vec<u8>,
+    rest: Vec<u8>,
+    check_interval: Duration,
+) -> (Vec<u8>, std::sync::mpsc::Sender<()>, Outcome) {
+    let first = [first, noise(6 << 20, 999)].concat();
+    let whole = [first.clone(), rest.clone()].concat();
+    let mut repo = open(store).await;
+    repo.set_gc_check_interval(check_interval);
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let (reached_tx, reached_rx) = std::sync::mpsc::channel();
+    let task = tokio::spawn(async move {
+        let session = Arc::new(repo.begin_session().await?);
+        let reader = Held { first, rest, go: go_rx, reached: Some(reached_tx) };
+        let options = BackupOptions { name: "db".into(), kind: "stdin".into(), ..Default::default() };
+        let result = cairn::ops::backup::backup_stream_in(&repo, &session, reader, &options).await;
+        session.end().await;
+        result
+    });
+    tokio::task::spawn_blocking(move || reached_rx.recv().unwrap()).await.unwrap();
+    // Let the packs of what was read reach the storage.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (whole, go_tx, task)
+}
+
+/// A live writer's fresh packs — stored, some indexed, none referenced yet — are never
+/// marked, however many removal runs happen while it runs; it commits and restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_writers_fresh_packs_are_never_marked() {
+    let store = fresh_store().await;
+    let data = noise(6 << 20, 40);
+    let (data, go, task) =
+        held_backup(&store, data[..4 << 20].to_vec(), data[4 << 20..].to_vec(), Duration::ZERO).await;
+    let (mut protected, mut runs) = (0, 0);
+    while runs < 5 || (protected < 3 && runs < 40) {
+        let report = collect(&store).await;
+        assert_eq!((report.marked_packs, report.deleted_packs), (0, 0), "{report:?}");
+        assert_eq!(report.live_sessions.len(), 1, "the writer is seen live: {report:?}");
+        protected = protected.max(report.protected_packs);
+        runs += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(protected >= 3, "the writer's packs were there and kept ({protected} after {runs} runs)");
+    go.send(()).unwrap();
+    task.await.unwrap().unwrap();
     restores(&store, &data).await;
+}
+
+/// A writer relying on data that a removal then marks: the sweep waits, run after run,
+/// until the writer acknowledged the mark (it stops reusing the packs and copies what it
+/// relies on); then one run sweeps, and the writer's snapshot restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_waits_until_every_live_writer_acknowledged_the_mark() {
+    let store = fresh_store().await;
+    let old = noise(3 << 20, 41);
+    backup(&open(&store).await, &old).await.unwrap();
+    // The writer reuses all of `old` (its chunks are in the index), then is held.
+    let (whole, go, task) = held_backup(&store, old.clone(), noise(1 << 20, 42), Duration::ZERO).await;
+    forget_all(&store).await;
+    let first = collect(&store).await;
+    assert!(first.marked_packs >= 3, "the forgotten packs are marked: {first:?}");
+    assert_eq!(first.deleted_packs, 0, "a live writer has not acknowledged the mark: {first:?}");
+    for _ in 0..3 {
+        let again = collect(&store).await;
+        assert_eq!(again.deleted_packs, 0, "still waiting: {again:?}");
+        assert!(again.waiting_packs >= 3, "{again:?}");
+    }
+    let before = gc::copied_blobs();
+    go.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert!(gc::copied_blobs() > before, "the writer copied what it relied on out of the marked packs");
+    let swept = collect(&store).await;
+    assert!(swept.deleted_packs >= 3, "acknowledged, then swept: {swept:?}");
+    restores(&store, &whole).await;
+}
+
+/// With no writer running, one removal run deletes what no snapshot needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_removal_run_frees_space_when_nobody_writes() {
+    let store = fresh_store().await;
+    let kept = noise(1 << 20, 44);
+    backup(&open(&store).await, &noise(3 << 20, 43)).await.unwrap();
+    forget_all(&store).await;
+    backup(&open(&store).await, &kept).await.unwrap();
+    let report = collect(&store).await;
+    assert!(report.deleted_packs >= 3 && report.deleted_packs == report.marked_packs, "{report:?}");
+    assert!(report.live_sessions.is_empty() && report.waiting_packs == 0, "{report:?}");
+    let next = collect(&store).await;
+    assert_eq!((next.marked_packs, next.deleted_packs), (0, 0), "nothing left: {next:?}");
+    restores(&store, &kept).await;
+}
+
+/// A writer whose session went unrenewed past the remover's limit is judged dead: its
+/// tombstone is written, what it relied on is swept, and its commit fails cleanly
+/// (nothing committed, no index entry for a missing pack); a retry succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_judged_dead_commits_nothing() {
+    let store = fresh_store().await;
+    let old = noise(3 << 20, 45);
+    backup(&open(&store).await, &old).await.unwrap();
+    let (_, go, task) = held_backup(&store, old.clone(), noise(1 << 20, 46), Duration::from_secs(3600)).await;
+    forget_all(&store).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = collect_with(&store, Duration::from_millis(10)).await;
+    assert_eq!(report.dead_sessions.len(), 1, "{report:?}");
+    assert!(report.deleted_packs >= 3, "with no live writer the marked packs go at once: {report:?}");
+    go.send(()).unwrap();
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Locked, "{err}");
+    assert!(err.message().contains("nothing was committed"), "{err}");
+    let repo = open(&store).await;
+    assert!(repo.catalog().snapshots().unwrap().is_empty(), "nothing committed");
+    assert!(check(&repo, ReadData::All, &Silent).await.unwrap().is_ok(), "no index entry for a missing pack");
+    backup(&open(&store).await, &old).await.unwrap();
+    restores(&store, &old).await;
 }

@@ -44,6 +44,10 @@ use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub mod session;
+pub use session::Session;
 
 pub const GC_MAGIC: &[u8; 8] = b"CAIRNgc1";
 const GENERATIONS: &str = "gc/gen/";
@@ -115,21 +119,31 @@ pub async fn read_view(backend: &Backend, key: &MasterKey) -> Result<GcView> {
     Ok(view)
 }
 
-async fn read_sealed<T: serde::de::DeserializeOwned>(backend: &Backend, key: &MasterKey, name: &str) -> Result<T> {
+pub(super) async fn read_sealed<T: serde::de::DeserializeOwned>(
+    backend: &Backend,
+    key: &MasterKey,
+    name: &str,
+) -> Result<T> {
     let bytes = backend.get(name).await?;
     let plain = object::open(key, GC_MAGIC, name, &bytes)?;
     serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not valid: {e}")))
 }
 
-async fn write_sealed<T: Serialize>(backend: &Backend, key: &MasterKey, name: &str, value: &T) -> Result<()> {
+pub(super) async fn write_sealed<T: Serialize>(
+    backend: &Backend,
+    key: &MasterKey,
+    name: &str,
+    value: &T,
+    mode: WriteMode,
+) -> Result<()> {
     let sealed = object::seal(key, GC_MAGIC, &serde_json::to_vec(value).expect("gc objects serialize"));
-    backend.put(name, sealed.into(), WriteMode::Create).await
+    backend.put(name, sealed.into(), mode).await
 }
 
 /// Create the generation after `from`; fails with `Locked` if another remover got there first.
 async fn advance(backend: &Backend, key: &MasterKey, from: &GcView, pending: Vec<String>) -> Result<GcView> {
     let next = GcView { generation: from.generation + 1, pending };
-    match write_sealed(backend, key, &generation_key(next.generation), &next).await {
+    match write_sealed(backend, key, &generation_key(next.generation), &next, WriteMode::Create).await {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::new(
             ErrorKind::Locked,
             format!(
@@ -213,16 +227,26 @@ pub struct CollectReport {
     pub deferred_packs: u64,
     /// Staging files of interrupted pack writes deleted (local directories only).
     pub stale_staging_files: u64,
+    /// Marked packs whose deletion waits until every live writer acknowledged the mark.
+    pub waiting_packs: u64,
+    pub waiting_bytes: u64,
+    /// Unreferenced packs not marked because a live writer may have written them.
+    pub protected_packs: u64,
+    pub protected_bytes: u64,
+    /// Writers whose sessions were live (they hold back what is waiting or protected).
+    pub live_sessions: Vec<session::SessionView>,
+    /// Writers judged dead this run (not renewed within `stale_after`).
+    pub dead_sessions: Vec<session::SessionView>,
 }
 
 /// A staging file this much older than now belongs to no running write: a pack is written
 /// in seconds.
 pub const STALE_STAGING_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now.
-/// Never blocks writers; see the module documentation.
-/// With `dry_run`, nothing is written or deleted: the report says what this run would
-/// delete and mark.
+/// One removal run: fence, sweep what earlier runs marked, mark what is unreferenced now,
+/// and with no writer running sweep that at once. Never blocks writers; see the module
+/// documentation. With `dry_run`, nothing is written or deleted but one probe object: the
+/// report says what this run would delete and mark.
 pub async fn collect(repo: &Repository, dry_run: bool) -> Result<CollectReport> {
     collect_with(repo, &CollectOptions { dry_run, ..Default::default() }).await
 }
@@ -242,11 +266,65 @@ pub struct CollectOptions {
     /// [`MAX_DOOMED_PER_RUN`]); the rest wait for the next run. This bounds the doomed
     /// list every run and every writer holds in memory.
     pub max_doomed: Option<u64>,
+    /// A writer session not renewed for this long is judged dead (`None`:
+    /// [`session::DEFAULT_STALE_AFTER`]).
+    pub stale_after: Option<std::time::Duration>,
+    /// Packs stored this long before the oldest live session started are protected as
+    /// well (`None`: [`session::PROTECTION_MARGIN`]); tests that run in milliseconds
+    /// set it to zero.
+    pub protection_margin: Option<std::time::Duration>,
 }
 
 /// Default for [`CollectOptions::max_doomed`]: about 100 MiB of doomed list at most
 /// (32 bytes per blob in memory, 66 in the candidate set's JSON).
 pub const MAX_DOOMED_PER_RUN: u64 = 1_000_000;
+
+/// What a removal run knows about the storage at its fence.
+struct Surveyed {
+    live: Vec<session::SessionView>,
+    margin: std::time::Duration,
+}
+
+impl Surveyed {
+    /// Whether every live writer acknowledged the set published at `generation`.
+    fn acknowledged(&self, generation: u64) -> bool {
+        self.live.iter().all(|s| s.acked.is_some_and(|a| a >= generation))
+    }
+
+    /// Packs stored at or after this time (storage clock) may belong to a live writer.
+    fn protected_from(&self) -> Option<i64> {
+        let oldest = self.live.iter().map(|s| s.started_ms).min()?;
+        Some(oldest - self.margin.as_millis() as i64)
+    }
+}
+
+/// Step 2: prove that create-only writes are still honoured (the fence depends on it) and
+/// read the storage's clock from the probe object.
+async fn probe(backend: &Backend) -> Result<i64> {
+    let key = format!("gc/probe/{}", hex::encode(crate::crypto::random_bytes::<8>()));
+    backend.probe_create_only(&key).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "{} no longer refuses to replace objects written create-only (a probe object written twice was replaced), and removal is not safe without that; nothing was deleted: see docs/storage.md",
+                backend.location()
+            ),
+        )
+    })
+}
+
+/// Step 3: the writers alive now; the dead get tombstones.
+async fn survey(
+    repo: &Repository,
+    options: &CollectOptions,
+    own: Option<&str>,
+) -> Result<(Surveyed, Vec<session::SessionView>)> {
+    let now_ms = probe(repo.backend()).await?;
+    let stale_after = options.stale_after.unwrap_or(session::DEFAULT_STALE_AFTER);
+    let (live, dead) = session::survey(repo.backend(), repo.key(), now_ms, stale_after, own, options.dry_run).await?;
+    let margin = options.protection_margin.unwrap_or(session::PROTECTION_MARGIN);
+    Ok((Surveyed { live, margin }, dead))
+}
 
 /// One removal run with options; see [`collect`].
 ///
@@ -254,10 +332,7 @@ pub const MAX_DOOMED_PER_RUN: u64 = 1_000_000;
 /// home live in the catalog's SQLite tables ([`super::gcsets`]); RAM holds per-pack
 /// figures and the candidate sets' doomed lists.
 pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result<CollectReport> {
-    let dry_run = options.dry_run;
     let backend = repo.backend();
-    let key = repo.key();
-    let catalog = repo.catalog();
     if !backend.conditional_writes() {
         return Err(Error::new(
             ErrorKind::Unsupported,
@@ -267,21 +342,57 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             ),
         ));
     }
+    // The run's own session protects the packs its repack writes from other removers.
+    let own = match options.dry_run || options.max_unused.is_none() {
+        true => None,
+        false => Some(Arc::new(repo.begin_session().await?)),
+    };
+    let result = removal_run(repo, options, own.as_ref()).await;
+    if let Some(own) = &own {
+        own.end().await;
+    }
+    lost_race(result)
+}
+
+/// A removal that finds an object gone that it had just listed lost a race with another
+/// removal (one deleted it): exit 11, not a storage error.
+fn lost_race<T>(result: Result<T>) -> Result<T> {
+    result.map_err(|e| match e.kind() {
+        ErrorKind::NotFound => Error::new(
+            ErrorKind::Locked,
+            format!(
+                "another removal changed the repository while this one read it ({}); nothing was lost: run prune again",
+                e.message()
+            ),
+        ),
+        _ => e,
+    })
+}
+
+async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&Arc<Session>>) -> Result<CollectReport> {
+    let dry_run = options.dry_run;
+    let (backend, key, catalog) = (repo.backend(), repo.key(), repo.catalog());
+    // Step 1: fence.
     let start = read_view(backend, key).await?;
     let fence = match dry_run {
         true => start.clone(),
         false => advance(backend, key, &start, start.pending.clone()).await?,
     };
     let mut report = CollectReport::default();
+    // Steps 2 and 3: storage checked, writers surveyed.
+    let (surveyed, dead) = survey(repo, options, own.map(|s| s.id())).await?;
+    report.dead_sessions = dead;
+    report.live_sessions = surveyed.live.clone();
 
-    // Sweep. Everything read from here on is read after the fence, in the order writers
-    // write in reverse: snapshots, then the index (into the catalog), then the packs.
-    // Whatever a listed snapshot needs was indexed before it was written, and every
-    // indexed pack was stored before its index file, so a blob missing from what is read
-    // later is real damage, not a writer caught half-way.
+    // Step 4: read and check. Everything read from here on is read after the fence and
+    // the survey, in the order writers write in reverse: snapshots, then the index (into
+    // the catalog), then the packs. Whatever a listed snapshot needs was indexed before
+    // it was written, and every indexed pack was stored before its index file, so a blob
+    // missing from what is read later is real damage, not a writer caught half-way.
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
     catalog.refresh(backend, key).await?;
-    let mut stored_size = list_packs(backend).await?;
+    let mut stored = list_packs(backend).await?;
+    let mut stored_size: HashMap<PackId, u64> = stored.iter().map(|(id, (size, _))| (*id, *size)).collect();
     for pack in catalog.packs()? {
         match stored_size.get(&pack.id) {
             Some(size) if *size != pack.size => {
@@ -301,17 +412,129 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
     if let Some(blob) = sets.assign(&stored_size)? {
         return Err(damage(Error::corrupt(format!("blob {blob} that a snapshot needs is in no stored pack"))));
     }
-    let mut doomed_packs: BTreeSet<PackId> = BTreeSet::new();
-    // Packs the previous mark found unreferenced (marked or watched).
-    let mut previously_unreferenced: HashSet<PackId> = HashSet::new();
+
+    // Step 5: sweep the pending sets every live writer acknowledged.
+    let (ready, waiting) = pending_sets(backend, key, &start, &surveyed).await?;
+    let doomed_packs = sweep(repo, &ready, &snapshots, &mut stored, dry_run, &mut report).await?;
+    stored_size.retain(|id, _| stored.contains_key(id));
+    for (_, set) in &waiting {
+        for pack in set.packs.iter().filter(|p| stored.contains_key(p)) {
+            report.waiting_packs += 1;
+            report.waiting_bytes += stored_size[pack];
+        }
+    }
+    report.stale_staging_files = backend.remove_stale_staging("data/", STALE_STAGING_AGE, dry_run).await?;
+
+    // Step 6: repack, against the state after the sweep (in a dry run: as it would be,
+    // the swept packs counted as gone), and the snapshots listed after the fence.
+    let index_changed = !dry_run && catalog.refresh(backend, key).await?;
+    if index_changed || !doomed_packs.is_empty() {
+        sets.assign(&stored_size)?;
+    }
+    if let Some(max_unused) = options.max_unused {
+        let chosen = repack_candidates(&sets, max_unused, options.max_repack);
+        report.repacked_packs = chosen.len() as u64;
+        report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
+        if let (false, false, Some(own)) = (dry_run, chosen.is_empty(), own) {
+            let rows: HashSet<i64> = chosen.iter().filter_map(|p| sets.row_of(&p.id)).collect();
+            sets.keep_homed(&rows)?;
+            report.repack_added_bytes = repack(repo, own, &chosen, &sets).await?;
+            catalog.refresh(backend, key).await?;
+            stored = list_packs(backend).await?;
+            stored_size = stored.iter().map(|(id, (size, _))| (*id, *size)).collect();
+            sets.assign(&stored_size)?;
+        }
+    }
+
+    // Step 7: mark.
+    let waiting_packs: HashSet<PackId> = waiting.iter().flat_map(|(_, s)| s.packs.iter().copied()).collect();
+    let marked = mark(repo, &mut sets, &stored, &doomed_packs, &waiting_packs, &surveyed, options, &mut report).await?;
+    drop(sets);
+    report.index_files_before = catalog.index_file_count()?;
+    report.index_files_after = report.index_files_before;
+    let generation = fence.generation + 1;
+    if dry_run {
+        report.generation = start.generation;
+        if surveyed.live.is_empty() {
+            // A real run would sweep these at once (step 10).
+            report.deleted_packs += report.marked_packs;
+            report.deleted_bytes += report.marked_bytes;
+        }
+        return Ok(report);
+    }
+    // Step 8: consolidate.
+    if options.consolidate {
+        report.index_files_after = consolidate(backend, key, catalog).await?;
+    }
+    // Step 9: publish the new set with those still waiting.
+    let mut pending: Vec<String> = waiting.iter().map(|(name, _)| name.clone()).collect();
+    let new_set = match marked {
+        None => None,
+        Some(mut set) => {
+            let name = format!("{CANDIDATES}{generation:020}-{}", hex::encode(crate::crypto::random_bytes::<8>()));
+            set.generation = generation;
+            set.snapshots = snapshots.iter().map(|(id, _)| *id).collect();
+            write_sealed(backend, key, &name, &set, WriteMode::Create).await?;
+            pending.push(name.clone());
+            Some(name)
+        }
+    };
+    let published = match advance(backend, key, &fence, pending).await {
+        Ok(view) => view,
+        Err(e) => {
+            if let Some(name) = new_set {
+                let _ = backend.delete(&name).await;
+            }
+            return Err(e);
+        }
+    };
+    report.generation = published.generation;
+    // Step 10: with no writer running, sweep what was just marked: one prune frees the space.
+    if new_set.is_some() && surveyed.live.is_empty() {
+        sweep_again(repo, options, own, &published, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// The pending sets of `start` whose sweep may go ahead (every live writer acknowledged
+/// them), and those that wait.
+async fn pending_sets(
+    backend: &Backend,
+    key: &MasterKey,
+    start: &GcView,
+    surveyed: &Surveyed,
+) -> Result<(Vec<(String, CandidateSet)>, Vec<(String, CandidateSet)>)> {
+    let mut ready = Vec::new();
+    let mut waiting = Vec::new();
     for name in &start.pending {
         let set = read_candidates(backend, key, name).await?;
-        previously_unreferenced.extend(set.watch.iter().copied());
+        match surveyed.acknowledged(set.generation) {
+            true => ready.push((name.clone(), set)),
+            false => waiting.push((name.clone(), set)),
+        }
+    }
+    Ok((ready, waiting))
+}
+
+/// Sweep `sets`: every snapshot the mark did not see rescues the packs holding doomed
+/// blobs it needs; the index is rewritten without the other packs, which are then
+/// deleted. Returns the packs deleted (in a dry run: that would be).
+async fn sweep(
+    repo: &Repository,
+    sets: &[(String, CandidateSet)],
+    snapshots: &[(SnapshotId, SnapshotFile)],
+    stored: &mut HashMap<PackId, (u64, i64)>,
+    dry_run: bool,
+    report: &mut CollectReport,
+) -> Result<BTreeSet<PackId>> {
+    let (backend, key, catalog) = (repo.backend(), repo.key(), repo.catalog());
+    let mut doomed_packs: BTreeSet<PackId> = BTreeSet::new();
+    for (_, set) in sets {
         let seen: HashSet<SnapshotId> = set.snapshots.iter().copied().collect();
         let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
         // Doomed blobs that snapshots the mark did not see need.
         let mut sink = NeededSink::new(catalog, &doomed)?;
-        for (id, snapshot) in &snapshots {
+        for (id, snapshot) in snapshots {
             if !seen.contains(id) {
                 referenced_blobs(repo, snapshot, &mut sink).await?;
             }
@@ -328,8 +551,6 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
                 needed.insert(blob);
             }
         }
-        // Unindexed packs cannot be checked blob by blob here: their doomed blobs came
-        // from their headers; rescue them if anything new needs one of those blobs.
         for pack in &set.packs {
             if rescue.contains(pack) {
                 report.rescued_packs += 1;
@@ -337,6 +558,8 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
                 doomed_packs.insert(*pack);
             }
         }
+        // Unindexed packs cannot be checked blob by blob here: their doomed blobs came
+        // from their headers; rescue them if anything new needs one of those blobs.
         if !needed.is_empty() {
             for pack in &set.packs {
                 if !catalog.has_pack(pack)? && pack_holds_any(repo, pack, &needed).await? && doomed_packs.remove(pack) {
@@ -347,10 +570,10 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         report.swept_sets += 1;
     }
     if !doomed_packs.is_empty() && !dry_run {
-        report.rewritten_index_files = drop_from_index(backend, key, catalog, &doomed_packs).await?;
+        report.rewritten_index_files += drop_from_index(backend, key, catalog, &doomed_packs).await?;
     }
     for pack in &doomed_packs {
-        if let Some(size) = stored_size.remove(pack) {
+        if let Some((size, _)) = stored.remove(pack) {
             if !dry_run {
                 backend.delete(&keys::pack(pack)).await?;
             }
@@ -358,52 +581,57 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             report.deleted_bytes += size;
         }
     }
-    report.stale_staging_files = backend.remove_stale_staging("data/", STALE_STAGING_AGE, dry_run).await?;
+    Ok(doomed_packs)
+}
 
-    // Repack and mark, against the state after the sweep (in a dry run: as it would be,
-    // the swept packs counted as gone), and the snapshots listed after the fence.
-    let index_changed = !dry_run && catalog.refresh(backend, key).await?;
-    if index_changed || !doomed_packs.is_empty() {
-        sets.assign(&stored_size)?;
-    }
-    if let Some(max_unused) = options.max_unused {
-        let chosen = repack_candidates(&sets, max_unused, options.max_repack);
-        report.repacked_packs = chosen.len() as u64;
-        report.repacked_bytes = chosen.iter().map(|p| stored_size.get(&p.id).copied().unwrap_or(0)).sum();
-        if !dry_run && !chosen.is_empty() {
-            let rows: HashSet<i64> = chosen.iter().filter_map(|p| sets.row_of(&p.id)).collect();
-            sets.keep_homed(&rows)?;
-            report.repack_added_bytes = repack(repo, &chosen, &sets).await?;
-            catalog.refresh(backend, key).await?;
-            stored_size = list_packs(backend).await?;
-            sets.assign(&stored_size)?;
-        }
-    }
-    // Unreferenced now: indexed packs that hold no referenced blob's home copy, and packs
-    // no index lists (left by an interrupted writer, or written by one still running).
-    let mut unreferenced: BTreeSet<PackId> = BTreeSet::new();
+/// Step 7: the packs to mark now: unreferenced (home to no referenced blob, or in no
+/// index), not already waiting in a pending set, and older than every live writer.
+/// Returns the candidate set to publish (its generation and snapshots are filled in by
+/// the caller), or `None` if nothing is marked.
+#[allow(clippy::too_many_arguments)]
+async fn mark(
+    repo: &Repository,
+    sets: &mut Sets<'_>,
+    stored: &HashMap<PackId, (u64, i64)>,
+    swept: &BTreeSet<PackId>,
+    waiting: &HashSet<PackId>,
+    surveyed: &Surveyed,
+    options: &CollectOptions,
+    report: &mut CollectReport,
+) -> Result<Option<CandidateSet>> {
+    let protected_from = surveyed.protected_from();
+    let mut candidates: BTreeSet<PackId> = BTreeSet::new();
     let mut kept: HashSet<PackId> = HashSet::new();
     for pack in sets.packs.values() {
         if pack.is_home() || !pack.stored {
             kept.insert(pack.id);
         } else {
-            unreferenced.insert(pack.id);
+            candidates.insert(pack.id);
         }
     }
-    for pack in stored_size.keys() {
-        if sets.row_of(pack).is_none() && !doomed_packs.contains(pack) {
-            unreferenced.insert(*pack);
+    for pack in stored.keys() {
+        if sets.row_of(pack).is_none() && !swept.contains(pack) {
+            candidates.insert(*pack);
         }
     }
-    // Marked: unreferenced at the previous mark too. The rest is watched until the next.
-    // Repacked packs wait for a second sighting like any other: a pack partly referenced
-    // may also hold a running writer's fresh blobs, and marking it at once made writers
-    // fail (cleanly, but a failed backup costs more than a slower prune).
-    let (candidates, mut watch): (BTreeSet<PackId>, BTreeSet<PackId>) =
-        unreferenced.into_iter().partition(|p| previously_unreferenced.contains(p));
+    candidates.retain(|p| !waiting.contains(p));
+    // A live writer created its session before it stored anything: what is newer than
+    // the oldest live session may be its fresh packs (not yet indexed, or indexed and not
+    // yet referenced by its snapshot), and is kept.
+    if let Some(from) = protected_from {
+        candidates.retain(|p| {
+            let (size, modified) = stored.get(p).copied().unwrap_or((0, i64::MAX));
+            if modified < from {
+                return true;
+            }
+            report.protected_packs += 1;
+            report.protected_bytes += size;
+            kept.insert(*p);
+            false
+        });
+    }
     let max_doomed = options.max_doomed.unwrap_or(MAX_DOOMED_PER_RUN);
     let mut marked_blobs = 0u64;
-    let mut marked_bytes = 0;
     // Doomed: blobs of marked packs that no kept pack also holds.
     let mut doomed: Vec<BlobId> = Vec::new();
     let mut marked: Vec<PackId> = Vec::new();
@@ -412,8 +640,7 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
         if let Some(row) = sets.row_of(pack) {
             let blobs = sets.packs[&row].blobs;
             if !marked.is_empty() && marked_blobs + blobs > max_doomed {
-                // Past the bound: still unreferenced, so the next run may mark it.
-                watch.insert(*pack);
+                // Past the bound: still unreferenced, so the next run marks it.
                 report.deferred_packs += 1;
                 continue;
             }
@@ -431,56 +658,59 @@ pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result
             }
         }
         marked.push(*pack);
-        marked_bytes += stored_size.get(pack).copied().unwrap_or(0);
+        report.marked_bytes += stored.get(pack).map_or(0, |(size, _)| *size);
     }
     let kept_rows: HashSet<i64> = sets.packs.iter().filter(|(_, p)| kept.contains(&p.id)).map(|(r, _)| *r).collect();
     doomed.extend(sets.doomed(&marked_rows, &kept_rows)?);
     doomed.sort_unstable();
     doomed.dedup();
-    drop(sets);
-    let candidates = marked;
-    report.marked_packs = candidates.len() as u64;
-    report.marked_bytes = marked_bytes;
-    report.index_files_before = catalog.index_file_count()?;
-    report.index_files_after = report.index_files_before;
-    let generation = fence.generation + 1;
-    if dry_run {
-        report.generation = start.generation;
-        return Ok(report);
+    report.marked_packs = marked.len() as u64;
+    if marked.is_empty() {
+        return Ok(None);
     }
-    if options.consolidate {
-        report.index_files_after = consolidate(backend, key, catalog).await?;
-    }
-    let pending = if candidates.is_empty() && watch.is_empty() {
-        Vec::new()
-    } else {
-        let name = format!("{CANDIDATES}{generation:020}-{}", hex::encode(crate::crypto::random_bytes::<8>()));
-        let set = CandidateSet {
-            generation,
-            packs: candidates,
-            doomed,
-            snapshots: snapshots.iter().map(|(id, _)| *id).collect(),
-            watch: watch.into_iter().collect(),
-        };
-        write_sealed(backend, key, &name, &set).await?;
-        vec![name]
-    };
-    match advance(backend, key, &fence, pending.clone()).await {
-        Ok(view) => report.generation = view.generation,
-        Err(e) => {
-            for name in pending {
-                let _ = backend.delete(&name).await;
-            }
-            return Err(e);
-        }
-    }
-    Ok(report)
+    Ok(Some(CandidateSet { generation: 0, packs: marked, doomed, snapshots: Vec::new(), watch: Vec::new() }))
 }
 
-/// Every stored pack and its size.
-async fn list_packs(backend: &Backend) -> Result<HashMap<PackId, u64>> {
+/// Step 10: a second, short round right after publishing, when the survey found no live
+/// writer: fence again; if a writer has started since, stop (its session has not
+/// acknowledged the new set; the next run sweeps it); else list the snapshots again and
+/// sweep every pending set, exactly as step 5 would in the next run.
+async fn sweep_again(
+    repo: &Repository,
+    options: &CollectOptions,
+    own: Option<&Arc<Session>>,
+    published: &GcView,
+    report: &mut CollectReport,
+) -> Result<()> {
+    let (backend, key, catalog) = (repo.backend(), repo.key(), repo.catalog());
+    let fence = advance(backend, key, published, published.pending.clone()).await?;
+    let (surveyed, dead) = survey(repo, options, own.map(|s| s.id())).await?;
+    report.dead_sessions.extend(dead);
+    let snapshots = list_snapshots(repo).await.map_err(damage)?;
+    catalog.refresh(backend, key).await?;
+    let mut stored = list_packs(backend).await?;
+    let (ready, waiting) = pending_sets(backend, key, &fence, &surveyed).await?;
+    if !waiting.is_empty() {
+        // A writer started meanwhile: leave it all for the next run.
+        report.waiting_packs += report.marked_packs;
+        report.waiting_bytes += report.marked_bytes;
+        report.live_sessions = surveyed.live;
+        report.generation = fence.generation;
+        return Ok(());
+    }
+    sweep(repo, &ready, &snapshots, &mut stored, false, report).await?;
+    let view = advance(backend, key, &fence, Vec::new()).await?;
+    report.generation = view.generation;
+    Ok(())
+}
+
+/// Every stored pack: its size, and when the storage wrote it (ms since the epoch).
+async fn list_packs(backend: &Backend) -> Result<HashMap<PackId, (u64, i64)>> {
     let stored = backend.list(keys::DATA).await?;
-    Ok(stored.iter().filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, o.size))).collect())
+    Ok(stored
+        .iter()
+        .filter_map(|o| Some((PackId::from_hex(keys::name(&o.key)).ok()?, (o.size, o.modified_ms))))
+        .collect())
 }
 
 async fn pack_holds_any(repo: &Repository, pack: &PackId, blobs: &HashSet<BlobId>) -> Result<bool> {
@@ -628,34 +858,34 @@ pub async fn salvage(
     Ok(out)
 }
 
-/// Make sure every blob `snapshot` needs survives removals that started since this
-/// repository was opened; called before the snapshot is written. Returns the
-/// generation it checked against.
-pub async fn guard(repo: &Repository, snapshot: &SnapshotFile) -> Result<u64> {
-    let start = repo.gc_start();
+/// Make sure every blob `snapshot` needs survives removals that started since `session`
+/// began; called before the snapshot is written. Returns the generation it checked
+/// against, which the session then acknowledges.
+pub async fn guard(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotFile) -> Result<u64> {
+    session.check_alive().await?;
+    let start = session.start();
     let now = read_view(repo.backend(), repo.key()).await?;
-    if now.generation == start.generation {
-        // Nothing marked or swept since the start: sets pending then were excluded from
-        // reuse, and the catalog was loaded after they were marked.
-        return Ok(now.generation);
+    if now.generation != start.generation {
+        protect(repo, session, snapshot, &now).await?;
     }
-    protect(repo, snapshot, start, &now).await?;
+    session.acknowledge(now.generation).await?;
     Ok(now.generation)
 }
 
-/// After the snapshot is written: if removals advanced two generations or more since
-/// [`guard`], one may have swept without seeing it; check again. An error means the
-/// caller must delete the snapshot.
-pub async fn confirm(repo: &Repository, snapshot: &SnapshotFile, guarded: u64) -> Result<()> {
+/// After the snapshot is written: if the session was judged dead meanwhile, or removals
+/// advanced two generations or more since [`guard`] and one may have swept without
+/// seeing the snapshot, check again. An error means the caller must delete the snapshot.
+pub async fn confirm(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotFile, guarded: u64) -> Result<()> {
+    session.check_alive().await?;
     let now = read_view(repo.backend(), repo.key()).await?;
     if now.generation <= guarded + 1 {
         return Ok(());
     }
-    protect(repo, snapshot, repo.gc_start(), &now).await
+    protect(repo, session, snapshot, &now).await
 }
 
-async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now: &GcView) -> Result<()> {
-    let sets = sets_since(repo.backend(), repo.key(), start, now.generation).await?;
+async fn protect(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotFile, now: &GcView) -> Result<()> {
+    let sets = sets_since(repo.backend(), repo.key(), session.start(), now.generation).await?;
     if sets.is_empty() {
         return Ok(());
     }
@@ -683,7 +913,7 @@ async fn protect(repo: &Repository, snapshot: &SnapshotFile, start: &GcView, now
         let bytes = repo.load_blob(id).await.map_err(|e| gone(id, &e))?;
         copies.push((location.entry.kind, *id, bytes));
     }
-    let saver = super::saver::Saver::start(repo, &tokio::runtime::Handle::current());
+    let saver = super::saver::Saver::start(repo, session, &tokio::runtime::Handle::current());
     let saver = tokio::task::spawn_blocking(move || {
         for (kind, id, bytes) in copies {
             saver.save_copy(kind, id, bytes)?;
@@ -731,8 +961,8 @@ fn repack_candidates(sets: &Sets<'_>, max_unused: f64, max_repack: Option<u64>) 
 
 /// Copy the live blobs of `packs` into new packs (indexed when this returns, but not yet
 /// in the catalog: refresh it). Returns the bytes the new packs added.
-async fn repack(repo: &Repository, packs: &[PackStat], sets: &Sets<'_>) -> Result<u64> {
-    let saver = super::saver::Saver::start_moving(repo, &tokio::runtime::Handle::current());
+async fn repack(repo: &Repository, session: &Arc<Session>, packs: &[PackStat], sets: &Sets<'_>) -> Result<u64> {
+    let saver = super::saver::Saver::start_moving(repo, session, &tokio::runtime::Handle::current());
     let copied = async {
         for pack in packs {
             let Some(row) = sets.row_of(&pack.id) else { continue };
