@@ -15,5 +15,6 @@ mod s3;
 mod s3server;
 mod secrets;
 mod sqlite;
+mod stress;
 mod tarballs;
 mod trees;
