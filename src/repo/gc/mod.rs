@@ -282,6 +282,10 @@ pub const MAX_DOOMED_PER_RUN: u64 = 1_000_000;
 /// What a removal run knows about the storage at its fence.
 struct Surveyed {
     live: Vec<session::SessionView>,
+    /// Sessions listed again after the packs were listed: a writer whose fresh packs that
+    /// listing shows began its session before it stored them, so it is here unless it
+    /// ended (and then its snapshot, written before, rescues what it needs).
+    writing: Vec<session::SessionView>,
     margin: std::time::Duration,
 }
 
@@ -293,7 +297,7 @@ impl Surveyed {
 
     /// Packs stored at or after this time (storage clock) may belong to a live writer.
     fn protected_from(&self) -> Option<i64> {
-        let oldest = self.live.iter().map(|s| s.started_ms).min()?;
+        let oldest = self.live.iter().chain(&self.writing).map(|s| s.started_ms).min()?;
         Some(oldest - self.margin.as_millis() as i64)
     }
 }
@@ -323,7 +327,7 @@ async fn survey(
     let stale_after = options.stale_after.unwrap_or(session::DEFAULT_STALE_AFTER);
     let (live, dead) = session::survey(repo.backend(), repo.key(), now_ms, stale_after, own, options.dry_run).await?;
     let margin = options.protection_margin.unwrap_or(session::PROTECTION_MARGIN);
-    Ok((Surveyed { live, margin }, dead))
+    Ok((Surveyed { live, writing: Vec::new(), margin }, dead))
 }
 
 /// One removal run with options; see [`collect`].
@@ -380,9 +384,8 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     };
     let mut report = CollectReport::default();
     // Steps 2 and 3: storage checked, writers surveyed.
-    let (surveyed, dead) = survey(repo, options, own.map(|s| s.id())).await?;
+    let (mut surveyed, dead) = survey(repo, options, own.map(|s| s.id())).await?;
     report.dead_sessions = dead;
-    report.live_sessions = surveyed.live.clone();
 
     // Step 4: read and check. Everything read from here on is read after the fence and
     // the survey, in the order writers write in reverse: snapshots, then the index (into
@@ -392,6 +395,13 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
     catalog.refresh(backend, key).await?;
     let mut stored = list_packs(backend).await?;
+    surveyed.writing = session::present(backend, key, own.map(|s| s.id())).await?;
+    report.live_sessions = surveyed.live.clone();
+    for writer in &surveyed.writing {
+        if !report.live_sessions.iter().any(|s| s.id == writer.id) {
+            report.live_sessions.push(writer.clone());
+        }
+    }
     let mut stored_size: HashMap<PackId, u64> = stored.iter().map(|(id, (size, _))| (*id, *size)).collect();
     for pack in catalog.packs()? {
         match stored_size.get(&pack.id) {
@@ -455,7 +465,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     let generation = fence.generation + 1;
     if dry_run {
         report.generation = start.generation;
-        if surveyed.live.is_empty() {
+        if report.live_sessions.is_empty() {
             // A real run would sweep these at once (step 10).
             report.deleted_packs += report.marked_packs;
             report.deleted_bytes += report.marked_bytes;
@@ -490,7 +500,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     };
     report.generation = published.generation;
     // Step 10: with no writer running, sweep what was just marked: one prune frees the space.
-    if new_set.is_some() && surveyed.live.is_empty() {
+    if new_set.is_some() && report.live_sessions.is_empty() {
         sweep_again(repo, options, own, &published, &mut report).await?;
     }
     Ok(report)

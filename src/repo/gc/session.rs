@@ -250,6 +250,44 @@ pub struct SessionView {
     pub age_ms: i64,
 }
 
+/// Every session object now at `backend` but `own`, read as the remover sees it (ages
+/// not judged: for protection, any session present counts).
+pub async fn present(backend: &Backend, key: &MasterKey, own: Option<&str>) -> Result<Vec<SessionView>> {
+    let mut out = Vec::new();
+    for object in backend.list(SESSIONS).await? {
+        out.extend(view_of(backend, key, &object, own, object.modified_ms).await?);
+    }
+    Ok(out)
+}
+
+/// The session `object` as of `now_ms`; `None` if it is `own` or vanished. An unreadable
+/// object counts as a session that acknowledged nothing (live until it is stale).
+async fn view_of(
+    backend: &Backend,
+    key: &MasterKey,
+    object: &crate::backend::ObjectInfo,
+    own: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<SessionView>> {
+    let id = crate::backend::keys::name(&object.key).to_string();
+    if own == Some(id.as_str()) {
+        return Ok(None);
+    }
+    let record: SessionRecord = match read_sealed(backend, key, &object.key).await {
+        Ok(record) => record,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(_) => SessionRecord::default(),
+    };
+    Ok(Some(SessionView {
+        started_ms: record.started_ms.unwrap_or(object.modified_ms),
+        acked: record.acked,
+        host: record.host,
+        pid: record.pid,
+        age_ms: now_ms - object.modified_ms,
+        id,
+    }))
+}
+
 /// The sessions at `backend` alive at `now_ms` (storage time). Sessions older than
 /// `stale_after` are judged dead: unless `dry_run`, each gets its tombstone, then its
 /// object is deleted. Tombstones older than [`TOMBSTONE_LIFETIME`] are deleted. Returns
@@ -266,25 +304,7 @@ pub async fn survey(
     let dead: std::collections::HashSet<&str> = tombstones.iter().map(|o| crate::backend::keys::name(&o.key)).collect();
     let (mut live, mut stale) = (Vec::new(), Vec::new());
     for object in backend.list(SESSIONS).await? {
-        let id = crate::backend::keys::name(&object.key).to_string();
-        if own == Some(id.as_str()) {
-            continue;
-        }
-        // Unreadable: counted live (and acknowledging nothing) until it is stale.
-        let record: Option<SessionRecord> = match read_sealed(backend, key, &object.key).await {
-            Ok(record) => Some(record),
-            Err(e) if e.kind() == ErrorKind::NotFound => continue,
-            Err(_) => None,
-        };
-        let record = record.unwrap_or_default();
-        let view = SessionView {
-            started_ms: record.started_ms.unwrap_or(object.modified_ms),
-            acked: record.acked,
-            host: record.host,
-            pid: record.pid,
-            age_ms: now_ms - object.modified_ms,
-            id,
-        };
+        let Some(view) = view_of(backend, key, &object, own, now_ms).await? else { continue };
         let is_stale = dead.contains(view.id.as_str()) || view.age_ms > stale_after.as_millis() as i64;
         if !is_stale {
             live.push(view);
