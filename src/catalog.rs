@@ -88,6 +88,9 @@ pub struct Catalog {
     reads_in_transaction: AtomicU32,
     /// Packs a pending removal may delete (see `repo::gc`): their blobs are not reused.
     excluded: std::sync::RwLock<HashSet<PackId>>,
+    /// Index files and snapshots the last refresh could not read (their key and why),
+    /// left out so that one damaged object does not hide every other one.
+    damaged: Mutex<Vec<(String, String)>>,
 }
 
 /// Lookups one read transaction serves before it is renewed (see `Catalog::reader`).
@@ -133,7 +136,12 @@ impl Catalog {
         conn.execute_batch("PRAGMA temp.cache_size = -16384")?;
         conn.execute_batch(STAGING)?;
         conn.execute_batch(SESSION_REUSED)?;
-        Ok(Catalog { conn: Mutex::new(conn), reads_in_transaction: AtomicU32::new(0), excluded: Default::default() })
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+            reads_in_transaction: AtomicU32::new(0),
+            excluded: Default::default(),
+            damaged: Default::default(),
+        })
     }
 
     /// The connection, outside any read transaction [`Catalog::reader`] left open: what
@@ -180,9 +188,24 @@ impl Catalog {
 
     /// Bring the catalog up to date; returns whether the index changed.
     pub async fn refresh(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let changed = self.refresh_index(backend, key).await?;
         self.refresh_snapshots(backend, key).await?;
         Ok(changed)
+    }
+
+    /// The objects the last refresh left out because they could not be read (damaged):
+    /// `(key, what is wrong)`. Removal refuses to run while there are any.
+    pub fn damaged(&self) -> Vec<(String, String)> {
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Leave a damaged object out of the catalog, noting it.
+    fn skip_damaged(&self, object: String, e: &Error) {
+        let mut damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
+        if !damaged.iter().any(|(o, _)| *o == object) {
+            damaged.push((object, e.message().to_string()));
+        }
     }
 
     /// A removal may rewrite index files while we read them: an index file that vanished
@@ -210,11 +233,21 @@ impl Catalog {
         self.discard_partial_loads()?;
         let missing: Vec<IndexId> = listed.difference(&known).copied().collect();
         let mut loaded = futures::stream::iter(missing)
-            .map(|id| async move { Ok::<_, Error>((id, crate::repo::read_index(backend, key, &id).await?)) })
+            .map(|id| async move {
+                match crate::repo::read_index(backend, key, &id).await {
+                    Ok(file) => Ok(Some((id, file))),
+                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
+                        self.skip_damaged(keys::index(&id), &e);
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
             .buffer_unordered(4);
         // Staged file by file, then merged into `blobs` in key order in one go.
         let mut staged = Vec::new();
-        while let Some((id, file)) = loaded.try_next().await? {
+        while let Some(found) = loaded.try_next().await? {
+            let Some((id, file)) = found else { continue };
             let mut conn = self.conn();
             let tx = conn.transaction()?;
             stage_index(&tx, &id, &file)?;
@@ -272,6 +305,10 @@ impl Catalog {
                     Ok(snapshot) => Ok(Some((id, snapshot))),
                     // Forgotten between the listing and the read.
                     Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(None),
+                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
+                        self.skip_damaged(keys::snapshot(&id), &e);
+                        Ok(None)
+                    }
                     Err(e) => Err(e),
                 }
             })

@@ -426,6 +426,25 @@ impl Backend {
             Err(e)
                 if e.kind() == ErrorKind::AlreadyExists
                     && self.get(key).await.is_ok_and(|existing| existing == data) => {}
+            // Every attempt failed without an answer that says why (timeouts, resets,
+            // 5xx): the write may still have landed. Read it back before saying either.
+            Err(e) if e.is_transient() => match self.get(key).await {
+                Ok(existing) if existing == data => {}
+                Err(absent) if absent.kind() == ErrorKind::NotFound => return Err(e),
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!("cannot write {key} in {}: other bytes are stored under that name", self.location),
+                    ))
+                }
+                Err(unknown) => {
+                    return Err(Error::backend(format!(
+                        "{}; whether it was stored is unknown (reading it back failed too: {}); run the command again",
+                        e.message(),
+                        unknown.message()
+                    )))
+                }
+            },
             Err(e) => return Err(e),
         }
         if mode == WriteMode::CreateIdempotentUnsynced {

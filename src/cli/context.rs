@@ -212,6 +212,15 @@ impl Context {
     pub async fn open(&self) -> anyhow::Result<Repository> {
         let repo = self.open_unrefreshed().await?;
         repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        for (object, why) in repo.catalog().damaged() {
+            let repair = match object.starts_with("index/") {
+                true => "run `cairn check`, then `cairn repair index`",
+                false => "run `cairn check`, and restore the object from a copy of the repository if there is one",
+            };
+            eprintln!(
+                "cairn: warning: {object} cannot be read ({why}); it is left out and the rest is usable: {repair}"
+            );
+        }
         Ok(repo)
     }
 

@@ -17,6 +17,7 @@ mod key;
 mod output;
 mod pitr;
 mod prune;
+mod repair;
 mod restore;
 mod run;
 mod snapshots;
@@ -64,6 +65,9 @@ enum Command {
     Forget(forget::ForgetArgs),
     /// Remove data no snapshot needs (one removal run; safe next to running backups)
     Prune(prune::PruneArgs),
+    /// Repair the repository's index from the packs themselves
+    #[command(subcommand)]
+    Repair(repair::RepairCommand),
     /// PostgreSQL WAL archive: push (archive_command), fetch (restore_command), list
     #[command(subcommand)]
     Wal(wal::WalCommand),
@@ -134,6 +138,7 @@ async fn run(ctx: &Context, command: Command) -> Outcome {
         Command::Copy(args) => copy::run(ctx, args).await,
         Command::Forget(args) => forget::run(ctx, args).await,
         Command::Prune(args) => prune::run(ctx, args).await,
+        Command::Repair(cmd) => repair::run(ctx, cmd).await,
         Command::Wal(cmd) => wal::run(ctx, cmd).await,
         Command::Pitr(args) => pitr::run(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,

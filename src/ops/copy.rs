@@ -51,7 +51,8 @@ pub struct CopyReport {
 /// Index the packs that an earlier, killed run uploaded but never indexed, so the re-run
 /// does not send them again. Each is read whole and must hash to its name and open with
 /// this repository's key; anything else is left alone (check reports it, prune removes it).
-pub async fn adopt_orphans(repo: &Repository) -> Result<u64> {
+/// Run it in a writer session. With `dry_run`, count them and write nothing.
+pub async fn adopt_orphans(repo: &Repository, dry_run: bool) -> Result<u64> {
     let indexed: HashSet<PackId> = repo.catalog().packs()?.into_iter().map(|p| p.id).collect();
     let mut adopted = Vec::new();
     for object in repo.backend().list(keys::DATA).await? {
@@ -67,8 +68,8 @@ pub async fn adopt_orphans(repo: &Repository) -> Result<u64> {
         let Ok((salt, blobs)) = crate::pack::read_header(repo.key(), &id.to_hex(), &bytes) else { continue };
         adopted.push(crate::index::IndexPack { id, salt, size: bytes.len() as u64, blobs });
     }
-    if adopted.is_empty() {
-        return Ok(0);
+    if adopted.is_empty() || dry_run {
+        return Ok(adopted.len() as u64);
     }
     let count = adopted.len() as u64;
     let file = crate::index::IndexFile { packs: adopted };
@@ -95,7 +96,7 @@ pub async fn copy(
     let mut report = CopyReport { same_ids, ..Default::default() };
     // Adoption writes an index file, so it runs in a writer session like any writer.
     let session = dst.begin_session().await?;
-    let adopted = adopt_orphans(dst).await;
+    let adopted = adopt_orphans(dst, false).await;
     session.end().await;
     report.packs_adopted = adopted?;
     let present: HashSet<String> = dst.catalog().snapshots()?.iter().map(|(id, s)| origin(id, s)).collect();

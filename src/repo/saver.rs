@@ -601,7 +601,12 @@ impl Indexer {
         // The packs were written unsynced; they become durable here, before the index
         // file that lists them is written (and that file is synced before `put` returns).
         let pack_keys: Vec<String> = packs.iter().map(|p| keys::pack(&p.id)).collect();
-        self.backend.sync(&pack_keys).await?;
+        if let Err(e) = self.backend.sync(&pack_keys).await {
+            // A pack of ours gone: a removal judged this session dead (a clean lost race),
+            // or the storage lost it.
+            self.session.check_alive().await?;
+            return Err(e);
+        }
         let file = IndexFile { packs };
         let id = IndexId::random();
         let sealed = object::seal(&self.key, object::INDEX_MAGIC, &file.encode());

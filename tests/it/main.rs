@@ -11,6 +11,7 @@ mod harness;
 mod model;
 mod pg;
 mod races;
+mod repair;
 mod run;
 mod s3;
 mod s3server;

@@ -242,3 +242,77 @@ async fn object_store_conformance_on_s3() {
     stream_get(&store).await;
     multipart(&store, &store).await;
 }
+
+/// A snapshot written whose every reply is lost (each attempt lands, then the answer is
+/// a 500) is read back: the backup reports it committed, exit 0, and it restores. A
+/// snapshot write that never lands is reported as failed and nothing is listed.
+#[test]
+fn a_lost_reply_to_the_snapshot_write_is_resolved_by_reading_it_back() {
+    let server = S3Server::start();
+    server.create_bucket("lost");
+    let mode = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let flag = mode.clone();
+    let proxy = FaultProxy::start(server.port, move |method, path, _| {
+        match (method, path.contains("/snapshots/"), flag.load(std::sync::atomic::Ordering::SeqCst)) {
+            ("PUT", true, 1) => Fault::LandThenFail,
+            ("PUT", true, 2) => Fault::Reset,
+            _ => Fault::Pass,
+        }
+    });
+    let env = Env::s3("s3://lost/repo", &proxy.endpoint());
+    env.cmd().arg("init").assert().success();
+    mode.store(1, std::sync::atomic::Ordering::SeqCst);
+    let data = noise(1 << 20, 31);
+    let out = env
+        .cmd()
+        .args(["--json", "backup", "stdin", "--name", "db"])
+        .write_stdin(data.clone())
+        .timeout(Duration::from_secs(240))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = report["id"].as_str().unwrap().to_string();
+    mode.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(env.snapshots().len(), 1);
+    assert!(env.restore_stdout(&id) == data, "the snapshot reported committed restores");
+
+    mode.store(2, std::sync::atomic::Ordering::SeqCst);
+    let out = env
+        .cmd()
+        .args(["backup", "stdin", "--name", "db2"])
+        .write_stdin(noise(1 << 20, 32))
+        .timeout(Duration::from_secs(240))
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let text = output_text(&out);
+    assert!(text.contains("snapshots/") && text.contains("s3://lost/repo"), "{text}");
+    mode.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(env.snapshots().len(), 1, "the write that never landed committed nothing");
+    env.check_read_data();
+}
+
+/// Storage that stops honouring create-only writes after `init` (here a proxy that
+/// drops `If-None-Match`) is found by the probe every removal run makes first: prune
+/// refuses with one line, before it writes anything.
+#[test]
+fn removal_refuses_storage_that_stopped_honouring_create_only_writes() {
+    let server = S3Server::start();
+    server.create_bucket("lax");
+    let direct = Env::s3("s3://lax/repo", &server.endpoint());
+    direct.cmd().arg("init").assert().success();
+    direct.backup_stdin("db", &noise(1 << 20, 33));
+    let proxy = FaultProxy::start(server.port, |_, _, _| Fault::StripConditional);
+    let env = Env::s3("s3://lax/repo", &proxy.endpoint());
+    let out = env.cmd().arg("prune").assert().failure().get_output().clone();
+    let text = output_text(&out);
+    assert!(text.contains("create-only") && text.contains("nothing was deleted"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "one line: {text}");
+    // The refused run wrote no generation: the next one fences 1 and publishes 2.
+    let out = direct.cmd().args(["--json", "prune"]).assert().success().get_output().clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["report"]["generation"], 2, "{report}");
+}

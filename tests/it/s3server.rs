@@ -121,6 +121,9 @@ pub enum Fault {
     /// Forward, let the server do it, then answer 500: a write that reports failure
     /// after it landed.
     LandThenFail,
+    /// Forward without `If-None-Match`: a proxy that turns create-only writes into
+    /// plain ones.
+    StripConditional,
 }
 
 type Policy = dyn Fn(&str, &str, usize) -> Fault + Send + Sync;
@@ -240,12 +243,16 @@ fn serve(
                 continue;
             }
             Fault::Slow(pause) => std::thread::sleep(pause),
-            Fault::Pass | Fault::LandThenFail => {}
+            Fault::Pass | Fault::LandThenFail | Fault::StripConditional => {}
         }
         let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
         let mut head = format!("{method} {path} HTTP/1.1\r\n");
         for h in &headers {
-            if !h.to_ascii_lowercase().starts_with("content-length") {
+            let lower = h.to_ascii_lowercase();
+            if fault == Fault::StripConditional && lower.starts_with("if-none-match") {
+                continue;
+            }
+            if !lower.starts_with("content-length") {
                 head.push_str(h);
                 head.push_str("\r\n");
             }

@@ -302,7 +302,7 @@ impl Surveyed {
     }
 }
 
-/// Step 2: prove that create-only writes are still honoured (the fence depends on it) and
+/// Step 1: prove that create-only writes are still honoured (the fence depends on it) and
 /// read the storage's clock from the probe object.
 async fn probe(backend: &Backend) -> Result<i64> {
     let key = format!("gc/probe/{}", hex::encode(crate::crypto::random_bytes::<8>()));
@@ -322,8 +322,8 @@ async fn survey(
     repo: &Repository,
     options: &CollectOptions,
     own: Option<&str>,
+    now_ms: i64,
 ) -> Result<(Surveyed, Vec<session::SessionView>)> {
-    let now_ms = probe(repo.backend()).await?;
     let stale_after = options.stale_after.unwrap_or(session::DEFAULT_STALE_AFTER);
     let (live, dead) = session::survey(repo.backend(), repo.key(), now_ms, stale_after, own, options.dry_run).await?;
     let margin = options.protection_margin.unwrap_or(session::PROTECTION_MARGIN);
@@ -364,10 +364,7 @@ fn lost_race<T>(result: Result<T>) -> Result<T> {
     result.map_err(|e| match e.kind() {
         ErrorKind::NotFound => Error::new(
             ErrorKind::Locked,
-            format!(
-                "another removal changed the repository while this one read it ({}); nothing was lost: run prune again",
-                e.message()
-            ),
+            "another removal run changed the repository while this one read it (an object it had just listed is gone); nothing was lost: run prune again",
         ),
         _ => e,
     })
@@ -376,15 +373,17 @@ fn lost_race<T>(result: Result<T>) -> Result<T> {
 async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&Arc<Session>>) -> Result<CollectReport> {
     let dry_run = options.dry_run;
     let (backend, key, catalog) = (repo.backend(), repo.key(), repo.catalog());
-    // Step 1: fence.
+    // Step 1: the storage still refuses to replace objects, and its time now.
+    let now_ms = probe(backend).await?;
+    // Step 2: fence.
     let start = read_view(backend, key).await?;
     let fence = match dry_run {
         true => start.clone(),
         false => advance(backend, key, &start, start.pending.clone()).await?,
     };
     let mut report = CollectReport::default();
-    // Steps 2 and 3: storage checked, writers surveyed.
-    let (mut surveyed, dead) = survey(repo, options, own.map(|s| s.id())).await?;
+    // Step 3: writers surveyed.
+    let (mut surveyed, dead) = survey(repo, options, own.map(|s| s.id()), now_ms).await?;
     report.dead_sessions = dead;
 
     // Step 4: read and check. Everything read from here on is read after the fence and
@@ -394,6 +393,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     // missing from what is read later is real damage, not a writer caught half-way.
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
     catalog.refresh(backend, key).await?;
+    refuse_damage(catalog)?;
     let mut stored = list_packs(backend).await?;
     surveyed.writing = session::present(backend, key, own.map(|s| s.id())).await?;
     report.live_sessions = surveyed.live.clone();
@@ -501,7 +501,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     report.generation = published.generation;
     // Step 10: with no writer running, sweep what was just marked: one prune frees the space.
     if new_set.is_some() && report.live_sessions.is_empty() {
-        sweep_again(repo, options, own, &published, &mut report).await?;
+        sweep_again(repo, options, own, &published, now_ms, &mut report).await?;
     }
     Ok(report)
 }
@@ -690,14 +690,17 @@ async fn sweep_again(
     options: &CollectOptions,
     own: Option<&Arc<Session>>,
     published: &GcView,
+    now_ms: i64,
     report: &mut CollectReport,
 ) -> Result<()> {
     let (backend, key, catalog) = (repo.backend(), repo.key(), repo.catalog());
     let fence = advance(backend, key, published, published.pending.clone()).await?;
-    let (surveyed, dead) = survey(repo, options, own.map(|s| s.id())).await?;
+    // The probe's time, earlier than now: ages come out shorter, never longer.
+    let (surveyed, dead) = survey(repo, options, own.map(|s| s.id()), now_ms).await?;
     report.dead_sessions.extend(dead);
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
     catalog.refresh(backend, key).await?;
+    refuse_damage(catalog)?;
     let mut stored = list_packs(backend).await?;
     let (ready, waiting) = pending_sets(backend, key, &fence, &surveyed).await?;
     if !waiting.is_empty() {
@@ -934,6 +937,14 @@ async fn protect(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotF
     .map_err(|e| Error::backend(format!("copy task failed: {e}")))??;
     saver.finish().await?;
     Ok(())
+}
+
+/// An index file the catalog could not read hides which packs are in use.
+fn refuse_damage(catalog: &crate::catalog::Catalog) -> Result<()> {
+    match catalog.damaged().into_iter().next() {
+        None => Ok(()),
+        Some((object, why)) => Err(damage(Error::corrupt(format!("{object} cannot be read ({why})")))),
+    }
 }
 
 /// Damage found by a removal run: exit 13, and nothing deleted.

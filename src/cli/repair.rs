@@ -1,0 +1,45 @@
+//! `cairn repair index`: rebuild the index from the packs' own headers
+//! (`ops::repair`, docs/operations.md).
+
+use super::context::Context;
+use super::output::print_json;
+use super::Outcome;
+use clap::{Args, Subcommand};
+
+#[derive(Subcommand)]
+pub enum RepairCommand {
+    /// Make the index agree with the packs: index packs no index file lists, drop entries
+    /// of packs that are not stored, delete index files that cannot be read (safe next to
+    /// running backups and prunes)
+    Index(RepairIndexArgs),
+}
+
+#[derive(Args)]
+pub struct RepairIndexArgs {
+    /// Show what would change; change nothing
+    #[arg(long)]
+    dry_run: bool,
+}
+
+pub async fn run(ctx: &Context, command: RepairCommand) -> Outcome {
+    let RepairCommand::Index(args) = command;
+    let repo = ctx.open().await?;
+    let report = cairn::ops::repair::repair_index(&repo, args.dry_run).await?;
+    if ctx.args.json {
+        print_json(&serde_json::json!({ "dry_run": args.dry_run, "report": report }));
+        return Ok(0);
+    }
+    let verb = if args.dry_run { "would" } else { "did" };
+    ctx.info(format!(
+        "{verb} index {} unlisted packs, drop {} entries of missing packs from {} index files, delete {} unreadable index files{}",
+        report.adopted_packs,
+        report.dropped_packs.len(),
+        report.rewritten_files,
+        report.deleted_damaged_files.len(),
+        match report.skipped_files.len() {
+            0 => String::new(),
+            n => format!("; {n} files list packs a pending removal marked and were left alone: run `cairn prune`, then repair again"),
+        }
+    ));
+    Ok(0)
+}
