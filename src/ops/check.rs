@@ -254,16 +254,13 @@ impl Walk<'_> {
         }
     }
 
-    /// Load a metadata blob through the fresh catalog (never the cache).
+    /// Load a metadata blob located by the fresh catalog (never the cache). Its pack is
+    /// read whole once and kept while the walk goes on, so a walk costs about one request
+    /// per metadata pack, not one per tree.
     async fn load_meta(&self, id: &BlobId) -> Result<Vec<u8>> {
         let location =
             self.catalog.lookup(id)?.ok_or_else(|| Error::corrupt(format!("blob {id} is not in any index")))?;
-        let sealed = self
-            .repo
-            .backend()
-            .get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end())
-            .await?;
-        crate::repo::load::open_located(self.repo.key(), &location, &sealed)
+        self.repo.load_located(location).await
     }
 
     async fn tree(&mut self, id: &BlobId, at: &str) -> Vec<String> {

@@ -44,7 +44,9 @@ impl Repository {
         Err(not_indexed(id))
     }
 
-    async fn load_located(&self, location: BlobLocation) -> Result<Vec<u8>> {
+    /// Fetch, decrypt and verify the blob at `location` (found in a catalog of the
+    /// caller's, as `check` keeps its own): metadata packs come whole, through the cache.
+    pub async fn load_located(&self, location: BlobLocation) -> Result<Vec<u8>> {
         let range = location.entry.offset as usize..location.entry.end() as usize;
         if location.entry.kind == BlobKind::Meta && location.pack_size <= MAX_CACHED_PACK {
             let pack = match self.meta_cache.get(&location.pack) {
