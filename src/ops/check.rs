@@ -105,6 +105,7 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
         ReadData::None => None,
         _ => Some(super::coverage::Coverage::load(backend, key).await?),
     };
+    report.errors.extend(coverage.iter().flat_map(|c| c.damaged.iter().cloned()));
     let readable: Vec<PackId> = indexed.iter().map(|p| p.id).filter(|id| stored.contains_key(id)).collect();
     let to_read: Vec<PackId> = match (read_data, &coverage) {
         // A percentage: the packs read longest ago (never read first).

@@ -35,6 +35,8 @@ struct Record {
 pub struct Coverage {
     pub last_read: HashMap<PackId, jiff::Timestamp>,
     records: Vec<String>,
+    /// Records that could not be read (each message names the object).
+    pub damaged: Vec<String>,
 }
 
 impl Coverage {
@@ -48,9 +50,18 @@ impl Coverage {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let plain = object::open(key, MAGIC, &object.key, &bytes)?;
-            let record: Record = serde_json::from_slice(&plain)
-                .map_err(|e| crate::Error::corrupt(format!("{} is not a coverage record: {e}", object.key)))?;
+            // A damaged record is reported and left alone; the others still count.
+            let record = object::open(key, MAGIC, &object.key, &bytes).and_then(|plain| {
+                serde_json::from_slice::<Record>(&plain)
+                    .map_err(|e| crate::Error::corrupt(format!("{} is not a coverage record: {e}", object.key)))
+            });
+            let record = match record {
+                Ok(record) => record,
+                Err(e) => {
+                    coverage.damaged.push(e.to_string());
+                    continue;
+                }
+            };
             for (pack, time) in record.packs {
                 let slot = coverage.last_read.entry(pack).or_insert(time);
                 if time > *slot {

@@ -132,3 +132,20 @@ fn repair_index_drops_entries_of_missing_packs() {
     let out = fresh(&env, "cache-3").arg("check").assert().code(13).get_output().clone();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("pack is missing"), "{:?}", out);
 }
+
+/// A damaged coverage record (what `check --read-data` last read) is named by the next
+/// check, which still reads and verifies every pack, and `stats` still works.
+#[test]
+fn a_damaged_coverage_record_is_named_and_blocks_nothing() {
+    let env = Env::new();
+    env.backup_stdin("a", &noise(1 << 20, 67));
+    env.check_read_data();
+    let record = walk(&env.repo.join("coverage")).into_iter().next().expect("check wrote a coverage record");
+    flip(&record, 40);
+    let out = env.cmd().args(["--json", "check", "--read-data"]).assert().code(13).get_output().clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = format!("{report}");
+    assert!(text.contains(record.file_name().unwrap().to_str().unwrap()), "{text}");
+    assert!(report["packs_read"].as_u64().unwrap() >= 1, "every pack is still read: {text}");
+    env.cmd().arg("stats").assert().success();
+}
