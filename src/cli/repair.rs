@@ -1,5 +1,6 @@
-//! `cairn repair index`: rebuild the index from the packs' own headers
-//! (`ops::repair`, docs/operations.md).
+//! `cairn repair index` (rebuild the index from the packs' own headers) and `cairn repair
+//! snapshots` (rewrite or quarantine snapshots that lost data): `ops::repair`,
+//! docs/operations.md.
 
 use super::context::Context;
 use super::output::print_json;
@@ -12,6 +13,9 @@ pub enum RepairCommand {
     /// of packs that are not stored, delete index files that cannot be read (safe next to
     /// running backups and prunes)
     Index(RepairIndexArgs),
+    /// Rewrite snapshots that reference data no stored pack holds without what was lost
+    /// (a tree keeps every readable file), or quarantine them when nothing usable is left
+    Snapshots(RepairIndexArgs),
 }
 
 #[derive(Args)]
@@ -22,7 +26,10 @@ pub struct RepairIndexArgs {
 }
 
 pub async fn run(ctx: &Context, command: RepairCommand) -> Outcome {
-    let RepairCommand::Index(args) = command;
+    let args = match command {
+        RepairCommand::Index(args) => args,
+        RepairCommand::Snapshots(args) => return snapshots(ctx, args).await,
+    };
     let repo = ctx.open().await?;
     let report = cairn::ops::repair::repair_index(&repo, args.dry_run).await?;
     if ctx.args.json {
@@ -41,5 +48,23 @@ pub async fn run(ctx: &Context, command: RepairCommand) -> Outcome {
             n => format!("; {n} files list packs a pending removal marked and were left alone: run `cairn prune`, then repair again"),
         }
     ));
+    Ok(0)
+}
+
+async fn snapshots(ctx: &Context, args: RepairIndexArgs) -> Outcome {
+    let repo = ctx.open().await?;
+    let repaired = cairn::ops::repair::repair_snapshots(&repo, args.dry_run).await?;
+    if ctx.args.json {
+        print_json(&serde_json::json!({ "dry_run": args.dry_run, "snapshots": repaired }));
+        return Ok(0);
+    }
+    let verb = if args.dry_run { "would be " } else { "" };
+    for r in &repaired {
+        let new = r.new_id.map(|n| format!(" as {}", n.short())).unwrap_or_default();
+        ctx.info(format!("snapshot {} {verb}{}{new}: {}", r.id.short(), r.action, r.cut.join("; ")));
+    }
+    if repaired.is_empty() {
+        ctx.info("every snapshot's data is stored; nothing to repair");
+    }
     Ok(0)
 }

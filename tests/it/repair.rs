@@ -149,3 +149,69 @@ fn a_damaged_coverage_record_is_named_and_blocks_nothing() {
     assert!(report["packs_read"].as_u64().unwrap() >= 1, "every pack is still read: {text}");
     env.cmd().arg("stats").assert().success();
 }
+
+/// Packs lost for good: `repair index` drops their entries, then `repair snapshots`
+/// rewrites the tree snapshot without the file whose data is gone (everything else
+/// restores) and quarantines the stream snapshot that has a gap; afterwards check and
+/// prune pass again. A dry run only reports.
+#[test]
+fn repair_snapshots_cuts_what_was_lost_and_quarantines_broken_streams() {
+    let env = Env::empty();
+    env.cmd().args(["init", "--pack-size", "1M"]).assert().success();
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("etc/app")).unwrap();
+    std::fs::write(tree.join("etc/app/keep.conf"), noise(100_000, 70)).unwrap();
+    std::fs::write(tree.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
+    let backup = || {
+        env.cmd().args(["backup", "files", tree.to_str().unwrap(), "--name", "etc"]).assert().success();
+    };
+    backup();
+    let before = env.packs();
+    std::fs::write(tree.join("etc/app/lost.bin"), noise(3 << 20, 71)).unwrap();
+    backup();
+    let stream_before = env.packs();
+    let stream_id = env.backup_stdin("dump", &noise(3 << 20, 72))["id"].as_str().unwrap().to_string();
+    // The big new packs of each backup hold only lost.bin's and the dump's data.
+    for pack in env.packs() {
+        let big = std::fs::metadata(&pack).unwrap().len() > 200_000;
+        if big && !before.contains(&pack) {
+            std::fs::remove_file(&pack).unwrap();
+        }
+    }
+    assert!(stream_before.len() > before.len());
+    fresh(&env, "cache-1").arg("check").assert().code(13);
+    repair_json(&env, false);
+
+    let out = fresh(&env, "cache-2").args(["--json", "repair", "snapshots", "--dry-run"]).assert().success();
+    let dry: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let listed = dry["snapshots"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{dry}");
+    assert_eq!(env.snapshots().len(), 3, "a dry run changes nothing");
+
+    let out = fresh(&env, "cache-3").args(["--json", "repair", "snapshots"]).assert().success();
+    let done: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let rewritten = done["snapshots"].as_array().unwrap().iter().find(|r| r["action"] == "rewritten").unwrap().clone();
+    let cut = rewritten["cut"].as_array().unwrap();
+    assert_eq!(cut.len(), 1, "{done}");
+    assert!(cut[0].as_str().unwrap().contains("etc/app/lost.bin"), "{done}");
+    let quarantined =
+        done["snapshots"].as_array().unwrap().iter().find(|r| r["action"] == "quarantined").unwrap().clone();
+    assert_eq!(quarantined["id"].as_str().unwrap(), stream_id);
+    assert!(env.repo.join("quarantine/snapshots").join(&stream_id).exists());
+
+    // Two snapshots of the tree remain; the repaired one restores all but the lost file.
+    let names: Vec<String> = env.snapshots().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["etc", "etc"]);
+    let new_id = rewritten["new_id"].as_str().unwrap();
+    let out_dir = env.path("out");
+    fresh(&env, "cache-4").args(["restore", new_id, "--to", out_dir.to_str().unwrap()]).assert().success();
+    let restored = out_dir.join(tree.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(restored.join("etc/app/keep.conf")).unwrap(), noise(100_000, 70));
+    assert_eq!(std::fs::read(restored.join("etc/hosts")).unwrap(), b"127.0.0.1 localhost\n");
+    assert!(!restored.join("etc/app/lost.bin").exists());
+    env.cmd().args(["check", "--read-data"]).assert().success();
+    fresh(&env, "cache-5").arg("prune").assert().success();
+    let again = fresh(&env, "cache-6").args(["--json", "repair", "snapshots"]).assert().success();
+    let again: serde_json::Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
+    assert!(again["snapshots"].as_array().unwrap().is_empty(), "{again}");
+}
