@@ -5,11 +5,12 @@
 #
 # Steps per target (fresh repositories): N nightly dumps piped in one after the other,
 # restore of the last night (verified with cmp); a first tree backup, a full tree restore
-# (verified with diff -r).
+# (verified with diff -r); check, and check --read-data.
 #
 # Environment (defaults in brackets):
 #   BENCH_WORK [/tmp/cairn-bench-s3]  BENCH_NIGHTS [3]  BENCH_NIGHT_MB [200]
 #   BENCH_TREE_MB [500]  BENCH_SEED [1]  CAIRN_BIN [target/release/cairn, built if missing]
+#   BENCH_LATENCY_MS [0]  BENCH_ONLY_S3 [unset: also cairn to a local directory]
 #
 # Usage: bash bench/s3.sh
 set -euo pipefail
@@ -48,7 +49,18 @@ MOTO_PID=$!
 trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
 curl -s -o /dev/null -X PUT "http://127.0.0.1:$PORT/bench"
-export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT"
+# BENCH_LATENCY_MS (default 0): every request waits this long in a proxy in front of the
+# server (bench/latency_proxy.py), as a distant bucket would.
+LATENCY=${BENCH_LATENCY_MS:-0}
+ENDPOINT_PORT=$PORT
+if [ "$LATENCY" != 0 ]; then
+  ENDPOINT_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  python3 "$BENCH_DIR/latency_proxy.py" "$ENDPOINT_PORT" "$PORT" "$LATENCY" &
+  PROXY_PID=$!
+  trap 'kill $MOTO_PID $PROXY_PID 2>/dev/null || true' EXIT
+  sleep 0.5
+fi
+export AWS_ENDPOINT_URL="http://127.0.0.1:$ENDPOINT_PORT"
 
 # count METHOD in the server log after line $1
 count() { tail -n +"$(( $1 + 1 ))" "$MOTO_LOG" | grep -c "\"$2 " || true; }
@@ -79,10 +91,12 @@ run_cairn() {  # target repo-url
   step "$target" tree-backup "$CAIRN" --repo "$url" --cache-dir "$cache" backup files "$TREE" --name tree
   step "$target" tree-restore "$CAIRN" --repo "$url" --cache-dir "$cache" restore latest --name tree --to "$RUN/$target-tree"
   diff -r "$TREE" "$RUN/$target-tree$TREE" > /dev/null && rm -rf "$RUN/$target-tree"
+  step "$target" check "$CAIRN" --repo "$url" --cache-dir "$cache" check
+  step "$target" check-read-data "$CAIRN" --repo "$url" --cache-dir "$cache" check --read-data
 }
 
 run_restic() {
-  local target=restic-s3 url="s3:http://127.0.0.1:$PORT/bench/restic" cache="$RUN/restic-cache"
+  local target=restic-s3 url="s3:http://127.0.0.1:$ENDPOINT_PORT/bench/restic" cache="$RUN/restic-cache"
   step "$target" init restic -r "$url" --cache-dir "$cache" init
   for n in $(seq -f %02g 1 "$NIGHTS"); do
     step "$target" "night-$n" bash -c "cat '$DATA/night-$n.sql' | restic -r '$url' --cache-dir '$cache' backup --stdin --stdin-filename shop.sql"
@@ -92,16 +106,18 @@ run_restic() {
   step "$target" tree-backup restic -r "$url" --cache-dir "$cache" backup "$TREE"
   step "$target" tree-restore restic -r "$url" --cache-dir "$cache" restore latest --path "$TREE" --target "$RUN/$target-tree"
   diff -r "$TREE" "$RUN/$target-tree$TREE" > /dev/null && rm -rf "$RUN/$target-tree"
+  step "$target" check restic -r "$url" --cache-dir "$cache" check
+  step "$target" check-read-data restic -r "$url" --cache-dir "$cache" check --read-data
 }
 
-run_cairn cairn-local "$RUN/cairn-local-repo"
+[ -n "${BENCH_ONLY_S3:-}" ] || run_cairn cairn-local "$RUN/cairn-local-repo"
 run_cairn cairn-s3 "s3://bench/cairn"
 run_restic
 
 night_bytes=$(stat -c %s "$DATA"/night-*.sql | paste -sd+ | bc)
 tree_bytes=$(du -sb "$TREE" | cut -f1)
 {
-  echo "# cairn S3 benchmark ($(date -u +%F), $NIGHTS nights x $NIGHT_MB MB, tree $TREE_MB MB)"
+  echo "# cairn S3 benchmark ($(date -u +%F), $NIGHTS nights x $NIGHT_MB MB, tree $TREE_MB MB, $LATENCY ms added per request)"
   echo
   echo "| target | step | seconds | peak RSS MiB | requests | GET | PUT | POST | LIST | HEAD |"
   echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

@@ -161,7 +161,9 @@ fn stress(env: &Env, budget: Duration) {
     let report = &last["report"];
     assert_eq!(report["deleted_packs"], report["marked_packs"], "what it marked it freed at once: {last}");
     assert_eq!((report["waiting_packs"].as_u64(), report["protected_packs"].as_u64()), (Some(0), Some(0)), "{last}");
-    let out = env.cmd().args(["--json", "prune"]).assert().success();
+    // Nothing unreferenced was left (repacking aside: which of two copies is a blob's home
+    // can move between runs, so a later run may repack again).
+    let out = env.cmd().args(["--json", "prune", "--max-unused", "unlimited"]).assert().success();
     let again: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(again["report"]["marked_packs"], 0, "nothing was left: {again}");
     env.check_read_data();
