@@ -1,38 +1,29 @@
 //! Removing data while any number of writers add to the repository, without locks and
-//! without trusting clocks (docs/format.md, "Concurrency").
+//! without comparing clocks (docs/format.md §17, which this module implements step by
+//! step; `model/` checks the protocol exhaustively).
 //!
-//! The repository's GC state is a chain of write-once generation objects
-//! `gc/gen/<n>`; the newest is current. Creating `gc/gen/<n+1>` with a create-only write
-//! is a compare-and-swap on the state: of two removers, one wins and the other stops.
-//! Each generation names the *pending* candidate sets: packs marked for removal, with
-//! the blobs that would be lost with them ("doomed") and the snapshots seen when marked.
+//! The repository's GC state is a chain of write-once generation objects `gc/gen/<n>`;
+//! the newest is current. Creating `gc/gen/<n+1>` with a create-only write is a
+//! compare-and-swap on the state: of two removers, one wins and the other stops. Each
+//! generation names the *pending* candidate sets: packs marked for removal, with the blobs
+//! that would be lost with them ("doomed") and the snapshots seen when marked. Writers
+//! hold sessions ([`session`]) that say when they started and which marks they have
+//! acknowledged.
 //!
-//! A removal run ([`collect`]):
-//! 1. **fence**: create the next generation (same pending sets);
-//! 2. **sweep** every pending set: list snapshots now; any snapshot the mark did not see
-//!    rescues the packs holding doomed blobs it references; rewrite index files without
-//!    the remaining packs, then delete those packs;
-//! 3. **mark**: walk every snapshot; packs none of whose blobs is referenced (and
-//!    unindexed packs) are marked if the previous mark watched them, and watched
-//!    otherwise; write the new candidate set and publish it by creating the next
-//!    generation, whose pending list holds only the new set.
+//! A removal run ([`collect`]) is one function per step: `probe` (create-only writes
+//! still honoured; the storage's time), fence (`advance`), `survey` (live writers;
+//! the dead get tombstones), read and check, `sweep` (pending sets every live writer
+//! acknowledged), repack (`repack`), `mark` (unreferenced packs older than every
+//! live or writing session), consolidate, publish, and `sweep_again` (with nobody
+//! writing, what was just marked). The writer's side — watching for marks, copying out
+//! what it relies on, the checks around its commit — is in `writer` and the saver.
 //!
-//! A pack is therefore deleted at the earliest by the third run that finds it unreferenced. Writers:
-//! * read the generation when they open the repository, before loading the catalog, and
-//!   never reuse blobs from packs of a pending set ([`Catalog::exclude_packs`]);
-//! * before writing a snapshot, read the generation again; if a set was marked since
-//!   they started, walk the new snapshot and, for every blob it needs that only that
-//!   set's packs hold, store a fresh copy while the pack still exists ([`guard`]);
-//! * after writing the snapshot, read the generation once more: if it moved on by two or
-//!   more, a sweep may have missed the snapshot, so check again; if a needed blob is
-//!   already gone, delete the snapshot and fail (nothing committed).
-//!
-//! Why it is safe: a sweep deletes a pack only after its fence, and lists snapshots after
-//! that fence. A snapshot written before the fence is seen and rescues what it needs. A
-//! writer whose snapshot came later reads a generation at or past the fence afterwards,
-//! and so learns of every set that sweep could have removed.
+//! Invariants: a pack is deleted only by a sweep, after its fence, of a set every live
+//! writer acknowledged; every step writes before it deletes; a live writer's fresh packs
+//! are never marked; an error that means another remover got there first is `Locked`
+//! (exit 11), damage is `Corrupt` (exit 13) and stops the run before any delete.
 
-use super::gcsets::{walk_all, BlobSink, NeededSink, PackStat, Sets};
+use super::gcsets::{walk_all, BlobSink, NeededSink, Sets};
 use super::Repository;
 use crate::backend::{keys, Backend, WriteMode};
 use crate::crypto::MasterKey;
@@ -46,8 +37,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod repack;
 pub mod session;
+mod writer;
+use repack::{consolidate, repack, repack_candidates};
 pub use session::Session;
+pub use writer::{confirm, guard, salvage, sets_since};
 
 pub const GC_MAGIC: &[u8; 8] = b"CAIRNgc1";
 const GENERATIONS: &str = "gc/gen/";
@@ -780,165 +775,6 @@ async fn drop_from_index(
     Ok(removed.len() as u64)
 }
 
-/// Candidate sets a writer that started at `start` must consider at generation `now`:
-/// every set marked after it started, and those pending when it started.
-pub async fn sets_since(
-    backend: &Backend,
-    key: &MasterKey,
-    start: &GcView,
-    upto: u64,
-) -> Result<Vec<(String, CandidateSet)>> {
-    let mut names: BTreeSet<String> = start.pending.iter().cloned().collect();
-    for object in backend.list(CANDIDATES).await? {
-        if generation_of(&object.key).is_some_and(|g| g > start.generation && g <= upto) {
-            names.insert(object.key.clone());
-        }
-    }
-    let mut out = Vec::new();
-    for name in names {
-        match read_candidates(backend, key, &name).await {
-            Ok(set) => out.push((name, set)),
-            // A set whose publication lost the race is deleted by its remover.
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
-}
-
-fn gone(id: &BlobId, e: &Error) -> Error {
-    Error::new(
-        ErrorKind::Locked,
-        format!("a concurrent prune removed blob {id} that this backup relies on ({e}); nothing was committed: run the backup again"),
-    )
-}
-
-/// Read the blobs a writer must keep out of packs that are about to be removed: the
-/// doomed blobs in its own packs (read from the pack) and the doomed blobs it reused
-/// (read where the catalog places them). Fails with `Locked` if one is already gone.
-pub async fn salvage(
-    backend: &Backend,
-    key: &MasterKey,
-    catalog: &crate::catalog::Catalog,
-    doomed: &HashSet<BlobId>,
-    reused: &[BlobId],
-    own_packs: &[PackId],
-    marked: &HashSet<PackId>,
-) -> Result<Vec<(crate::pack::BlobKind, BlobId, Vec<u8>)>> {
-    let mut out = Vec::new();
-    for pack in own_packs {
-        let bytes = backend.get(&keys::pack(pack)).await;
-        let bytes = match bytes {
-            Ok(b) => b,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(Error::new(
-                    ErrorKind::Locked,
-                    format!("a concurrent prune removed pack {pack} this backup wrote; nothing was committed: run the backup again"),
-                ))
-            }
-            Err(e) => return Err(e),
-        };
-        let (salt, entries) = crate::pack::read_header(key, &pack.to_hex(), &bytes)?;
-        let pack_key = key.pack_key(&salt);
-        for entry in entries.iter().filter(|e| doomed.contains(&e.id)) {
-            let sealed = &bytes[entry.offset as usize..entry.end() as usize];
-            out.push((entry.kind, entry.id, crate::pack::open_blob(key, &pack_key, entry, sealed)?));
-        }
-    }
-    for id in reused {
-        let locations = catalog.locations(id)?;
-        // A copy outside this set and every set seen before is safe; otherwise read one
-        // while it still exists.
-        if locations.is_empty() || locations.iter().any(|l| !marked.contains(&l.pack) && !catalog.is_excluded(&l.pack))
-        {
-            continue;
-        }
-        let mut last_error = None;
-        for location in &locations {
-            match backend.get_range(&keys::pack(&location.pack), location.entry.offset..location.entry.end()).await {
-                Ok(sealed) => {
-                    out.push((location.entry.kind, *id, super::load::open_located(key, location, &sealed)?));
-                    last_error = None;
-                    break;
-                }
-                Err(e) => last_error = Some(e),
-            }
-        }
-        if let Some(e) = last_error {
-            return Err(gone(id, &e));
-        }
-    }
-    Ok(out)
-}
-
-/// Make sure every blob `snapshot` needs survives removals that started since `session`
-/// began; called before the snapshot is written. Returns the generation it checked
-/// against, which the session then acknowledges.
-pub async fn guard(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotFile) -> Result<u64> {
-    session.check_alive().await?;
-    let start = session.start();
-    let now = read_view(repo.backend(), repo.key()).await?;
-    if now.generation != start.generation {
-        protect(repo, session, snapshot, &now).await?;
-    }
-    session.acknowledge(now.generation).await?;
-    Ok(now.generation)
-}
-
-/// After the snapshot is written: if the session was judged dead meanwhile, or removals
-/// advanced two generations or more since [`guard`] and one may have swept without
-/// seeing the snapshot, check again. An error means the caller must delete the snapshot.
-pub async fn confirm(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotFile, guarded: u64) -> Result<()> {
-    session.check_alive().await?;
-    let now = read_view(repo.backend(), repo.key()).await?;
-    if now.generation <= guarded + 1 {
-        return Ok(());
-    }
-    protect(repo, session, snapshot, &now).await
-}
-
-async fn protect(repo: &Repository, session: &Arc<Session>, snapshot: &SnapshotFile, now: &GcView) -> Result<()> {
-    let sets = sets_since(repo.backend(), repo.key(), session.start(), now.generation).await?;
-    if sets.is_empty() {
-        return Ok(());
-    }
-    let mut needed = HashSet::new();
-    referenced_blobs(repo, snapshot, &mut needed).await?;
-    // At risk: needed, every copy doomed when marked, and no newer copy known here.
-    let marked: HashSet<PackId> = sets.iter().flat_map(|(_, s)| s.packs.iter().copied()).collect();
-    let mut at_risk: Vec<BlobId> = Vec::new();
-    for (_, set) in &sets {
-        for id in set.doomed.iter().filter(|b| needed.contains(b)) {
-            if repo.catalog().copies(id)?.iter().all(|p| marked.contains(p)) {
-                at_risk.push(*id);
-            }
-        }
-    }
-    if at_risk.is_empty() {
-        return Ok(());
-    }
-    at_risk.sort();
-    at_risk.dedup();
-    // Copy each blob at risk into a new pack while its old one still exists.
-    let mut copies = Vec::with_capacity(at_risk.len());
-    for id in &at_risk {
-        let location = repo.locate(id)?;
-        let bytes = repo.load_blob(id).await.map_err(|e| gone(id, &e))?;
-        copies.push((location.entry.kind, *id, bytes));
-    }
-    let saver = super::saver::Saver::start(repo, session, &tokio::runtime::Handle::current());
-    let saver = tokio::task::spawn_blocking(move || {
-        for (kind, id, bytes) in copies {
-            saver.save_copy(kind, id, bytes)?;
-        }
-        Ok::<_, Error>(saver)
-    })
-    .await
-    .map_err(|e| Error::backend(format!("copy task failed: {e}")))??;
-    saver.finish().await?;
-    Ok(())
-}
-
 /// An index file the catalog could not read hides which packs are in use.
 fn refuse_damage(catalog: &crate::catalog::Catalog) -> Result<()> {
     match catalog.damaged().into_iter().next() {
@@ -953,108 +789,4 @@ fn damage(e: Error) -> Error {
         return e;
     }
     Error::corrupt(format!("{}; prune deletes nothing until `cairn check` passes", e.message()))
-}
-
-/// Packs worth repacking: home to something, with more than `max_unused` percent of
-/// their bytes unused; most wasteful first, up to `max_repack` bytes of packs.
-fn repack_candidates(sets: &Sets<'_>, max_unused: f64, max_repack: Option<u64>) -> Vec<PackStat> {
-    let mut wasteful: Vec<(f64, &PackStat)> = sets
-        .packs
-        .values()
-        .filter(|p| p.stored && p.is_home())
-        .filter_map(|p| {
-            let unused = 100.0 * (1.0 - p.home as f64 / p.total.max(1) as f64);
-            (unused > max_unused).then_some((unused, p))
-        })
-        .collect();
-    wasteful.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
-    let mut budget = max_repack.unwrap_or(u64::MAX);
-    let mut out = Vec::new();
-    for (_, pack) in wasteful {
-        if pack.size > budget {
-            continue;
-        }
-        budget -= pack.size;
-        out.push(pack.clone());
-    }
-    out
-}
-
-/// Copy the live blobs of `packs` into new packs (indexed when this returns, but not yet
-/// in the catalog: refresh it). Returns the bytes the new packs added.
-async fn repack(repo: &Repository, session: &Arc<Session>, packs: &[PackStat], sets: &Sets<'_>) -> Result<u64> {
-    let saver = super::saver::Saver::start_moving(repo, session, &tokio::runtime::Handle::current());
-    let copied = async {
-        for pack in packs {
-            let Some(row) = sets.row_of(&pack.id) else { continue };
-            let homed = sets.homed(row)?;
-            let bytes = repo.backend().get(&keys::pack(&pack.id)).await?;
-            let pack_key = repo.key().pack_key(&pack.salt);
-            for entry in &homed {
-                let end = entry.end() as usize;
-                let sealed = bytes.get(entry.offset as usize..end).ok_or_else(|| {
-                    Error::corrupt(format!("pack {} is shorter than its index says (blob {})", pack.id, entry.id))
-                })?;
-                let data = crate::pack::open_blob(repo.key(), &pack_key, entry, sealed)
-                    .map_err(|e| e.context(format!("repacking pack {}", pack.id)))?;
-                tokio::task::block_in_place(|| saver.store_claimed(entry.kind, entry.id, data))?;
-            }
-        }
-        Ok::<_, Error>(())
-    }
-    .await;
-    let finished = saver.finish().await;
-    copied?;
-    Ok(finished?.added_bytes)
-}
-
-/// Most blobs one consolidated index file lists (about 10 MiB of entries).
-const BLOBS_PER_INDEX_FILE: usize = 200_000;
-
-/// Rewrite the index files the catalog knows as few files as possible, reading them one
-/// at a time: the new files first, then the old ones go, so every pack stays listed
-/// throughout. Index files written meanwhile by backups are left alone. Returns the
-/// number of index files afterwards.
-async fn consolidate(backend: &Backend, key: &MasterKey, catalog: &crate::catalog::Catalog) -> Result<u64> {
-    let old = catalog.index_files()?;
-    let fewest = (catalog.entry_count()? as usize).div_ceil(BLOBS_PER_INDEX_FILE).max(1);
-    if old.len() <= fewest {
-        return Ok(old.len() as u64);
-    }
-    let mut added: Vec<(IndexId, Vec<PackId>)> = Vec::new();
-    let mut current = IndexFile::default();
-    let mut blobs = 0;
-    let mut seen = HashSet::new();
-    let write = |file: IndexFile| {
-        let id = IndexId::random();
-        let packs = file.packs.iter().map(|p| p.id).collect();
-        let sealed = object::seal(key, object::INDEX_MAGIC, &file.encode());
-        (id, packs, sealed)
-    };
-    for id in &old {
-        let file = super::read_index(backend, key, id).await?;
-        for pack in file.packs {
-            if !seen.insert(pack.id) {
-                continue;
-            }
-            if blobs + pack.blobs.len() > BLOBS_PER_INDEX_FILE && !current.packs.is_empty() {
-                let (id, packs, sealed) = write(std::mem::take(&mut current));
-                backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
-                added.push((id, packs));
-                blobs = 0;
-            }
-            blobs += pack.blobs.len();
-            current.packs.push(pack);
-        }
-    }
-    if !current.packs.is_empty() {
-        let (id, packs, sealed) = write(current);
-        backend.put(&keys::index(&id), sealed.into(), WriteMode::Create).await?;
-        added.push((id, packs));
-    }
-    for id in &old {
-        backend.delete(&keys::index(id)).await?;
-    }
-    catalog.rewrote_index(&old, &added, &BTreeSet::new())?;
-    catalog.index_file_count()
 }
