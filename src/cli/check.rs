@@ -50,7 +50,25 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
     let clock = std::time::Instant::now();
     let repo = ctx.open_unrefreshed().await?;
     let progress = Bar::boxed(ctx.progress_enabled());
-    let mut report = check::check(&repo, read_data, progress.as_ref()).await?;
+    // A reader's session: no sweep starts while check reads (best effort: a read-only
+    // repository is checked without one).
+    let session = cairn::repo::gc::Session::begin_reader(repo.backend(), repo.key()).await.ok();
+    let before = match &session {
+        Some(session) => session.start().generation,
+        None => cairn::repo::gc::read_view(repo.backend(), repo.key()).await?.generation,
+    };
+    let mut report = check::check(&repo, read_data, progress.as_ref()).await;
+    // A removal that was already sweeping when check began can make it see an index file
+    // or pack vanish: if removal moved on meanwhile, damage is confirmed by a second look.
+    if report.as_ref().is_ok_and(|r| !r.is_ok())
+        && cairn::repo::gc::read_view(repo.backend(), repo.key()).await?.generation != before
+    {
+        report = check::check(&repo, read_data, progress.as_ref()).await;
+    }
+    if let Some(session) = &session {
+        session.end().await;
+    }
+    let mut report = report?;
     if read_data != ReadData::None {
         // The secrets' inner layer needs the catalog (their content is read like a restore).
         repo.catalog().refresh(repo.backend(), repo.key()).await?;

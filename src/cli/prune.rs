@@ -146,6 +146,12 @@ pub fn describe(report: &CollectReport, dry_run: bool) -> String {
             cairn::repo::gc::MAX_DOOMED_PER_RUN
         ));
     }
+    if report.dropped_missing_packs > 0 {
+        text.push_str(&format!(
+            "; dropped the index entries of {} packs that are not stored and that no snapshot needs",
+            report.dropped_missing_packs
+        ));
+    }
     if report.stale_staging_files > 0 {
         text.push_str(&format!("; {deleted} {} staging files of interrupted pack writes", report.stale_staging_files));
     }

@@ -56,6 +56,17 @@ pub struct RestoreArgs {
 
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
     let repo = ctx.open().await?;
+    // A reader's session keeps removal runs from deleting what this restore reads. On
+    // storage this client may not write to (read-only credentials), restore without it.
+    let session = repo.begin_reading().await.ok();
+    let outcome = restore(ctx, args, &repo).await;
+    if let Some(session) = session {
+        session.end().await;
+    }
+    outcome
+}
+
+async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repository) -> Outcome {
     let (id, snapshot) = repo.find_snapshot(&args.snapshot, &args.filter.filter())?;
     let progress =
         Bar::boxed(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));

@@ -12,8 +12,8 @@
 //!
 //! Packs of a pending removal are left to it: they are not adopted, and a file that lists
 //! one is not rewritten (the next `prune` sweeps or rescues them; then run repair again).
-//! A sweep that starts while repair runs waits for its session, so it never deletes a
-//! pack repair is about to list.
+//! Its session acknowledges no mark, so a sweep that starts while repair runs waits for
+//! it and never deletes a pack or index file repair is reading.
 
 use crate::backend::{keys, WriteMode};
 use crate::error::Result;
@@ -43,7 +43,8 @@ impl RepairIndexReport {
 }
 
 pub async fn repair_index(repo: &Repository, dry_run: bool) -> Result<RepairIndexReport> {
-    let session = repo.begin_session().await?;
+    // A reader's session: no sweep rewrites the index files it reads while it runs.
+    let session = repo.begin_reading().await?;
     let result = repair_in_session(repo, dry_run).await;
     session.end().await;
     result

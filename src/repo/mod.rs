@@ -261,7 +261,20 @@ impl Repository {
     /// so it lists no pack a sweep finished before the session began. End it with
     /// [`gc::Session::end`].
     pub async fn begin_session(&self) -> Result<gc::Session> {
-        let session = gc::Session::begin(&self.backend, &self.key).await?;
+        self.begin(false).await
+    }
+
+    /// Start a reader's session (restore, check, repair): as [`Repository::begin_session`],
+    /// but it acknowledges no mark, so no sweep deletes anything while it is live.
+    pub async fn begin_reading(&self) -> Result<gc::Session> {
+        self.begin(true).await
+    }
+
+    async fn begin(&self, reader: bool) -> Result<gc::Session> {
+        let session = match reader {
+            true => gc::Session::begin_reader(&self.backend, &self.key).await?,
+            false => gc::Session::begin(&self.backend, &self.key).await?,
+        };
         for name in &session.start().pending {
             self.catalog.exclude_packs(gc::read_candidates(&self.backend, &self.key, name).await?.packs);
         }

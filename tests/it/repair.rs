@@ -215,3 +215,23 @@ fn repair_snapshots_cuts_what_was_lost_and_quarantines_broken_streams() {
     let again: serde_json::Value = serde_json::from_slice(&again.get_output().stdout).unwrap();
     assert!(again["snapshots"].as_array().unwrap().is_empty(), "{again}");
 }
+
+/// Index entries of packs that are gone and that no snapshot needs (what a writer judged
+/// dead and then killed can leave) make check fail; the next prune drops them, and
+/// check passes again.
+#[test]
+fn prune_drops_index_entries_of_missing_packs_nothing_needs() {
+    let env = Env::new();
+    env.backup_stdin("keep", &noise(1 << 20, 73));
+    let before = env.packs();
+    env.backup_stdin("gone", &noise(2 << 20, 74));
+    env.cmd().args(["forget", "--name", "gone", "--keep-tag", "none", "--allow-empty"]).assert().success();
+    for pack in env.packs().into_iter().filter(|p| !before.contains(p)) {
+        std::fs::remove_file(pack).unwrap();
+    }
+    fresh(&env, "cache-1").arg("check").assert().code(13);
+    let out = fresh(&env, "cache-2").args(["--json", "prune"]).assert().success().get_output().clone();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["report"]["dropped_missing_packs"].as_u64().unwrap() >= 1, "{report}");
+    env.cmd().args(["check", "--read-data"]).assert().success();
+}

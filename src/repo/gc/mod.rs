@@ -222,6 +222,9 @@ pub struct CollectReport {
     pub deferred_packs: u64,
     /// Staging files of interrupted pack writes deleted (local directories only).
     pub stale_staging_files: u64,
+    /// Packs the index listed that are not stored (and that no snapshot needs): their
+    /// entries were dropped.
+    pub dropped_missing_packs: u64,
     /// Marked packs whose deletion waits until every live writer acknowledged the mark.
     pub waiting_packs: u64,
     pub waiting_bytes: u64,
@@ -416,6 +419,16 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     walk_all(repo, &snapshots, &mut sets).await.map_err(damage)?;
     if let Some(blob) = sets.assign(&stored_size)? {
         return Err(damage(Error::corrupt(format!("blob {blob} that a snapshot needs is in no stored pack"))));
+    }
+    // Entries of packs that are gone and that nothing needs (left by a writer judged dead
+    // that indexed packs already swept and died before it took its file back): dropped,
+    // so the index agrees with the storage again. A pack is stored before any index entry
+    // names it, so one missing from a listing made after the index was read is gone.
+    let dangling: BTreeSet<PackId> =
+        catalog.packs()?.into_iter().map(|p| p.id).filter(|p| !stored.contains_key(p)).collect();
+    report.dropped_missing_packs = dangling.len() as u64;
+    if !dangling.is_empty() && !dry_run {
+        report.rewritten_index_files += drop_from_index(backend, key, catalog, &dangling).await?;
     }
 
     // Step 5: sweep the pending sets every live writer acknowledged.

@@ -68,6 +68,8 @@ struct Inner {
     host: String,
     started_ms: i64,
     acked: AtomicU64,
+    /// A reader's session acknowledges nothing, so no sweep runs while it reads.
+    reader: bool,
     dead: AtomicBool,
     /// Serialises rewrites with [`Session::end`], so no renewal recreates the object after
     /// it was deleted.
@@ -96,12 +98,23 @@ impl Session {
     /// order matters: a removal that lists sessions before this one exists published its
     /// sets before `start` was read, so they are pending in it or already swept).
     pub async fn begin(backend: &Backend, key: &MasterKey) -> Result<Session> {
+        Self::begin_as(backend, key, false).await
+    }
+
+    /// A session for a reader (restore, check, repair): like a writer's, but it
+    /// acknowledges no mark, so every sweep waits until it ends (or is judged dead) and
+    /// nothing it may read is deleted meanwhile.
+    pub async fn begin_reader(backend: &Backend, key: &MasterKey) -> Result<Session> {
+        Self::begin_as(backend, key, true).await
+    }
+
+    async fn begin_as(backend: &Backend, key: &MasterKey, reader: bool) -> Result<Session> {
         let id = hex::encode(crate::crypto::random_bytes::<8>());
         let name = session_key(&id);
         let host = crate::repo::hostname();
         let record = SessionRecord { host: host.clone(), pid: std::process::id(), ..Default::default() };
         write_sealed(backend, key, &name, &record, WriteMode::Create).await?;
-        let begun = Self::begun(backend, key, id, host, record).await;
+        let begun = Self::begun(backend, key, id, host, record, reader).await;
         if begun.is_err() {
             // Left behind, it would hold back removal until judged stale.
             let _ = backend.delete(&name).await;
@@ -115,6 +128,7 @@ impl Session {
         id: String,
         host: String,
         mut record: SessionRecord,
+        reader: bool,
     ) -> Result<Session> {
         let name = session_key(&id);
         let started_ms = match backend.stat(&name).await? {
@@ -128,7 +142,7 @@ impl Session {
         };
         let start = super::read_view(backend, key).await?;
         record.started_ms = Some(started_ms);
-        record.acked = Some(start.generation);
+        record.acked = (!reader).then_some(start.generation);
         let inner = Arc::new(Inner {
             id,
             backend: backend.clone(),
@@ -136,6 +150,7 @@ impl Session {
             host,
             started_ms,
             acked: AtomicU64::new(start.generation),
+            reader,
             dead: AtomicBool::new(false),
             writes: tokio::sync::Mutex::new(false),
         });
@@ -160,7 +175,7 @@ impl Session {
     /// excluded, the doomed blobs this writer relies on copied). Written at once, so a
     /// waiting sweep can go ahead.
     pub async fn acknowledge(&self, generation: u64) -> Result<()> {
-        if self.inner.acked.fetch_max(generation, Ordering::SeqCst) >= generation {
+        if self.inner.reader || self.inner.acked.fetch_max(generation, Ordering::SeqCst) >= generation {
             return Ok(());
         }
         self.inner.write().await
@@ -217,7 +232,7 @@ impl Inner {
         self.check_alive().await?;
         let record = SessionRecord {
             started_ms: Some(self.started_ms),
-            acked: Some(self.acked.load(Ordering::SeqCst)),
+            acked: (!self.reader).then(|| self.acked.load(Ordering::SeqCst)),
             host: self.host.clone(),
             pid: std::process::id(),
         };
