@@ -81,7 +81,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
             no_owner: false,
         };
         let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
-        cairn::ops::pg::restore_to_db(&repo, &snapshot, &target, &scratch, progress.as_ref()).await?;
+        cairn::ops::pg::restore_to_db(repo, &snapshot, &target, &scratch, progress.as_ref()).await?;
         ctx.info(format!("restored snapshot {} into {}", id.short(), cairn::ops::pg::redact_conninfo(conninfo)));
         return Ok(0);
     }
@@ -89,11 +89,11 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         let level = cairn::ops::sqlite::CheckLevel::parse(&args.check)?;
         let report = match &args.to {
             Some(path) if !args.verify_only => {
-                cairn::ops::sqlite::restore_sqlite(&repo, &snapshot, path, level, progress.as_ref()).await?
+                cairn::ops::sqlite::restore_sqlite(repo, &snapshot, path, level, progress.as_ref()).await?
             }
             _ => {
                 let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
-                cairn::ops::sqlite::verify_sqlite(&repo, &snapshot, &scratch, level, progress.as_ref()).await?
+                cairn::ops::sqlite::verify_sqlite(repo, &snapshot, &scratch, level, progress.as_ref()).await?
             }
         };
         if ctx.args.json {
@@ -131,9 +131,9 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
             )));
         };
         // Without the compartment's password nothing is read: exit 12 before any output.
-        let secrets = ctx.open_secrets(&repo).await?;
+        let secrets = ctx.open_secrets(repo).await?;
         let stats =
-            cairn::secrets::restore_secrets(&repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes).await?;
+            cairn::secrets::restore_secrets(repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes).await?;
         for warning in &stats.warnings {
             eprintln!("cairn: warning: {warning}");
         }
@@ -162,7 +162,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
             // Blobs go to standard output as they are, one write each. Rust's stdout is
             // line-buffered: every blob of a SQL dump cost two or three writes there.
             let mut out = raw_stdout()?;
-            restore::restore_stream(&repo, content, &mut out, progress.as_ref()).await?
+            restore::restore_stream(repo, content, &mut out, progress.as_ref()).await?
         } else if let Some(path) = &args.to {
             if path.is_dir() {
                 return Err(usage(format!(
@@ -171,7 +171,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
                     id.short()
                 )));
             }
-            restore::restore_stream_to_file(&repo, content, path, progress.as_ref()).await?
+            restore::restore_stream_to_file(repo, content, path, progress.as_ref()).await?
         } else {
             return Err(usage(format!(
                 "snapshot {} is a stream ({}): restore it with --to FILE or --stdout",
@@ -186,7 +186,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
     }
     let root = snapshot.tree.ok_or_else(|| usage(format!("snapshot {} has neither content nor tree", id.short())))?;
     let stats = if let Some(dir) = &args.to {
-        restore::restore_tree_to_dir(&repo, &root, dir, &options, progress.as_ref()).await?
+        restore::restore_tree_to_dir(repo, &root, dir, &options, progress.as_ref()).await?
     } else if let Some(tar) = &args.tar {
         let out: Box<dyn std::io::Write + Send> = if tar.as_os_str() == "-" {
             Box::new(std::io::stdout())
@@ -195,9 +195,9 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         };
         let out = std::io::BufWriter::with_capacity(1 << 20, out);
         if archive {
-            cairn::ops::archive::restore_archive_to_tar(&repo, &snapshot, out, &options).await?
+            cairn::ops::archive::restore_archive_to_tar(repo, &snapshot, out, &options).await?
         } else {
-            restore::restore_tree_to_tar(&repo, &root, out, &options).await?
+            restore::restore_tree_to_tar(repo, &root, out, &options).await?
         }
     } else {
         return Err(usage(format!("snapshot {} is a file tree: restore it with --to DIR or --tar FILE", id.short())));
