@@ -162,6 +162,8 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
                     ));
                 }
             }
+            // Forgotten between the listing and the read: not damage.
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => report.snapshots -= 1,
             Err(e) => report.errors.push(format!("snapshot {id}: {e}")),
         }
     }
