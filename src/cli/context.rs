@@ -212,16 +212,20 @@ impl Context {
     pub async fn open(&self) -> anyhow::Result<Repository> {
         let repo = self.open_unrefreshed().await?;
         repo.catalog().refresh(repo.backend(), repo.key()).await?;
-        for (object, why) in repo.catalog().damaged() {
-            let repair = match object.starts_with("index/") {
-                true => "run `cairn check`, then `cairn repair index`",
-                false => "run `cairn check`, and restore the object from a copy of the repository if there is one",
-            };
-            eprintln!(
-                "cairn: warning: {object} cannot be read ({why}); it is left out and the rest is usable: {repair}"
-            );
-        }
+        warn_damaged(&repo);
         Ok(repo)
+    }
+
+    /// Open for reading under a reader's session (docs/format.md §17.3), which refreshes
+    /// the catalog itself; on storage this client cannot write to, without one.
+    pub async fn open_reading(&self) -> anyhow::Result<(Repository, Option<cairn::repo::gc::Session>)> {
+        let repo = self.open_unrefreshed().await?;
+        let session = repo.begin_reading().await.ok();
+        if session.is_none() {
+            repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        }
+        warn_damaged(&repo);
+        Ok((repo, session))
     }
 
     /// Open without loading the index into the catalog (for `check`).
@@ -332,4 +336,15 @@ pub fn parse_size(text: &str) -> Result<u32, String> {
         other => return Err(format!("unknown size unit {other:?} in {text:?}")),
     };
     u32::try_from(n * mult).map_err(|_| format!("{text:?} is too large"))
+}
+
+/// One warning per object the catalog's refresh had to leave out.
+fn warn_damaged(repo: &Repository) {
+    for (object, why) in repo.catalog().damaged() {
+        let repair = match object.starts_with("index/") {
+            true => "run `cairn check`, then `cairn repair index`",
+            false => "run `cairn check`, and restore the object from a copy of the repository if there is one",
+        };
+        eprintln!("cairn: warning: {object} cannot be read ({why}); it is left out and the rest is usable: {repair}");
+    }
 }

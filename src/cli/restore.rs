@@ -55,10 +55,9 @@ pub struct RestoreArgs {
 }
 
 pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
-    let repo = ctx.open().await?;
     // A reader's session keeps removal runs from deleting what this restore reads. On
     // storage this client may not write to (read-only credentials), restore without it.
-    let session = repo.begin_reading().await.ok();
+    let (repo, session) = ctx.open_reading().await?;
     let outcome = restore(ctx, args, &repo).await;
     if let Some(session) = session {
         session.end().await;
