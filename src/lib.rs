@@ -11,6 +11,7 @@
 //! The `cairn` binary (src/cli) is the only place that prints or picks exit codes.
 
 pub mod backend;
+pub mod beneath;
 pub mod buffers;
 pub mod catalog;
 pub mod chunker;

@@ -14,7 +14,8 @@
 //!   last u8`. The last frame is marked, so a cut-off archive is detected. The ciphertext
 //!   is fresh each time, so secrets never deduplicate against anything; the repository
 //!   key protects it a second time, and `check --read-data` verifies it like any data.
-//! * Restores create files 0600 and directories 0700, whatever they were.
+//! * Restores create new files 0600 and new directories 0700, whatever they were; a file
+//!   they replace passes on its mode and owner.
 
 use crate::backend::WriteMode;
 use crate::crypto::{counter_nonce, KdfParams, MasterKey, SealKey};
@@ -22,7 +23,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, SnapshotId};
 use crate::object;
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
-use crate::ops::restore::{consume_stream, includes, place_symlink, selected, ChannelReader, RestoreStats};
+use crate::beneath::{split, Beneath, InTheWay};
+use crate::ops::restore::{consume_stream, includes, selected, ChannelReader, RestoreStats};
 use crate::ops::Cancel;
 use crate::progress::Progress;
 use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
@@ -30,6 +32,7 @@ use crate::repo::Repository;
 use crate::snapshot::SnapshotFile;
 use crate::source::stream;
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -405,8 +408,11 @@ fn locked(id: &SnapshotId) -> Error {
     )
 }
 
-/// Restore a secrets snapshot into `target`: files 0600, directories 0700, owners kept
-/// when running as root. Only paths under `includes` when given.
+/// Restore a secrets snapshot into `target`: new files 0600 and new directories 0700,
+/// owners kept when running as root; a file that replaces one keeps that one's mode and
+/// owner, and directories that exist are left as they are (restoring into `/` must not
+/// change `/etc`). Only paths under `includes` when given. Nothing below `target` is
+/// followed ([`Beneath`]); every file is written under a temporary name and renamed.
 pub async fn restore_secrets(
     repo: &Repository,
     id: &SnapshotId,
@@ -414,10 +420,15 @@ pub async fn restore_secrets(
     secrets: Option<&SecretsKey>,
     target: &Path,
     include: &[String],
+    in_the_way: InTheWay,
 ) -> Result<RestoreStats> {
     let secrets = secrets.ok_or_else(|| locked(id))?;
-    std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
-    let wanted = includes(&crate::ops::restore::RestoreOptions { includes: include.to_vec(), confine_links: true });
+    let beneath = Beneath::create(target, in_the_way)?;
+    let wanted = includes(&crate::ops::restore::RestoreOptions {
+        includes: include.to_vec(),
+        confine_links: true,
+        in_the_way,
+    });
     let root = crate::ops::restore::is_root();
     let mut stats = RestoreStats::default();
     open_archive(repo, snapshot, secrets, |archive| {
@@ -433,41 +444,41 @@ pub async fn restore_secrets(
             if parts.is_empty() || !selected(&wanted, &rel).0 {
                 continue;
             }
-            let path = target.join(std::ffi::OsStr::from_bytes(&rel));
-            if let Some(parent) = path.parent() {
-                create_missing_dirs(parent)?;
-            }
             let header = entry.header().clone();
+            let owner = root.then(|| (header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32));
+            let mtime = header.mtime().unwrap_or(0) as i64;
+            let (dir, name) = split(&rel);
+            create_missing_dirs(&beneath, dir, owner)?;
+            let (parent, _) = beneath.parent(&rel)?;
             match header.entry_type() {
                 tar::EntryType::Directory => {
-                    use std::os::unix::fs::PermissionsExt;
-                    create_missing_dirs(&path)?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-                        .map_err(|e| Error::io("set mode 0700 on", &path, e))?;
+                    if dir_is_new(&beneath, parent.as_fd(), name, &rel)? {
+                        set_new(&beneath, parent.as_fd(), name, &rel, owner, mtime, &mut stats);
+                    }
                     stats.dirs += 1;
                 }
                 tar::EntryType::Symlink => {
                     let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
-                    if !place_symlink(&path, &rel, &link, target, true, &mut stats)? {
+                    let path = beneath.display(&rel);
+                    if crate::ops::archive::link_escapes(&rel, &link) {
+                        stats.warnings.push(format!(
+                            "{}: symlink to {:?} points outside {}; not created",
+                            path.display(),
+                            String::from_utf8_lossy(&link),
+                            target.display()
+                        ));
                         continue;
                     }
+                    beneath.symlink(parent.as_fd(), name, &link, &rel)?;
+                    set_new(&beneath, parent.as_fd(), name, &rel, owner, mtime, &mut stats);
+                    stats.symlinks += 1;
                 }
                 t if t.is_file() => {
-                    write_private(&path, &mut entry)?;
+                    write_private(&beneath, parent.as_fd(), name, &rel, &mut entry, owner, mtime)?;
                     stats.files += 1;
                     stats.bytes += header.size().unwrap_or(0);
                 }
                 _ => continue,
-            }
-            if root {
-                let (uid, gid) = (header.uid().unwrap_or(0) as u32, header.gid().unwrap_or(0) as u32);
-                if let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid)) {
-                    stats.warnings.push(format!("{}: cannot set owner: {e}", path.display()));
-                }
-            }
-            if let Ok(mtime) = header.mtime() {
-                let t = filetime::FileTime::from_unix_time(mtime as i64, 0);
-                let _ = filetime::set_symlink_file_times(&path, t, t);
             }
         }
         Ok(())
@@ -476,35 +487,103 @@ pub async fn restore_secrets(
     Ok(stats)
 }
 
-/// Create `dir` and whatever of its parents is missing, each new one with mode 0700.
-/// Directories that already exist are left as they are (restoring into `/` must not
-/// change `/etc`); the archive's own directories are set to 0700 by the caller.
-fn create_missing_dirs(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io("create", dir, e))
+/// Create whatever directories of `dir` are missing, each new one 0700 (owned as recorded
+/// when root gives `owner`, else by us); existing ones are left as they are.
+fn create_missing_dirs(beneath: &Beneath, dir: &[u8], owner: Option<(u32, u32)>) -> Result<()> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    let mut at = 0;
+    loop {
+        let end = dir[at..].iter().position(|&b| b == b'/').map(|i| at + i).unwrap_or(dir.len());
+        let rel = &dir[..end];
+        let (parent, name) = beneath.parent(rel)?;
+        if dir_is_new(beneath, parent.as_fd(), name, rel)? {
+            if let Some((uid, gid)) = owner {
+                let _ = rustix::fs::chownat(
+                    &parent,
+                    std::ffi::OsStr::from_bytes(name),
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                );
+            }
+        }
+        if end == dir.len() {
+            return Ok(());
+        }
+        at = end + 1;
+    }
 }
 
-/// Write a file that is 0600 from its first byte (through a temporary name beside it).
-fn write_private(path: &Path, data: &mut impl Read) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    tmp_name.push(format!(".cairn-{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
+/// Make the directory `name` (0700) unless one is there; whether it was made.
+fn dir_is_new(beneath: &Beneath, parent: BorrowedFd, name: &[u8], rel: &[u8]) -> Result<bool> {
+    let existed = rustix::fs::statat(parent, std::ffi::OsStr::from_bytes(name), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|s| rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::Directory);
+    beneath.mkdir(parent, name, rel, 0o700)?;
+    Ok(!existed)
+}
+
+/// Owner (when given) and mtime of a new directory or symlink, never following it.
+fn set_new(
+    beneath: &Beneath,
+    parent: BorrowedFd,
+    name: &[u8],
+    rel: &[u8],
+    owner: Option<(u32, u32)>,
+    mtime: i64,
+    stats: &mut RestoreStats,
+) {
+    let name = std::ffi::OsStr::from_bytes(name);
+    let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+    if let Some((uid, gid)) = owner {
+        let (uid, gid) = (rustix::fs::Uid::from_raw(uid), rustix::fs::Gid::from_raw(gid));
+        if let Err(e) = rustix::fs::chownat(parent, name, Some(uid), Some(gid), flags) {
+            stats.warnings.push(format!("{}: cannot set owner: {e}", beneath.display(rel).display()));
+        }
+    }
+    let time = rustix::fs::Timespec { tv_sec: mtime, tv_nsec: 0 };
+    let _ = rustix::fs::utimensat(parent, name, &rustix::fs::Timestamps { last_access: time, last_modification: time }, flags);
+}
+
+/// Write the file `name` in `parent` through a temporary name, 0600 from its first
+/// byte; a file it replaces passes on its mode and owner.
+fn write_private(
+    beneath: &Beneath,
+    parent: BorrowedFd,
+    name: &[u8],
+    rel: &[u8],
+    data: &mut impl Read,
+    owner: Option<(u32, u32)>,
+    mtime: i64,
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = beneath.display(rel);
+    let replaced = beneath.check_file_place(parent, name, rel)?;
+    let temp = beneath.temp_name();
+    let mut file = beneath.create_temp(parent, &temp, rel)?;
     let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| Error::io("create", &tmp, e))?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io("chmod", &tmp, e))?;
-        std::io::copy(data, &mut file).map_err(|e| Error::io("write", &tmp, e))?;
-        file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
+        std::io::copy(data, &mut file).map_err(|e| Error::io("write", &path, e))?;
+        let (uid, gid, mode) = match &replaced {
+            Some(old) => (Some(old.st_uid), Some(old.st_gid), old.st_mode & 0o7777),
+            None => (owner.map(|o| o.0), owner.map(|o| o.1), 0o600),
+        };
+        if uid.is_some() {
+            if let Err(e) = std::os::unix::fs::fchown(&file, uid, gid) {
+                // Not ours to give (not root): the file stays ours, 0600 at most.
+                if e.raw_os_error() != Some(libc::EPERM) {
+                    return Err(Error::io("set the owner of", &path, e));
+                }
+            }
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io("chmod", &path, e))?;
+        let t = filetime::FileTime::from_unix_time(mtime, 0);
+        let _ = filetime::set_file_handle_times(&file, Some(t), Some(t));
+        file.sync_all().map_err(|e| Error::io("sync", &path, e))?;
+        beneath.rename(parent, &temp, name, rel)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        beneath.remove(parent, &temp);
     }
     result
 }

@@ -84,6 +84,7 @@ async fn drill_one(
             let options = cairn::ops::restore::RestoreOptions {
                 includes: Vec::new(),
                 confine_links: cairn::ops::archive::is_archive(snapshot),
+                in_the_way: Default::default(),
             };
             cairn::ops::restore::restore_tree_to_dir(repo, &root, &target, &options, &Silent).await?;
             let check = cairn::ops::drill::verify_tree(repo, &root, &target).await?;
@@ -95,7 +96,7 @@ async fn drill_one(
         }
         SourceKind::Secrets => {
             let key = ctx.require_secrets(repo).await?;
-            let stats = cairn::secrets::restore_secrets(repo, id, snapshot, Some(&key), &target, &[]).await?;
+            let stats = cairn::secrets::restore_secrets(repo, id, snapshot, Some(&key), &target, &[], Default::default()).await?;
             let (files, bytes) = cairn::secrets::verify(repo, id, snapshot, &key).await?;
             if (stats.files, stats.bytes) != (files, bytes) {
                 anyhow::bail!(

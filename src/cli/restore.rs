@@ -4,6 +4,7 @@ use super::context::{usage, Context};
 use super::output::{bytes, print_json, Bar};
 use super::snapshots::FilterArgs;
 use super::Outcome;
+use cairn::beneath::InTheWay;
 use cairn::ops::restore::{self, RestoreOptions};
 use clap::Args;
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ pub struct RestoreArgs {
     /// Restore only this path of a tree snapshot and what is below it (repeatable)
     #[arg(long = "include", value_name = "PATH")]
     includes: Vec<String>,
+    /// A symlink already in the target where the snapshot has a directory or a file is
+    /// replaced (the link, not what it points to); without this the restore stops and
+    /// names it. No symlink below the target is ever followed
+    #[arg(long)]
+    replace_symlinks: bool,
     #[command(flatten)]
     filter: FilterArgs,
 }
@@ -70,7 +76,8 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
     let progress =
         Bar::boxed(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
     let archive = cairn::ops::archive::is_archive(&snapshot);
-    let options = RestoreOptions { includes: args.includes, confine_links: archive };
+    let in_the_way = if args.replace_symlinks { InTheWay::Replace } else { InTheWay::Stop };
+    let options = RestoreOptions { includes: args.includes, confine_links: archive, in_the_way };
     if let Some(conninfo) = &args.to_db {
         let target = cairn::ops::pg::DbRestore {
             conninfo: conninfo.clone(),
@@ -132,7 +139,8 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         // Without the compartment's password nothing is read: exit 12 before any output.
         let secrets = ctx.open_secrets(repo).await?;
         let stats =
-            cairn::secrets::restore_secrets(repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes).await?;
+            cairn::secrets::restore_secrets(repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes, in_the_way)
+                .await?;
         for warning in &stats.warnings {
             eprintln!("cairn: warning: {warning}");
         }

@@ -11,9 +11,10 @@
 //! wait for the creator: ranges are taken in the order their files are created, and a
 //! write to a file not yet made waits for it.
 
+use crate::beneath::{split, Beneath, InTheWay};
 use crate::buffers::{with_huge_capacity, SpareBuffers};
 use crate::catalog::BlobLocation;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
 use crate::repo::load::{open_with_into, read_content, with_pack_range, LeafWalker};
@@ -23,6 +24,7 @@ use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,6 +44,8 @@ pub struct RestoreOptions {
     /// absolute targets, or more `..` than the link is deep. Set for tar archives, whose
     /// members come from elsewhere.
     pub confine_links: bool,
+    /// What to do with a symlink in the target where the snapshot has a directory or a file.
+    pub in_the_way: InTheWay,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -78,34 +82,113 @@ pub async fn restore_stream<W: Write>(
     Ok(written)
 }
 
-/// Restore a stream into `path` through a temporary file beside it, renamed when complete.
+/// Restore a stream into `path` through a new temporary file beside it (an unpredictable
+/// name, created exclusively), renamed over `path` when complete. A file already at `path`
+/// is replaced, and its mode and owner are kept; a symlink there is replaced, not followed.
 pub async fn restore_stream_to_file(
     repo: &Repository,
     content: &Content,
     path: &Path,
     progress: &dyn Progress,
 ) -> Result<u64> {
-    let tmp = sibling_temp(path);
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+    let place = Place::new(path)?;
+    let mut file = place.create()?;
     let result = async {
         let mut writer = std::io::BufWriter::with_capacity(1 << 20, &mut file);
         let n = restore_stream(repo, content, &mut writer, progress).await?;
         drop(writer);
-        file.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))?;
+        place.commit(&file)?;
         Ok(n)
     }
     .await;
     if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        place.abandon();
     }
     result
 }
 
-fn sibling_temp(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".cairn-{}.tmp", std::process::id()));
-    path.with_file_name(name)
+/// A file about to be replaced: its directory, held open, a temporary name in it and
+/// what is at the final name now.
+pub(crate) struct Place {
+    dir: Beneath,
+    name: Vec<u8>,
+    temp: Vec<u8>,
+    replaced: Option<rustix::fs::Stat>,
+    path: PathBuf,
+}
+
+impl Place {
+    pub(crate) fn new(path: &Path) -> Result<Self> {
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => (if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, name),
+            _ => return Err(Error::invalid(format!("{} names no file; give a file path", path.display()))),
+        };
+        let dir = Beneath::open(dir, InTheWay::Replace)?;
+        let name = name.as_bytes().to_vec();
+        let here = dir.resolve(b"", rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY).map_err(|e| Error::io("open", path, e))?;
+        let replaced = dir.check_file_place(here.as_fd(), &name, &name)?;
+        Ok(Place { temp: dir.temp_name(), dir, name, replaced, path: path.to_path_buf() })
+    }
+
+    /// The new file, empty, 0600.
+    pub(crate) fn create(&self) -> Result<std::fs::File> {
+        let here = self.here()?;
+        self.dir.create_temp(here.as_fd(), &self.temp, &self.name)
+    }
+
+    /// Give the new file the mode and owner of the one it replaces (a new file: 0666 less
+    /// the umask), sync it and rename it into place.
+    pub(crate) fn commit(&self, file: &std::fs::File) -> Result<()> {
+        keep_mode_and_owner(file, self.replaced.as_ref()).map_err(|e| Error::io("set the mode of", &self.path, e))?;
+        file.sync_all().map_err(|e| Error::io("sync", &self.path, e))?;
+        let here = self.here()?;
+        self.dir.rename(here.as_fd(), &self.temp, &self.name, &self.name)
+    }
+
+    pub(crate) fn abandon(&self) {
+        if let Ok(here) = self.here() {
+            self.dir.remove(here.as_fd(), &self.temp);
+        }
+    }
+
+    fn here(&self) -> Result<std::os::fd::OwnedFd> {
+        self.dir
+            .resolve(b"", rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY)
+            .map_err(|e| Error::io("open the directory of", &self.path, e))
+    }
+}
+
+/// Mode and owner for a file that replaces `replaced`: the same as it had (the owner
+/// only where this process may give it; a service's database stays the service's), or
+/// for a new file the usual 0666 less the umask.
+pub(crate) fn keep_mode_and_owner(file: &std::fs::File, replaced: Option<&rustix::fs::Stat>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(old) = replaced else {
+        return file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()));
+    };
+    let current = file.metadata()?;
+    if (std::os::unix::fs::MetadataExt::uid(&current), std::os::unix::fs::MetadataExt::gid(&current))
+        != (old.st_uid, old.st_gid)
+    {
+        match std::os::unix::fs::fchown(file, Some(old.st_uid), Some(old.st_gid)) {
+            Ok(()) => {}
+            // Not ours to give: keep the group at least, when we are in it.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                let _ = std::os::unix::fs::fchown(file, None, Some(old.st_gid));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    file.set_permissions(std::fs::Permissions::from_mode(old.st_mode & 0o7777))
+}
+
+/// The process's umask (read without changing it, from /proc).
+pub(crate) fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
 }
 
 /// Normalised include paths: no leading or trailing slashes.
@@ -146,25 +229,40 @@ struct Target {
     offset: u64,
 }
 
-/// A file to fill, and what to set once its last byte is written.
+/// A file to fill under its temporary name, and what to set once its last byte is written.
 struct PlannedFile {
-    path: PathBuf,
+    /// Relative to the target, slash-separated.
+    rel: Vec<u8>,
+    /// The temporary name in the same directory.
+    temp: Vec<u8>,
     /// Its position in the creator's order (see [`Created::wait_for`]).
     created: usize,
     remaining: AtomicU64,
     meta: Meta,
+    /// Renamed to its final name, complete.
+    done: AtomicBool,
+}
+
+impl PlannedFile {
+    fn temp_rel(&self) -> Vec<u8> {
+        join(split(&self.rel).0, &self.temp)
+    }
 }
 
 #[derive(Default)]
 struct Plan {
     files: Vec<PlannedFile>,
     blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
-    /// Directories, symlinks and empty files, whose metadata is applied after the data,
-    /// in creation order. Files with data get theirs right after their last write.
-    metadata: Vec<(PathBuf, Meta)>,
+    /// Directories and symlinks, whose metadata is applied after the data, in creation
+    /// order. Files get theirs before they are renamed into place.
+    metadata: Vec<(Vec<u8>, Meta)>,
 }
 
-/// Restore a tree into `target`, creating it if needed.
+/// Restore a tree into `target`, creating it if needed. Nothing is written outside it:
+/// no symlink below `target` is followed ([`Beneath`]). Every file is written under a
+/// temporary name and renamed when complete, so a failed restore leaves no wrong bytes
+/// under a final name: files that cannot be restored (damaged or missing data) are
+/// skipped, the others completed, and the error names the skipped ones.
 pub async fn restore_tree_to_dir(
     repo: &Repository,
     root: &BlobId,
@@ -172,44 +270,92 @@ pub async fn restore_tree_to_dir(
     options: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreStats> {
-    std::fs::create_dir_all(target).map_err(|e| Error::io("create", target, e))?;
+    let beneath = Arc::new(Beneath::create(target, options.in_the_way)?);
     let mut stats = RestoreStats::default();
     let mut plan = Plan::default();
-    let mut creator = Creator::start();
-    let planned = plan_tree(repo, root, target, options, &mut creator, &mut plan, &mut stats).await;
+    let is_root = is_root();
+    let mut creator = Creator::start(beneath.clone(), is_root);
+    let planned = plan_tree(repo, root, &beneath, options, &mut creator, &mut plan, &mut stats).await;
     if let Err(e) = planned {
         // The creator's own error explains a planner that could no longer hand it work.
-        creator.finish().await?;
+        let created = creator.progress();
+        let creation = creator.finish().await;
+        remove_unfinished(&beneath, &plan.files, &created);
+        creation?;
         return Err(e);
     }
     // The data pass looks nothing up: end the planner's read transaction, which would
     // otherwise keep other processes sharing this cache from checkpointing it until we exit.
     repo.catalog().end_reads();
     let created = creator.progress();
-    // Once every entry exists, directories get their metadata while the data is written
-    // (writing into a file does not touch its directory; a read-only directory could take
-    // no new entries). Only a directory we could no longer enter (no owner search
-    // permission, unless root) waits until the end.
-    let root = is_root();
-    let (early, late): (Vec<_>, Vec<_>) =
-        plan.metadata.into_iter().partition(|(_, m)| m.kind == NodeKind::Dir && (root || m.mode & 0o100 != 0));
-    let directories = tokio::task::spawn_blocking(move || {
-        creator.join()?;
-        let mut warnings = Vec::new();
-        apply_metadata(&early, root, &mut warnings);
-        Ok::<_, Error>(warnings)
-    });
+    // Directories get their metadata last, deepest first, once every file in them has
+    // been renamed into place (a rename changes its directory's mtime, and a read-only
+    // directory takes no new names).
+    let creation = tokio::task::spawn_blocking(move || creator.join());
     progress.begin("restoring", Some(stats.bytes));
     let warnings = Mutex::new(std::mem::take(&mut stats.warnings));
-    let written = write_data(repo, plan.files, plan.blobs, created, root, &warnings, progress).await;
+    let files = Arc::new(plan.files);
+    let written =
+        write_data(repo, &beneath, files.clone(), plan.blobs, created.clone(), is_root, &warnings, progress).await;
     // A failed creator explains writers that waited for it in vain.
-    let directory_warnings = directories.await.map_err(|e| Error::backend(format!("restore task failed: {e}")))??;
-    written?;
+    let creation = creation.await.map_err(|e| Error::backend(format!("restore task failed: {e}")));
+    let unfinished = remove_unfinished(&beneath, &files, &created);
+    creation??;
+    let damage = written?;
     progress.end();
     stats.warnings = warnings.into_inner().unwrap_or_else(|p| p.into_inner());
-    stats.warnings.extend(directory_warnings);
-    apply_metadata(&late, root, &mut stats.warnings);
+    let metadata = plan.metadata;
+    let for_metadata = beneath.clone();
+    let metadata_warnings = tokio::task::spawn_blocking(move || {
+        let mut warnings = Vec::new();
+        apply_metadata(&for_metadata, &metadata, is_root, &mut warnings);
+        warnings
+    })
+    .await
+    .map_err(|e| Error::backend(format!("restore task failed: {e}")))?;
+    stats.warnings.extend(metadata_warnings);
+    if !unfinished.is_empty() {
+        return Err(incomplete(&beneath, &unfinished, files.len(), damage));
+    }
     Ok(stats)
+}
+
+/// Remove the temporary files of every file not completed; returns their paths.
+fn remove_unfinished(beneath: &Beneath, files: &[PlannedFile], created: &Created) -> Vec<Vec<u8>> {
+    let made = created.count.load(Ordering::SeqCst);
+    let mut unfinished = Vec::new();
+    for file in files.iter().filter(|f| !f.done.load(Ordering::SeqCst)) {
+        if file.created <= made {
+            if let Ok((parent, _)) = beneath.parent(&file.rel) {
+                beneath.remove(parent.as_fd(), &file.temp);
+            }
+        }
+        unfinished.push(file.rel.clone());
+    }
+    unfinished
+}
+
+/// The error of a restore that completed all but `unfinished`.
+fn incomplete(beneath: &Beneath, unfinished: &[Vec<u8>], total: usize, damage: Option<Error>) -> Error {
+    const NAMED: usize = 10;
+    let mut names: Vec<String> =
+        unfinished.iter().take(NAMED).map(|rel| beneath.display(rel).display().to_string()).collect();
+    if unfinished.len() > NAMED {
+        names.push(format!("and {} more", unfinished.len() - NAMED));
+    }
+    let (kind, cause) = match &damage {
+        Some(e) => (ErrorKind::Corrupt, e.message().to_string()),
+        None => (ErrorKind::Io, "the restore stopped".to_string()),
+    };
+    Error::new(
+        kind,
+        format!(
+            "{} of {total} files could not be restored ({cause}): {}; every other file is complete and none is \
+             left partly written; run `cairn check --read-data` and restore them from another snapshot",
+            unfinished.len(),
+            names.join(", ")
+        ),
+    )
 }
 
 /// Walk the tree: hand every directory, file and symlink to the creator, and group the
@@ -217,15 +363,15 @@ pub async fn restore_tree_to_dir(
 async fn plan_tree(
     repo: &Repository,
     root: &BlobId,
-    target: &Path,
+    beneath: &Beneath,
     options: &RestoreOptions,
     creator: &mut Creator,
     plan: &mut Plan,
     stats: &mut RestoreStats,
 ) -> Result<()> {
     let includes = includes(options);
-    let mut stack = vec![(repo.load_tree(root).await?, target.to_path_buf(), Vec::new())];
-    while let Some((tree, dir, rel)) = stack.pop() {
+    let mut stack = vec![(repo.load_tree(root).await?, Vec::new())];
+    while let Some((tree, rel)) = stack.pop() {
         for mut node in tree.nodes {
             let name = safe_name(&node)?;
             let rel_path = join(&rel, &name);
@@ -233,51 +379,59 @@ async fn plan_tree(
             if !descend {
                 continue;
             }
-            let path = dir.join(std::ffi::OsStr::from_bytes(&name));
             match node.kind {
                 NodeKind::Dir => {
-                    creator.send(Create::Dir(path.clone()))?;
-                    let subtree = repo.dir_tree(&mut node, &path.display()).await?;
-                    stack.push((subtree, path.clone(), rel_path));
+                    creator.send(Create::Dir(rel_path.clone()))?;
+                    let subtree = repo.dir_tree(&mut node, &beneath.display(&rel_path).display()).await?;
                     if restore {
                         stats.dirs += 1;
-                        plan.metadata.push((path, Meta::of(&node)));
+                        plan.metadata.push((rel_path.clone(), Meta::of(&node)));
                     }
+                    stack.push((subtree, rel_path));
                 }
                 _ if !restore => {}
                 NodeKind::File => {
-                    let created = creator.send(Create::File(path.clone()))?;
-                    plan_file(repo, plan, &path, &node, created).await?;
+                    let temp = beneath.temp_name();
+                    let meta = Meta::of(&node);
+                    let empty = node.size == 0;
+                    let created = creator.send(Create::File { rel: rel_path.clone(), temp: temp.clone(), empty: empty.then_some(meta) })?;
+                    if !empty {
+                        plan_file(repo, plan, beneath, rel_path, temp, &node, created).await?;
+                    }
                     stats.files += 1;
                     stats.bytes += node.size;
                 }
                 NodeKind::Symlink => {
                     let link = node.target_bytes().unwrap_or_default();
-                    if symlink_allowed(&path, &rel_path, &link, target, options.confine_links, stats) {
-                        creator.send(Create::Symlink(path.clone(), link))?;
+                    if symlink_allowed(&beneath.display(&rel_path), &rel_path, &link, beneath.display(b"").as_path(), options.confine_links, stats) {
+                        creator.send(Create::Symlink(rel_path.clone(), link))?;
                         stats.symlinks += 1;
-                        plan.metadata.push((path, Meta::of(&node)));
+                        plan.metadata.push((rel_path, Meta::of(&node)));
                     }
                 }
-                other => stats.warnings.push(format!("{}: {other:?} nodes are not restored", path.display())),
+                other => {
+                    stats.warnings.push(format!("{}: {other:?} nodes are not restored", beneath.display(&rel_path).display()))
+                }
             }
         }
     }
     Ok(())
 }
 
-/// What the creator makes, in the order the planner found it (parents first).
+/// What the creator makes, in the order the planner found it (parents first); paths
+/// relative to the target.
 enum Create {
-    Dir(PathBuf),
-    File(PathBuf),
-    Symlink(PathBuf, Vec<u8>),
+    Dir(Vec<u8>),
+    /// A file's temporary name; an empty one is finished (metadata, rename) at once.
+    File { rel: Vec<u8>, temp: Vec<u8>, empty: Option<Meta> },
+    Symlink(Vec<u8>, Vec<u8>),
 }
 
-/// Creates directories, files (empty, truncating what was there) and symlinks on a thread
-/// of its own while the planner goes on reading and decrypting trees, and then while the
-/// data is written: on a tree of many small files the kernel's inode allocation and the
-/// decryption and writing overlap instead of adding up. (Creating from several threads
-/// was measured slower: they contend on the directories.)
+/// Creates directories, files (empty, under their temporary names) and symlinks on a
+/// thread of its own while the planner goes on reading and decrypting trees, and then
+/// while the data is written: on a tree of many small files the kernel's inode allocation
+/// and the decryption and writing overlap instead of adding up. (Creating from several
+/// threads was measured slower: they contend on the directories.)
 struct Creator {
     tx: std::sync::mpsc::Sender<Create>,
     /// Entries sent so far.
@@ -287,7 +441,7 @@ struct Creator {
 }
 
 impl Creator {
-    fn start() -> Self {
+    fn start(beneath: Arc<Beneath>, root: bool) -> Self {
         // Unbounded: the planner must not wait for the disk. The queue holds what the plan
         // holds anyway, a path per entry.
         let (tx, rx) = std::sync::mpsc::channel::<Create>();
@@ -296,13 +450,30 @@ impl Creator {
         let thread = std::thread::spawn(move || {
             // Writers waiting for an entry learn that none will come, however this ends.
             let _stop = StopOnDrop(&progress);
+            // Entries come directory by directory: the last parent stays open.
+            let mut parents = Parents { beneath: &beneath, open: None };
             for (n, op) in rx.into_iter().enumerate() {
                 match op {
-                    Create::Dir(path) => create_dir(&path)?,
-                    Create::File(path) => {
-                        std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+                    Create::Dir(rel) => {
+                        let (parent, name) = parents.of(&rel)?;
+                        beneath.mkdir(parent, name, &rel, 0o700)?;
                     }
-                    Create::Symlink(path, link) => make_symlink(&path, &link)?,
+                    Create::File { rel, temp, empty } => {
+                        let (parent, name) = parents.of(&rel)?;
+                        beneath.check_file_place(parent, name, &rel)?;
+                        let file = beneath.create_temp(parent, &temp, &rel)?;
+                        if let Some(meta) = empty {
+                            if let Err(e) = meta.apply_to_file(&file, root) {
+                                beneath.remove(parent, &temp);
+                                return Err(Error::io("set the metadata of", &beneath.display(&rel), e));
+                            }
+                            beneath.rename(parent, &temp, name, &rel)?;
+                        }
+                    }
+                    Create::Symlink(rel, link) => {
+                        let (parent, name) = parents.of(&rel)?;
+                        beneath.symlink(parent, name, &link, &rel)?;
+                    }
                 }
                 progress.advance(n + 1);
             }
@@ -333,6 +504,25 @@ impl Creator {
         tokio::task::spawn_blocking(move || self.join())
             .await
             .map_err(|e| Error::backend(format!("restore task failed: {e}")))?
+    }
+}
+
+/// The creator's open parent directory.
+struct Parents<'a> {
+    beneath: &'a Beneath,
+    open: Option<(Vec<u8>, std::os::fd::OwnedFd)>,
+}
+
+impl Parents<'_> {
+    /// The open parent of `rel` and its last component.
+    fn of<'r>(&mut self, rel: &'r [u8]) -> Result<(std::os::fd::BorrowedFd<'_>, &'r [u8])> {
+        let (dir, name) = split(rel);
+        if self.open.as_ref().is_none_or(|(open, _)| open != dir) {
+            let (fd, _) = self.beneath.parent(rel)?;
+            self.open = Some((dir.to_vec(), fd));
+        }
+        let fd = self.open.as_ref().map(|(_, fd)| fd.as_fd()).expect("opened above");
+        Ok((fd, name))
     }
 }
 
@@ -394,22 +584,19 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-fn create_dir(path: &Path) -> Result<()> {
-    match std::fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
-        Err(e) => Err(Error::io("create directory", path, e)),
-    }
-}
-
-async fn plan_file(repo: &Repository, plan: &mut Plan, path: &Path, node: &Node, created: usize) -> Result<()> {
+async fn plan_file(
+    repo: &Repository,
+    plan: &mut Plan,
+    beneath: &Beneath,
+    rel: Vec<u8>,
+    temp: Vec<u8>,
+    node: &Node,
+    created: usize,
+) -> Result<()> {
     let index = plan.files.len();
-    let meta = Meta::of(node);
-    if node.size == 0 {
-        plan.metadata.push((path.to_path_buf(), meta));
-    }
-    plan.files.push(PlannedFile { path: path.to_path_buf(), created, remaining: AtomicU64::new(node.size), meta });
-    let Some(content) = &node.content else { return Ok(()) };
+    let Some(content) = &node.content else {
+        return Err(Error::corrupt(format!("{}: the tree records data but no content", beneath.display(&rel).display())));
+    };
     let mut walker = LeafWalker::new(repo, content);
     let mut offset = 0u64;
     while let Some(entry) = walker.next().await? {
@@ -425,23 +612,49 @@ async fn plan_file(repo: &Repository, plan: &mut Plan, path: &Path, node: &Node,
     if offset != node.size {
         return Err(Error::corrupt(format!(
             "{}: content holds {offset} bytes but the tree records {}",
-            path.display(),
+            beneath.display(&rel).display(),
             node.size
         )));
     }
+    let meta = Meta::of(node);
+    plan.files.push(PlannedFile { rel, temp, created, remaining: AtomicU64::new(node.size), meta, done: AtomicBool::new(false) });
     Ok(())
 }
 
-/// Fetch each pack once and write every blob to all its targets.
+/// What one range's writing left undone: the files it could not fill, and why.
+#[derive(Default)]
+struct Damage {
+    files: Vec<usize>,
+    first: Option<Error>,
+}
+
+impl Damage {
+    fn add(&mut self, files: impl IntoIterator<Item = usize>, e: Error) {
+        self.files.extend(files);
+        self.first.get_or_insert(e);
+    }
+}
+
+/// Whether an error reading a pack range is damage to the stored data (the files it
+/// feeds are skipped) rather than a failure that stops the restore.
+fn is_damage(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound)
+}
+
+/// Fetch each pack once and write every blob to all its targets. Damaged or missing data
+/// skips the files it feeds (their temporary files are removed by the caller) and the rest
+/// go on; any other failure stops. Returns the first damage seen, if any.
+#[allow(clippy::too_many_arguments)]
 async fn write_data(
     repo: &Repository,
-    files: Vec<PlannedFile>,
+    beneath: &Arc<Beneath>,
+    files: Arc<Vec<PlannedFile>>,
     blobs: HashMap<BlobId, (BlobLocation, Vec<Target>)>,
     created: Arc<Created>,
     root: bool,
     warnings: &Mutex<Vec<String>>,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<Option<Error>> {
     let mut by_pack: BTreeMap<PackId, Vec<(BlobLocation, Vec<Target>)>> = BTreeMap::new();
     for (_, (location, targets)) in blobs {
         by_pack.entry(location.pack).or_default().push((location, targets));
@@ -467,59 +680,89 @@ async fn write_data(
         items.iter().flat_map(|(_, targets)| targets).map(|t| files[t.file].created).max()
     };
     ranges.sort_by_cached_key(|(_, items)| last_created(items));
-    let files = Arc::new(files);
     let connections = repo.backend().connections();
     let buffers =
         Arc::new(RangeBuffers { runs: SpareBuffers::new(connections), scratch: SpareBuffers::new(connections) });
+    let damage = Mutex::new(Damage::default());
     futures::stream::iter(ranges)
         .map(|(pack, items)| {
             let files = files.clone();
             let created = created.clone();
             let buffers = buffers.clone();
+            let beneath = beneath.clone();
+            let damage = &damage;
             async move {
                 let start = items[0].0.entry.offset;
                 let end = items.iter().map(|(l, _)| l.entry.end()).max().unwrap();
                 let key = repo.key().clone();
-                let (written, failed) = with_pack_range(repo, pack, start..end, move |bytes| {
-                    write_range(&key, &files, &created, root, start, bytes, &items, &buffers)
+                let fed: Vec<usize> = items.iter().flat_map(|(_, t)| t.iter().map(|t| t.file)).collect();
+                let out = with_pack_range(repo, pack, start..end, move |bytes| {
+                    let context = RangeContext { key: &key, files: &files, beneath: &beneath, created: &created, root };
+                    write_range(&context, start, bytes, &items, &buffers)
                 })
-                .await?;
-                warnings.lock().unwrap_or_else(|p| p.into_inner()).extend(failed);
-                Ok::<_, Error>(written)
+                .await;
+                match out {
+                    Ok(range) => {
+                        warnings.lock().unwrap_or_else(|p| p.into_inner()).extend(range.warnings);
+                        if let Some(e) = range.damage.first {
+                            damage.lock().unwrap_or_else(|p| p.into_inner()).add(range.damage.files, e);
+                        }
+                        Ok(range.written)
+                    }
+                    Err(e) if is_damage(&e) => {
+                        damage.lock().unwrap_or_else(|p| p.into_inner()).add(fed, e.with_kind(ErrorKind::Corrupt));
+                        Ok(0)
+                    }
+                    Err(e) => Err(e),
+                }
             }
         })
-        .buffer_unordered(repo.backend().connections())
+        .buffer_unordered(connections)
         .try_for_each(|written| {
             progress.advance(written);
             async { Ok(()) }
         })
-        .await
+        .await?;
+    Ok(damage.into_inner().unwrap_or_else(|p| p.into_inner()).first)
+}
+
+/// What every range writer shares.
+struct RangeContext<'a> {
+    key: &'a crate::crypto::MasterKey,
+    files: &'a [PlannedFile],
+    beneath: &'a Beneath,
+    created: &'a Created,
+    root: bool,
+}
+
+/// What writing one range did.
+struct RangeOutcome {
+    written: u64,
+    warnings: Vec<String>,
+    damage: Damage,
 }
 
 /// Decrypt the blobs of one range and write each to its places. Consecutive blobs that
 /// continue the same file are decompressed back to back into one reused buffer and
 /// written with one `pwrite` of up to [`RUN_BYTES`] (fewer system calls; no measurable
 /// difference in time on the benchmark tree). A file whose last bytes this writes gets
-/// its metadata here, through the open file. Returns the bytes written and the metadata
-/// warnings.
-#[allow(clippy::too_many_arguments)]
+/// its metadata here, through the open file, and is renamed into place. A blob that
+/// fails to decrypt is damage: its files are skipped, the other blobs written.
 fn write_range(
-    key: &crate::crypto::MasterKey,
-    files: &[PlannedFile],
-    created: &Created,
-    root: bool,
+    context: &RangeContext,
     start: u64,
     bytes: &[u8],
     items: &[(BlobLocation, Vec<Target>)],
     buffers: &RangeBuffers,
-) -> Result<(u64, Vec<String>)> {
-    let mut out = RangeWriter { files, created, root, open: HashMap::new(), written: 0, warnings: Vec::new() };
+) -> Result<RangeOutcome> {
+    let mut out = RangeWriter { context, open: Vec::new(), written: 0, warnings: Vec::new() };
+    let mut damage = Damage::default();
     let mut run = buffers.runs.take().unwrap_or_else(|| with_huge_capacity(RUN_BYTES + MAX_BLOB));
     let mut scratch = buffers.scratch.take().unwrap_or_default();
     // Where the data in `run` goes: a file and the offset of its first byte.
     let mut run_at: Option<(usize, u64)> = None;
     // A range lies within one pack: derive its key once.
-    let pack_key = key.pack_key(&items[0].0.salt);
+    let pack_key = context.key.pack_key(&items[0].0.salt);
     for (location, targets) in items {
         let from = (location.entry.offset - start) as usize;
         let sealed = &bytes[from..from + location.entry.length as usize];
@@ -535,7 +778,11 @@ fn write_range(
             run_at = Some((targets[primary].file, targets[primary].offset));
         }
         let at = run.len();
-        open_with_into(key, &pack_key, location, sealed, &mut scratch, &mut run)?;
+        if let Err(e) = open_with_into(context.key, &pack_key, location, sealed, &mut scratch, &mut run) {
+            run.truncate(at);
+            damage.add(targets.iter().map(|t| t.file), e);
+            continue;
+        }
         // Its other places (the same data stored once, used in several files or twice in
         // one) are written now, from the run.
         for (i, target) in targets.iter().enumerate() {
@@ -550,7 +797,7 @@ fn write_range(
     run.clear();
     buffers.runs.give(run);
     buffers.scratch.give(scratch);
-    Ok((out.written, out.warnings))
+    Ok(RangeOutcome { written: out.written, warnings: out.warnings, damage })
 }
 
 /// Buffers of finished ranges, one of each per read in flight.
@@ -565,13 +812,15 @@ const RUN_BYTES: usize = 1 << 20;
 /// Room for one more blob past [`RUN_BYTES`] before a run is cut (the largest chunk the
 /// chunker makes by default; larger ones only make the buffer grow once).
 const MAX_BLOB: usize = 512 << 10;
+/// Files one range writer keeps open at most: a range of many small files must not
+/// exhaust the descriptor limit (each is closed once complete; beyond this the
+/// longest-open goes).
+const OPEN_FILES: usize = 16;
 
-/// The files one range writes into, opened once each.
+/// The files one range writes into, each opened once while it is being written.
 struct RangeWriter<'a> {
-    files: &'a [PlannedFile],
-    created: &'a Created,
-    root: bool,
-    open: HashMap<usize, std::fs::File>,
+    context: &'a RangeContext<'a>,
+    open: Vec<(usize, std::fs::File)>,
     written: u64,
     warnings: Vec<String>,
 }
@@ -581,33 +830,47 @@ impl RangeWriter<'_> {
         if data.is_empty() {
             return Ok(());
         }
-        let planned = &self.files[index];
-        let path = &planned.path;
-        let file = match self.open.entry(index) {
-            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                self.created.wait_for(planned.created)?;
-                v.insert(std::fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open", path, e))?)
+        let context = self.context;
+        let planned = &context.files[index];
+        let at = match self.open.iter().position(|(i, _)| *i == index) {
+            Some(at) => at,
+            None => {
+                context.created.wait_for(planned.created)?;
+                let fd = context
+                    .beneath
+                    .resolve(&planned.temp_rel(), rustix::fs::OFlags::WRONLY)
+                    .map_err(|e| Error::io("open", &context.beneath.display(&planned.rel), e))?;
+                if self.open.len() == OPEN_FILES {
+                    self.open.remove(0);
+                }
+                self.open.push((index, std::fs::File::from(fd)));
+                self.open.len() - 1
             }
         };
-        file.write_all_at(data, offset).map_err(|e| Error::io("write", path, e))?;
+        let file = &self.open[at].1;
+        file.write_all_at(data, offset).map_err(|e| Error::io("write", &context.beneath.display(&planned.rel), e))?;
         let len = data.len() as u64;
         self.written += len;
         if planned.remaining.fetch_sub(len, Ordering::AcqRel) == len {
-            if let Err(e) = planned.meta.apply_to_file(file, self.root) {
-                self.warnings.push(format!("{}: cannot restore metadata: {e}", path.display()));
+            let (_, file) = self.open.remove(at);
+            if let Err(e) = planned.meta.apply_to_file(&file, context.root) {
+                self.warnings.push(format!("{}: cannot restore metadata: {e}", context.beneath.display(&planned.rel).display()));
             }
+            drop(file);
+            let (parent, name) = context.beneath.parent(&planned.rel)?;
+            context.beneath.rename(parent.as_fd(), &planned.temp, name, &planned.rel)?;
+            planned.done.store(true, Ordering::SeqCst);
         }
         Ok(())
     }
 }
 
-fn apply_metadata(nodes: &[(PathBuf, Meta)], root: bool, warnings: &mut Vec<String>) {
-    // Links and empty files in order, then directories deepest first.
+/// Set the metadata of directories and symlinks: links in order, then directories deepest first.
+fn apply_metadata(beneath: &Beneath, nodes: &[(Vec<u8>, Meta)], root: bool, warnings: &mut Vec<String>) {
     let (dirs, others): (Vec<_>, Vec<_>) = nodes.iter().partition(|(_, m)| m.kind == NodeKind::Dir);
-    for (path, meta) in others.into_iter().chain(dirs.into_iter().rev()) {
-        if let Err(e) = meta.apply(path, root) {
-            warnings.push(format!("{}: cannot restore metadata: {e}", path.display()));
+    for (rel, meta) in others.into_iter().chain(dirs.into_iter().rev()) {
+        if let Err(e) = meta.apply(beneath, rel, root) {
+            warnings.push(format!("{}: cannot restore metadata: {}", beneath.display(rel).display(), e.message()));
         }
     }
 }
@@ -631,30 +894,31 @@ impl Meta {
         Meta { kind: node.kind, mode: node.mode, uid: node.uid, gid: node.gid, mtime }
     }
 
-    /// Set owner (when root), mode and mtime on `path`. Owner and mode are changed only
-    /// where they differ from what the entry has: a stat costs less than a chown or
-    /// chmod, each of which dirties the inode in the journal, and a restore as root of
-    /// root's files (or of files with the usual modes) needs neither.
-    fn apply(&self, path: &Path, root: bool) -> std::io::Result<()> {
-        use std::os::unix::fs::PermissionsExt;
-        let current = std::fs::symlink_metadata(path)?;
-        let chowned = root && self.owner_differs(&current);
-        if self.kind == NodeKind::Symlink {
-            if chowned {
-                std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))?;
+    /// Set owner (when root), mode and mtime on the directory or symlink `rel`, reached
+    /// without following symlinks: a directory through an open descriptor, a symlink
+    /// itself (`AT_SYMLINK_NOFOLLOW`) in its open parent.
+    fn apply(&self, beneath: &Beneath, rel: &[u8], root: bool) -> Result<()> {
+        let failed = |e: std::io::Error| Error::io("set the metadata of", &beneath.display(rel), e);
+        if self.kind != NodeKind::Symlink {
+            let dir = beneath.open_dir(rel)?;
+            return self.apply_to_file(&dir, root).map_err(failed);
+        }
+        let (parent, name) = beneath.parent(rel)?;
+        let name = std::ffi::OsStr::from_bytes(name);
+        let flags = rustix::fs::AtFlags::SYMLINK_NOFOLLOW;
+        if root {
+            let current = rustix::fs::statat(&parent, name, flags).map_err(|e| failed(e.into()))?;
+            if (current.st_uid, current.st_gid) != (self.uid, self.gid) {
+                let (uid, gid) = (rustix::fs::Uid::from_raw(self.uid), rustix::fs::Gid::from_raw(self.gid));
+                rustix::fs::chownat(&parent, name, Some(uid), Some(gid), flags).map_err(|e| failed(e.into()))?;
             }
-            return filetime::set_symlink_file_times(path, self.mtime, self.mtime);
         }
-        if chowned {
-            std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))?;
-        }
-        if chowned || self.mode_differs(&current) {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(self.mode))?;
-        }
-        filetime::set_file_times(path, self.mtime, self.mtime)
+        let time = rustix::fs::Timespec { tv_sec: self.mtime.unix_seconds(), tv_nsec: self.mtime.nanoseconds().into() };
+        let times = rustix::fs::Timestamps { last_access: time, last_modification: time };
+        rustix::fs::utimensat(&parent, name, &times, flags).map_err(|e| failed(e.into()))
     }
 
-    /// The same through an open file: no path lookups.
+    /// Owner (when root), mode and mtime through an open file or directory.
     fn apply_to_file(&self, file: &std::fs::File, root: bool) -> std::io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let current = file.metadata()?;
@@ -663,6 +927,8 @@ impl Meta {
             std::os::unix::fs::fchown(file, Some(self.uid), Some(self.gid))?;
         }
         // A chown clears set-user-ID and set-group-ID bits: the mode goes on after it.
+        // Owner and mode are changed only where they differ: a stat costs less than a
+        // chown or chmod, each of which dirties the inode in the journal.
         if chowned || self.mode_differs(&current) {
             file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
         }
@@ -787,31 +1053,6 @@ pub(crate) async fn consume_stream<T: Send>(
             consumed
         })
     })
-}
-
-/// Create the symlink `path` (at `rel` inside `target`) pointing at `link`, unless
-/// [`symlink_allowed`] refuses it. Returns whether it was created.
-pub(crate) fn place_symlink(
-    path: &Path,
-    rel: &[u8],
-    link: &[u8],
-    target: &Path,
-    confine: bool,
-    stats: &mut RestoreStats,
-) -> Result<bool> {
-    if !symlink_allowed(path, rel, link, target, confine, stats) {
-        return Ok(false);
-    }
-    make_symlink(path, link)?;
-    stats.symlinks += 1;
-    Ok(true)
-}
-
-/// Create the symlink `path` pointing at `link`, replacing whatever file is there.
-fn make_symlink(path: &Path, link: &[u8]) -> Result<()> {
-    let _ = std::fs::remove_file(path);
-    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(link), path)
-        .map_err(|e| Error::io("create symlink", path, e))
 }
 
 /// With `confine`, a link at `rel` inside `target` that leads outside it is refused with

@@ -18,6 +18,7 @@ use crate::repo::Repository;
 use crate::snapshot::SnapshotFile;
 use crate::source::stream;
 use rusqlite::{Connection, OpenFlags};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -285,7 +286,13 @@ pub async fn restore_sqlite(
             target.display()
         )));
     }
-    let tmp = with_suffix(target, &format!(".cairn-restore-{}", std::process::id()));
+    // An unpredictable name: nobody can plant a link there in advance.
+    let tmp = with_suffix(target, &format!(".cairn-restore-{}", hex::encode(crate::crypto::random_bytes::<8>())));
+    // The restored database keeps the mode and owner of the one it replaces: a service's
+    // 0600 database must not become world-readable, nor root's.
+    let replaced = rustix::fs::lstat(target)
+        .ok()
+        .filter(|s| rustix::fs::FileType::from_raw_mode(s.st_mode) == rustix::fs::FileType::RegularFile);
     let bytes = super::restore::restore_stream_to_file(repo, content, &tmp, progress).await?;
     let checked = tokio::task::block_in_place(|| -> Result<_> {
         let conn = open_existing(&tmp)?;
@@ -313,6 +320,15 @@ pub async fn restore_sqlite(
         }
     };
     remove_with_sidecars_only(&tmp);
+    let kept = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|f| super::restore::keep_mode_and_owner(&f, replaced.as_ref()));
+    if let Err(e) = kept {
+        remove_with_sidecars(&tmp);
+        return Err(Error::io("set the mode and owner of", &tmp, e));
+    }
     let mut safety_copy = None;
     if target.exists() {
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
