@@ -274,7 +274,11 @@ mod tests {
         }
         NO_OPENAT2.store(false, Ordering::Relaxed);
         let (parent, name) = beneath.parent(b"link").unwrap();
-        assert!(beneath.mkdir(parent.as_fd(), name, b"link", 0o700).unwrap_err().message().contains("--replace-symlinks"));
+        assert!(beneath
+            .mkdir(parent.as_fd(), name, b"link", 0o700)
+            .unwrap_err()
+            .message()
+            .contains("--replace-symlinks"));
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
         let replacing = Beneath::open(target.path(), InTheWay::Replace).unwrap();
         replacing.mkdir(parent.as_fd(), name, b"link", 0o700).unwrap();

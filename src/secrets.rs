@@ -18,12 +18,12 @@
 //!   they replace passes on its mode and owner.
 
 use crate::backend::WriteMode;
+use crate::beneath::{split, Beneath, InTheWay};
 use crate::crypto::{counter_nonce, KdfParams, MasterKey, SealKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, SnapshotId};
 use crate::object;
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
-use crate::beneath::{split, Beneath, InTheWay};
 use crate::ops::restore::{consume_stream, includes, selected, ChannelReader, RestoreStats};
 use crate::ops::Cancel;
 use crate::progress::Progress;
@@ -424,11 +424,8 @@ pub async fn restore_secrets(
 ) -> Result<RestoreStats> {
     let secrets = secrets.ok_or_else(|| locked(id))?;
     let beneath = Beneath::create(target, in_the_way)?;
-    let wanted = includes(&crate::ops::restore::RestoreOptions {
-        includes: include.to_vec(),
-        confine_links: true,
-        in_the_way,
-    });
+    let wanted =
+        includes(&crate::ops::restore::RestoreOptions { includes: include.to_vec(), confine_links: true, in_the_way });
     let root = crate::ops::restore::is_root();
     let mut stats = RestoreStats::default();
     open_archive(repo, snapshot, secrets, |archive| {
@@ -543,7 +540,12 @@ fn set_new(
         }
     }
     let time = rustix::fs::Timespec { tv_sec: mtime, tv_nsec: 0 };
-    let _ = rustix::fs::utimensat(parent, name, &rustix::fs::Timestamps { last_access: time, last_modification: time }, flags);
+    let _ = rustix::fs::utimensat(
+        parent,
+        name,
+        &rustix::fs::Timestamps { last_access: time, last_modification: time },
+        flags,
+    );
 }
 
 /// Write the file `name` in `parent` through a temporary name, 0600 from its first

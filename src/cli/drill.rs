@@ -96,7 +96,9 @@ async fn drill_one(
         }
         SourceKind::Secrets => {
             let key = ctx.require_secrets(repo).await?;
-            let stats = cairn::secrets::restore_secrets(repo, id, snapshot, Some(&key), &target, &[], Default::default()).await?;
+            let stats =
+                cairn::secrets::restore_secrets(repo, id, snapshot, Some(&key), &target, &[], Default::default())
+                    .await?;
             let (files, bytes) = cairn::secrets::verify(repo, id, snapshot, &key).await?;
             if (stats.files, stats.bytes) != (files, bytes) {
                 anyhow::bail!(

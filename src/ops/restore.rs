@@ -23,8 +23,8 @@ use crate::snapshot::{Content, Node, NodeKind};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -125,7 +125,9 @@ impl Place {
         };
         let dir = Beneath::open(dir, InTheWay::Replace)?;
         let name = name.as_bytes().to_vec();
-        let here = dir.resolve(b"", rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY).map_err(|e| Error::io("open", path, e))?;
+        let here = dir
+            .resolve(b"", rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY)
+            .map_err(|e| Error::io("open", path, e))?;
         let replaced = dir.check_file_place(here.as_fd(), &name, &name)?;
         Ok(Place { temp: dir.temp_name(), dir, name, replaced, path: path.to_path_buf() })
     }
@@ -394,7 +396,11 @@ async fn plan_tree(
                     let temp = beneath.temp_name();
                     let meta = Meta::of(&node);
                     let empty = node.size == 0;
-                    let created = creator.send(Create::File { rel: rel_path.clone(), temp: temp.clone(), empty: empty.then_some(meta) })?;
+                    let created = creator.send(Create::File {
+                        rel: rel_path.clone(),
+                        temp: temp.clone(),
+                        empty: empty.then_some(meta),
+                    })?;
                     if !empty {
                         plan_file(repo, plan, beneath, rel_path, temp, &node, created).await?;
                     }
@@ -403,15 +409,22 @@ async fn plan_tree(
                 }
                 NodeKind::Symlink => {
                     let link = node.target_bytes().unwrap_or_default();
-                    if symlink_allowed(&beneath.display(&rel_path), &rel_path, &link, beneath.display(b"").as_path(), options.confine_links, stats) {
+                    if symlink_allowed(
+                        &beneath.display(&rel_path),
+                        &rel_path,
+                        &link,
+                        beneath.display(b"").as_path(),
+                        options.confine_links,
+                        stats,
+                    ) {
                         creator.send(Create::Symlink(rel_path.clone(), link))?;
                         stats.symlinks += 1;
                         plan.metadata.push((rel_path, Meta::of(&node)));
                     }
                 }
-                other => {
-                    stats.warnings.push(format!("{}: {other:?} nodes are not restored", beneath.display(&rel_path).display()))
-                }
+                other => stats
+                    .warnings
+                    .push(format!("{}: {other:?} nodes are not restored", beneath.display(&rel_path).display())),
             }
         }
     }
@@ -423,7 +436,11 @@ async fn plan_tree(
 enum Create {
     Dir(Vec<u8>),
     /// A file's temporary name; an empty one is finished (metadata, rename) at once.
-    File { rel: Vec<u8>, temp: Vec<u8>, empty: Option<Meta> },
+    File {
+        rel: Vec<u8>,
+        temp: Vec<u8>,
+        empty: Option<Meta>,
+    },
     Symlink(Vec<u8>, Vec<u8>),
 }
 
@@ -595,7 +612,10 @@ async fn plan_file(
 ) -> Result<()> {
     let index = plan.files.len();
     let Some(content) = &node.content else {
-        return Err(Error::corrupt(format!("{}: the tree records data but no content", beneath.display(&rel).display())));
+        return Err(Error::corrupt(format!(
+            "{}: the tree records data but no content",
+            beneath.display(&rel).display()
+        )));
     };
     let mut walker = LeafWalker::new(repo, content);
     let mut offset = 0u64;
@@ -617,7 +637,14 @@ async fn plan_file(
         )));
     }
     let meta = Meta::of(node);
-    plan.files.push(PlannedFile { rel, temp, created, remaining: AtomicU64::new(node.size), meta, done: AtomicBool::new(false) });
+    plan.files.push(PlannedFile {
+        rel,
+        temp,
+        created,
+        remaining: AtomicU64::new(node.size),
+        meta,
+        done: AtomicBool::new(false),
+    });
     Ok(())
 }
 
@@ -854,7 +881,8 @@ impl RangeWriter<'_> {
         if planned.remaining.fetch_sub(len, Ordering::AcqRel) == len {
             let (_, file) = self.open.remove(at);
             if let Err(e) = planned.meta.apply_to_file(&file, context.root) {
-                self.warnings.push(format!("{}: cannot restore metadata: {e}", context.beneath.display(&planned.rel).display()));
+                self.warnings
+                    .push(format!("{}: cannot restore metadata: {e}", context.beneath.display(&planned.rel).display()));
             }
             drop(file);
             let (parent, name) = context.beneath.parent(&planned.rel)?;

@@ -12,6 +12,7 @@ mod model;
 mod pg;
 mod races;
 mod repair;
+mod restores;
 mod run;
 mod s3;
 mod s3server;
