@@ -120,14 +120,7 @@ pub async fn init(repo: &Repository, password: &str, params: KdfParams) -> Resul
             format!("the repository at {} already has a secrets compartment", repo.backend().location()),
         ));
     }
-    if crate::repo::keys::unlock_password_at(repo.backend(), crate::repo::keys::REPOSITORY_SLOTS, password)
-        .await
-        .is_ok()
-    {
-        return Err(Error::invalid(
-            "the secrets password opens the repository too; choose a different password for the compartment",
-        ));
-    }
+    refuse_repository_password(repo, password).await?;
     let key = MasterKey::random();
     let slot = add_slot_at(repo.backend(), SECRETS_SLOTS, &key, password.as_bytes(), params).await?;
     let config = CompartmentConfig { version: 1, fingerprint: fingerprint(&key), created: jiff::Timestamp::now() };
@@ -155,9 +148,38 @@ pub async fn unlock(repo: &Repository, password: &str) -> Result<SecretsKey> {
     Ok(SecretsKey { key, slot })
 }
 
-/// Add a slot for the compartment key under a new password.
+/// Add a slot for the compartment key under a new password, which must not open the
+/// repository.
 pub async fn add_password(repo: &Repository, key: &SecretsKey, password: &str, params: KdfParams) -> Result<KeyId> {
+    refuse_repository_password(repo, password).await?;
     add_slot_at(repo.backend(), SECRETS_SLOTS, &key.key, password.as_bytes(), params).await
+}
+
+/// A compartment password must not open the repository: its holder could read the
+/// secrets with one password.
+async fn refuse_repository_password(repo: &Repository, password: &str) -> Result<()> {
+    match unlock_password_at(repo.backend(), crate::repo::keys::REPOSITORY_SLOTS, password).await {
+        Ok(_) => Err(Error::invalid(
+            "that password opens the repository too; the secrets compartment's password must differ from \
+             every repository password: choose another one",
+        )),
+        Err(_) => Ok(()),
+    }
+}
+
+/// A new repository password must not open the secrets compartment, for the same reason
+/// (both directions: `key add`, `key passwd`).
+pub async fn refuse_compartment_password(repo: &Repository, password: &str) -> Result<()> {
+    if !exists(repo).await? {
+        return Ok(());
+    }
+    match unlock_password_at(repo.backend(), SECRETS_SLOTS, password).await {
+        Ok(_) => Err(Error::invalid(
+            "that password opens the secrets compartment; a repository password must differ from the \
+             compartment's: choose another one",
+        )),
+        Err(_) => Ok(()),
+    }
 }
 
 /// Seals what is written into frames and hands each sealed frame on.
@@ -346,7 +368,10 @@ pub async fn backup_secrets(
     options.kind = KIND.into();
     options.meta.insert("compartment".into(), serde_json::json!("secrets"));
     let params = repo.config().chunker;
-    backup::run(repo, &options, None, |saver, stats, warnings| {
+    // Counted for the caller, who holds the password; the manifest, which the repository
+    // password alone opens, records no file count.
+    let mut counted = 0;
+    let mut result = backup::run(repo, &options, None, |saver, _stats, warnings| {
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
             let producer = scope.spawn(move || -> Result<(u64, u64, Vec<String>)> {
@@ -364,12 +389,14 @@ pub async fn backup_secrets(
             let produced = producer.join().unwrap_or_else(|_| Err(Error::source("the secrets archiver panicked")));
             let (files, _bytes, found) = produced?;
             let content = stored?;
-            stats.files = files;
+            counted = files;
             warnings.extend(found);
             Ok(Root::Content(content))
         })
     })
-    .await
+    .await?;
+    result.snapshot.stats.files = counted;
+    Ok(result)
 }
 
 /// The snapshot's sealed archive, opened: a tar stream.

@@ -306,7 +306,7 @@ fn first_line(text: &str) -> String {
 }
 
 pub fn password_from_command(command: &str) -> anyhow::Result<String> {
-    let output = std::process::Command::new("sh")
+    let output = cairn::ops::child("sh")
         .arg("-c")
         .arg(command)
         .stderr(std::process::Stdio::inherit())

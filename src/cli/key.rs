@@ -76,7 +76,9 @@ impl NewPassword {
     /// Wrap the repository's master key under the new password in a new key slot.
     async fn add_slot(&self, repo: &cairn::repo::Repository) -> anyhow::Result<KeyId> {
         let params = kdf_params(self.kdf_memory_mib, self.kdf_iterations);
-        Ok(add_slot(repo.backend(), repo.key(), self.read()?.as_bytes(), params).await?)
+        let password = self.read()?;
+        cairn::secrets::refuse_compartment_password(repo, &password).await?;
+        Ok(add_slot(repo.backend(), repo.key(), password.as_bytes(), params).await?)
     }
 
     fn read(&self) -> anyhow::Result<String> {

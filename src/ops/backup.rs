@@ -171,7 +171,7 @@ pub async fn backup_command(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    let mut cmd = Command::new("sh");
+    let mut cmd = super::child("sh");
     cmd.arg("-c").arg(command);
     backup_process(repo, cmd, &format!("producer `{command}`"), options, cancel, progress).await
 }
@@ -283,7 +283,7 @@ pub async fn backup_tar_command(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    let mut cmd = Command::new("sh");
+    let mut cmd = super::child("sh");
     cmd.arg("-c").arg(command);
     run_process(repo, cmd, &format!("producer `{command}`"), options, |saver, stdout, stats, warnings| {
         store_archive(saver, stdout, repo.config().chunker, cancel, progress, stats, warnings)

@@ -55,7 +55,7 @@ fn spawn_error(program: &str, e: std::io::Error) -> Error {
 /// Ask the server for its version and the database name (this also checks the conninfo
 /// before the dump starts).
 pub fn server_facts(dbname: Option<&str>) -> Result<(String, String)> {
-    let mut cmd = Command::new("psql");
+    let mut cmd = super::child("psql");
     cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c"])
         .arg("select current_setting('server_version') || '|' || current_database()");
     if let Some(db) = dbname {
@@ -97,7 +97,7 @@ pub async fn backup_dump(
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
     let (version, database) = server_facts(dbname)?;
-    let mut cmd = Command::new("pg_dump");
+    let mut cmd = super::child("pg_dump");
     match format {
         DumpFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
         DumpFormat::Plain => cmd.arg("--format=plain"),
@@ -107,7 +107,7 @@ pub async fn backup_dump(
     }
     cmd.args(extra);
     // Fail fast with a clear message rather than a spawn error inside the saver.
-    if let Err(e) = Command::new("pg_dump").arg("--version").stdout(Stdio::null()).status() {
+    if let Err(e) = super::child("pg_dump").arg("--version").stdout(Stdio::null()).status() {
         return Err(spawn_error("pg_dump", e));
     }
     let mut meta: BTreeMap<String, serde_json::Value> = options.meta.clone();
@@ -178,11 +178,11 @@ pub async fn restore_to_db(
                      (pass them to pg_dump at backup time, or back up with the default --format custom)",
                 ));
             }
-            cmd = Command::new("psql");
+            cmd = super::child("psql");
             cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", &target.conninfo]);
         }
         DumpFormat::Custom => {
-            cmd = Command::new("pg_restore");
+            cmd = super::child("pg_restore");
             cmd.args(["--exit-on-error", "--dbname", &target.conninfo]);
             if target.clean {
                 cmd.args(["--clean", "--if-exists"]);
@@ -296,10 +296,10 @@ pub async fn backup_base(
             cluster.system_identifier
         )));
     }
-    if let Err(e) = Command::new("pg_basebackup").arg("--version").stdout(Stdio::null()).status() {
+    if let Err(e) = super::child("pg_basebackup").arg("--version").stdout(Stdio::null()).status() {
         return Err(spawn_error("pg_basebackup", e));
     }
-    let mut cmd = Command::new("pg_basebackup");
+    let mut cmd = super::child("pg_basebackup");
     cmd.args(["-D", "-", "--format=tar", "--wal-method=none", "--no-manifest", "--checkpoint=fast"]);
     if let Some(db) = dbname {
         cmd.arg("--dbname").arg(db);
@@ -421,7 +421,7 @@ pub async fn backup_base(
 
 /// One value from the server.
 fn query_one(dbname: Option<&str>, sql: &str) -> Result<String> {
-    let mut cmd = Command::new("psql");
+    let mut cmd = super::child("psql");
     cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql]);
     if let Some(db) = dbname {
         cmd.arg("--dbname").arg(db);
@@ -676,16 +676,16 @@ fn as_owner(uid: u32, program: &std::path::Path) -> Command {
                 })
             })
             .unwrap_or_else(|| uid.to_string());
-        let mut cmd = Command::new("runuser");
+        let mut cmd = super::child("runuser");
         cmd.args(["-u", &user, "--"]).arg(program);
         cmd
     } else {
-        Command::new(program)
+        super::child(program)
     }
 }
 
 fn pg_bin(program: &str) -> std::path::PathBuf {
-    Command::new("pg_config")
+    super::child("pg_config")
         .arg("--bindir")
         .output()
         .ok()
@@ -883,7 +883,7 @@ impl ScratchCluster {
 
     /// Run SQL in `db`; the unaligned, tuples-only output.
     pub fn sql(&self, db: &str, sql: &str) -> Result<String> {
-        let out = Command::new(pg_bin("psql"))
+        let out = super::child(pg_bin("psql"))
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "--dbname", &self.conninfo(db), "-c", sql])
             .output()
             .map_err(|e| spawn_error("psql", e))?;

@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod forget;
 mod harness;
+mod inputs;
 mod model;
 mod pg;
 mod races;
