@@ -24,7 +24,7 @@ use object_store::memory::InMemory;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,7 +145,12 @@ impl Backend {
 
     pub fn local(path: PathBuf, create: bool) -> Result<Self> {
         if create {
-            std::fs::create_dir_all(&path).map_err(|e| Error::io("create repository directory", &path, e))?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&path)
+                .map_err(|e| Error::io("create repository directory", &path, e))?;
         } else if !path.is_dir() {
             return Err(Error::new(
                 ErrorKind::NoRepository,
@@ -156,6 +161,7 @@ impl Backend {
             ));
         }
         let path = path.canonicalize().map_err(|e| Error::io("resolve", &path, e))?;
+        private_files(&path)?;
         let store = LocalFileSystem::new_with_prefix(&path)
             .map_err(|e| Error::backend(format!("cannot open {}: {e}", path.display())))?;
         Ok(Backend {
@@ -168,6 +174,15 @@ impl Backend {
             staging_buffers: Arc::new(SpareBuffers::new(1)),
             direct_refused: Arc::default(),
         })
+    }
+
+    /// Make the local repository at `root` group-readable (`init --group-readable`): the
+    /// directory becomes 0750 and what is written from now on 0640 / 0750.
+    pub fn make_group_readable(root: &Path) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o750))
+            .map_err(|e| Error::io("set mode 0750 on", root, e))?;
+        private_files(root)
     }
 
     pub fn memory() -> Self {
@@ -248,6 +263,11 @@ impl Backend {
     /// Whether this is a local directory (one disk: no gain from parallel writes).
     pub fn is_local(&self) -> bool {
         self.local_root.is_some()
+    }
+
+    /// The directory of a local repository.
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
     }
 
     pub fn location(&self) -> &str {
@@ -603,4 +623,32 @@ fn remove_stale_staging(dir: &std::path::Path, age: std::time::Duration, dry_run
         }
     }
     Ok(removed)
+}
+
+/// The umask this process started with, before [`private_files`] tightened it.
+static STARTING_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The umask the process started with: what new files that are not the repository's (a
+/// restored stream, a tar written with `--tar`) are created with.
+pub fn starting_umask() -> u32 {
+    *STARTING_UMASK.get_or_init(current_umask)
+}
+
+fn current_umask() -> u32 {
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    rustix::process::umask(old);
+    old.as_raw_mode()
+}
+
+/// Files and directories of a local repository are the owner's alone, 0600 / 0700,
+/// whatever the umask: key slots, packs and indexes are written by object_store with
+/// the process umask, so the umask is set to 077 (027 when the repository directory
+/// itself is group-readable: `init --group-readable`).
+fn private_files(root: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    starting_umask();
+    let mode = std::fs::metadata(root).map_err(|e| Error::io("inspect", root, e))?.mode();
+    let mask = if mode & 0o050 == 0o050 { 0o027 } else { 0o077 };
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask));
+    Ok(())
 }

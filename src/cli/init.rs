@@ -37,6 +37,11 @@ pub struct InitArgs {
     /// Unlock the --copy-settings-from repository with a key file
     #[arg(long, value_name = "FILE", requires = "copy_settings_from")]
     from_key_file: Option<std::path::PathBuf>,
+    /// A local repository's files are its owner's alone (0600 / 0700, whatever the
+    /// umask); with this the group may read them too (0640 / 0750), e.g. for an offsite
+    /// copy run by another user of the group
+    #[arg(long)]
+    group_readable: bool,
 }
 
 pub fn kdf_params(memory_mib: u32, iterations: u32) -> KdfParams {
@@ -76,6 +81,12 @@ pub async fn run(ctx: &Context, args: InitArgs) -> Outcome {
         like,
     };
     let backend = ctx.backend(&url, true)?;
+    if args.group_readable {
+        let root = backend
+            .local_root()
+            .ok_or_else(|| super::context::usage("--group-readable is for repositories on a local disk"))?;
+        cairn::backend::Backend::make_group_readable(root)?;
+    }
     let repo = Repository::init(backend, &secret, &options, &ctx.cache_mode()).await?;
     if ctx.args.json {
         super::output::print_json(

@@ -166,7 +166,7 @@ impl Place {
 pub(crate) fn keep_mode_and_owner(file: &std::fs::File, replaced: Option<&rustix::fs::Stat>) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let Some(old) = replaced else {
-        return file.set_permissions(std::fs::Permissions::from_mode(0o666 & !umask()));
+        return file.set_permissions(std::fs::Permissions::from_mode(0o666 & !crate::backend::starting_umask()));
     };
     let current = file.metadata()?;
     if (std::os::unix::fs::MetadataExt::uid(&current), std::os::unix::fs::MetadataExt::gid(&current))
@@ -182,15 +182,6 @@ pub(crate) fn keep_mode_and_owner(file: &std::fs::File, replaced: Option<&rustix
         }
     }
     file.set_permissions(std::fs::Permissions::from_mode(old.st_mode & 0o7777))
-}
-
-/// The process's umask (read without changing it, from /proc).
-pub(crate) fn umask() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
-        .and_then(|v| u32::from_str_radix(&v, 8).ok())
-        .unwrap_or(0o022)
 }
 
 /// Normalised include paths: no leading or trailing slashes.

@@ -96,3 +96,44 @@ fn a_secrets_manifest_counts_no_files() {
     assert_eq!(stats["dirs"], 0, "{manifest}");
     assert!(!manifest.to_string().contains("k0"), "{manifest}");
 }
+
+/// `cairn ARGS` run by `sh` under umask 022, with the environment of [`Env::cmd`].
+fn under_umask_022(env: &Env, args: &str) {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg("umask 022; exec \"$CAIRN_BIN\" $ARGS");
+    for (k, v) in env.cmd().get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    cmd.env("CAIRN_BIN", assert_cmd::cargo::cargo_bin("cairn")).env("ARGS", args).stdin(std::process::Stdio::null());
+    assert!(cmd.status().unwrap().success(), "cairn {args}");
+}
+
+/// Under umask 022 key slots were world-readable. Every file of a local repository is
+/// now 0600 and every directory 0700 whatever the umask, 0640 / 0750 with
+/// `init --group-readable`; files cairn restores for the user still follow the umask.
+#[test]
+fn repository_files_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    for (group, file_mode, dir_mode) in [(false, 0o600, 0o700), (true, 0o640, 0o750)] {
+        let env = Env::empty();
+        under_umask_022(&env, if group { "init --group-readable" } else { "init" });
+        under_umask_022(&env, "backup files --name etc /etc/hostname");
+        env.cmd().args(["key", "init-secrets"]).env("CAIRN_SECRETS_PASSWORD", "other").assert().success();
+        let mut checked = 0;
+        for entry in walkdir::WalkDir::new(&env.repo).into_iter().flatten() {
+            let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+            let want = if entry.file_type().is_dir() { dir_mode } else { file_mode };
+            assert_eq!(mode, want, "{} (group readable: {group})", entry.path().display());
+            checked += 1;
+        }
+        assert!(checked > 10, "{checked} entries");
+        // A restored stream is the user's file: the umask applies, as for any new file.
+        env.backup_stdin("dump", b"data\n");
+        let out = env.path("out.sql");
+        under_umask_022(&env, &format!("restore latest --name dump --to {}", out.display()));
+        assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+}
