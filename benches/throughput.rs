@@ -140,7 +140,7 @@ fn main() {
         };
         let repo = cairn::repo::Repository::init(
             Backend::memory(),
-            &cairn::repo::Secret::Password("b".into()),
+            &cairn::repo::Secret::password("b"),
             &options,
             &cairn::repo::CacheMode::Temporary,
         )

@@ -33,10 +33,22 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// The repository master key. Never printed, never stored unwrapped except in a key file.
+/// Clones share one copy of the bytes (no long-lived duplicates), which is wiped when the
+/// last clone is dropped.
 #[derive(Clone)]
-pub struct MasterKey {
+pub struct MasterKey(std::sync::Arc<KeyMaterial>);
+
+struct KeyMaterial {
     encrypt: [u8; 32],
     id: [u8; 32],
+}
+
+impl Drop for KeyMaterial {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.encrypt.zeroize();
+        self.id.zeroize();
+    }
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -46,26 +58,31 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
+    fn new(encrypt: [u8; 32], id: [u8; 32]) -> Self {
+        MasterKey(std::sync::Arc::new(KeyMaterial { encrypt, id }))
+    }
+
     pub fn random() -> Self {
-        MasterKey { encrypt: random_bytes(), id: random_bytes() }
+        Self::new(random_bytes(), random_bytes())
     }
 
     /// A new key that shares `other`'s id key: the two repositories name identical
     /// content with identical blob ids (for `init --copy-settings-from`), while their
     /// encryption keys stay independent.
     pub fn random_sharing_ids_with(other: &MasterKey) -> Self {
-        MasterKey { encrypt: random_bytes(), id: other.id }
+        Self::new(random_bytes(), other.0.id)
     }
 
     /// Whether two keys name blobs alike (constant time).
     pub fn same_id_key(&self, other: &MasterKey) -> bool {
-        self.id.iter().zip(other.id.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        self.0.id.iter().zip(other.0.id.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
-    pub fn to_bytes(&self) -> [u8; 64] {
-        let mut out = [0u8; 64];
-        out[..32].copy_from_slice(&self.encrypt);
-        out[32..].copy_from_slice(&self.id);
+    /// The 64 bytes, to wrap in a key slot or write to a key file; wiped when dropped.
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; 64]> {
+        let mut out = zeroize::Zeroizing::new([0u8; 64]);
+        out[..32].copy_from_slice(&self.0.encrypt);
+        out[32..].copy_from_slice(&self.0.id);
         out
     }
 
@@ -73,19 +90,25 @@ impl MasterKey {
         if bytes.len() != 64 {
             return Err(Error::corrupt("master key material must be 64 bytes"));
         }
-        Ok(MasterKey { encrypt: bytes[..32].try_into().unwrap(), id: bytes[32..].try_into().unwrap() })
+        Ok(Self::new(bytes[..32].try_into().unwrap(), bytes[32..].try_into().unwrap()))
     }
 
     /// The id of a blob: BLAKE3 keyed with the id key over its plaintext.
     pub fn blob_id(&self, plaintext: &[u8]) -> crate::id::BlobId {
-        crate::id::BlobId(*blake3::keyed_hash(&self.id, plaintext).as_bytes())
+        crate::id::BlobId(*blake3::keyed_hash(&self.0.id, plaintext).as_bytes())
+    }
+
+    /// The encryption key and `salt`, side by side (wiped when dropped).
+    fn material(&self, salt: &[u8; SALT_LEN]) -> zeroize::Zeroizing<[u8; 32 + SALT_LEN]> {
+        let mut material = zeroize::Zeroizing::new([0u8; 32 + SALT_LEN]);
+        material[..32].copy_from_slice(&self.0.encrypt);
+        material[32..].copy_from_slice(salt);
+        material
     }
 
     fn derive(&self, context: &str, salt: &[u8; SALT_LEN]) -> SealKey {
-        let mut material = [0u8; 32 + SALT_LEN];
-        material[..32].copy_from_slice(&self.encrypt);
-        material[32..].copy_from_slice(salt);
-        SealKey::new(&blake3::derive_key(context, &material))
+        let key = zeroize::Zeroizing::new(blake3::derive_key(context, &*self.material(salt)));
+        SealKey::new(&key)
     }
 
     /// The key for the blobs and header of the pack with this salt.
@@ -95,10 +118,7 @@ impl MasterKey {
 
     /// The key that turns blob counters of the pack with this salt into nonces.
     pub fn pack_nonce_key(&self, salt: &[u8; SALT_LEN]) -> [u8; 32] {
-        let mut material = [0u8; 32 + SALT_LEN];
-        material[..32].copy_from_slice(&self.encrypt);
-        material[32..].copy_from_slice(salt);
-        blake3::derive_key(PACK_NONCE_CONTEXT, &material)
+        blake3::derive_key(PACK_NONCE_CONTEXT, &*self.material(salt))
     }
 
     /// The key for one object file (config, index, snapshot) with this salt.
@@ -208,18 +228,21 @@ impl Default for KdfParams {
 }
 
 /// Derive a 32-byte wrapping key from a password with Argon2id.
-pub fn derive_password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<[u8; 32]> {
+pub fn derive_password_key(password: &[u8], salt: &[u8], params: KdfParams) -> Result<zeroize::Zeroizing<[u8; 32]>> {
     let argon_params = argon2::Params::new(params.memory_kib, params.iterations, params.parallelism, Some(32))
         .map_err(|e| Error::invalid(format!("invalid key derivation parameters: {e}")))?;
     let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params.clone());
-    let mut out = [0u8; 32];
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
     // The working memory in huge pages: faulting 64 MiB in 4 KiB pages costs more than
     // the hashing on virtual machines (crate::buffers::with_huge_capacity).
     let mut memory = crate::buffers::with_huge_capacity(argon_params.block_count());
     memory.resize(argon_params.block_count(), argon2::Block::default());
     argon
-        .hash_password_into_with_memory(password, salt, &mut out, &mut memory)
+        .hash_password_into_with_memory(password, salt, &mut *out, &mut memory)
         .map_err(|e| Error::invalid(format!("key derivation failed: {e}")))?;
+    // The working memory holds what the password derives to: wipe it too.
+    memory.iter_mut().for_each(|block| *block = argon2::Block::default());
+    std::hint::black_box(&memory);
     Ok(out)
 }
 
@@ -227,6 +250,14 @@ pub fn derive_password_key(password: &[u8], salt: &[u8], params: KdfParams) -> R
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn clones_of_a_key_share_its_one_copy() {
+        let key = MasterKey::random();
+        let clone = key.clone();
+        assert!(std::sync::Arc::ptr_eq(&key.0, &clone.0), "a clone must not copy the key bytes");
+        assert_eq!(&key.to_bytes()[..], &clone.to_bytes()[..]);
+    }
 
     proptest! {
         #[test]

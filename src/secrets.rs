@@ -60,14 +60,14 @@ struct CompartmentConfig {
 }
 
 fn fingerprint(key: &MasterKey) -> String {
-    hex::encode(blake3::derive_key("cairn 2026-11-29 secrets key fingerprint v1", &key.to_bytes()))
+    hex::encode(blake3::derive_key("cairn 2026-11-29 secrets key fingerprint v1", &key.to_bytes()[..]))
 }
 
 fn stream_key(key: &MasterKey, salt: &[u8; 32]) -> SealKey {
-    let mut material = [0u8; 96];
-    material[..64].copy_from_slice(&key.to_bytes());
+    let mut material = zeroize::Zeroizing::new([0u8; 96]);
+    material[..64].copy_from_slice(&key.to_bytes()[..]);
     material[64..].copy_from_slice(salt);
-    SealKey::new(&blake3::derive_key(STREAM_KEY_CONTEXT, &material))
+    SealKey::new(&zeroize::Zeroizing::new(blake3::derive_key(STREAM_KEY_CONTEXT, &*material)))
 }
 
 fn frame_aad(counter: u64, last: bool) -> Vec<u8> {

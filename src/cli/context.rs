@@ -13,6 +13,7 @@ use cairn::repo::{CacheMode, InitOptions, Repository, Secret};
 use clap::Args;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 #[derive(Args, Clone, Debug)]
 pub struct GlobalArgs {
@@ -150,30 +151,26 @@ impl Context {
             return Ok(Some(Secret::KeyFile(path.clone())));
         }
         if let Some(command) = &self.args.password_command {
-            return Ok(Some(Secret::Password(password_from_command(command)?)));
+            return Ok(Some(Secret::Password(password_from_command(command)?.into())));
         }
         if let Some(path) = &self.args.password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read password file {}", path.display()))?;
-            return Ok(Some(Secret::Password(first_line(&text))));
+            return Ok(Some(Secret::Password(password_file(path)?)));
         }
         if let Ok(password) = std::env::var("CAIRN_PASSWORD") {
-            return Ok(Some(Secret::Password(password)));
+            return Ok(Some(Secret::Password(password.into())));
         }
         Ok(None)
     }
 
     /// The secrets compartment's password, if one was given.
-    pub fn secrets_password(&self) -> anyhow::Result<Option<String>> {
+    pub fn secrets_password(&self) -> anyhow::Result<Option<Zeroizing<String>>> {
         if let Some(command) = &self.args.secrets_password_command {
-            return Ok(Some(password_from_command(command)?));
+            return Ok(Some(password_from_command(command)?.into()));
         }
         if let Some(path) = &self.args.secrets_password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read secrets password file {}", path.display()))?;
-            return Ok(Some(first_line(&text)));
+            return Ok(Some(password_file(path)?));
         }
-        Ok(std::env::var("CAIRN_SECRETS_PASSWORD").ok())
+        Ok(std::env::var("CAIRN_SECRETS_PASSWORD").ok().map(Zeroizing::new))
     }
 
     /// The unlocked secrets compartment, if its password was given.
@@ -285,15 +282,13 @@ impl OtherSecret {
             return Ok(Secret::KeyFile(path.clone()));
         }
         if let Some(command) = &self.password_command {
-            return Ok(Secret::Password(password_from_command(command)?));
+            return Ok(Secret::Password(password_from_command(command)?.into()));
         }
         if let Some(path) = &self.password_file {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read password file {}", path.display()))?;
-            return Ok(Secret::Password(first_line(&text)));
+            return Ok(Secret::Password(password_file(path)?));
         }
         match std::env::var(env) {
-            Ok(password) => Ok(Secret::Password(password)),
+            Ok(password) => Ok(Secret::Password(password.into())),
             Err(_) => Err(usage(format!(
                 "no password given for {what}: set {env} or pass its password file, command or key file"
             ))),
@@ -303,6 +298,14 @@ impl OtherSecret {
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").to_string()
+}
+
+/// The first line of a password file; the file's text is wiped from memory once read.
+pub fn password_file(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read password file {}", path.display()))?,
+    );
+    Ok(Zeroizing::new(first_line(&text)))
 }
 
 pub fn password_from_command(command: &str) -> anyhow::Result<String> {

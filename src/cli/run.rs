@@ -421,11 +421,10 @@ async fn copy_to(
 ) -> anyhow::Result<cairn::ops::copy::CopyReport> {
     let secret = match (&target.key_file, &target.password_command, &target.password_file) {
         (Some(path), _, _) => cairn::repo::Secret::KeyFile(path.clone()),
-        (None, Some(command), _) => cairn::repo::Secret::Password(super::context::password_from_command(command)?),
-        (None, None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| cairn::Error::io("read password file", path, e))?;
-            cairn::repo::Secret::Password(text.lines().next().unwrap_or("").to_string())
+        (None, Some(command), _) => {
+            cairn::repo::Secret::Password(super::context::password_from_command(command)?.into())
         }
+        (None, None, Some(path)) => cairn::repo::Secret::Password(super::context::password_file(path)?),
         (None, None, None) => anyhow::bail!("offsite {}: give password_file, password_command or key_file", target.url),
     };
     let mut backend = ctx.backend(&target.url, false)?;

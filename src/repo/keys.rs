@@ -35,8 +35,15 @@ pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
 /// What unlocks the repository.
 #[derive(Clone)]
 pub enum Secret {
-    Password(String),
+    /// Wiped from memory when dropped.
+    Password(zeroize::Zeroizing<String>),
     KeyFile(PathBuf),
+}
+
+impl Secret {
+    pub fn password(password: impl Into<String>) -> Self {
+        Secret::Password(zeroize::Zeroizing::new(password.into()))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -85,7 +92,7 @@ impl KeySlotFile {
     pub fn unwrap_key_at(&self, place: SlotPlace, password: &[u8]) -> Result<Option<MasterKey>> {
         let salt = hex::decode(&self.salt).map_err(|_| Error::corrupt("key slot salt is not hex"))?;
         let wrapped = hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot wrapped key is not hex"))?;
-        let kek = SealKey::new(&derive_password_key(password, &salt, self.params)?);
+        let kek = SealKey::new(&*derive_password_key(password, &salt, self.params)?);
         match kek.open(place.aad, &wrapped) {
             Ok(bytes) => Ok(Some(MasterKey::from_bytes(&bytes)?)),
             Err(_) => Ok(None),
@@ -116,13 +123,13 @@ pub async fn add_slot_at(
         )));
     }
     let salt: [u8; 32] = crypto::random_bytes();
-    let kek = SealKey::new(&derive_password_key(password, &salt, params)?);
+    let kek = SealKey::new(&*derive_password_key(password, &salt, params)?);
     let slot = KeySlotFile {
         version: 1,
         kdf: "argon2id".into(),
         params,
         salt: hex::encode(salt),
-        wrapped: hex::encode(kek.seal(crypto::random_bytes(), place.aad, &key.to_bytes())),
+        wrapped: hex::encode(kek.seal(crypto::random_bytes(), place.aad, &key.to_bytes()[..])),
         created: jiff::Timestamp::now(),
         host: super::hostname(),
         user: super::username(),

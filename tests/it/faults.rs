@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn secret() -> Secret {
-    Secret::Password("pw".into())
+    Secret::password("pw")
 }
 
 fn options(name: &str) -> BackupOptions {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 fn secret() -> Secret {
-    Secret::Password("pw".into())
+    Secret::password("pw")
 }
 
 async fn open(store: &Arc<dyn ObjectStore>) -> Repository {

@@ -36,7 +36,7 @@ fn stream_with_data_password(env: &Env, id: &str) -> Vec<u8> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let backend = cairn::backend::Backend::from_url(env.repo.to_str().unwrap(), false).unwrap();
-        let repo = Repository::open(backend, &Secret::Password(PASSWORD.into()), &CacheMode::Temporary).await.unwrap();
+        let repo = Repository::open(backend, &Secret::password(PASSWORD), &CacheMode::Temporary).await.unwrap();
         let (_, snapshot) = repo.find_snapshot(id, &Default::default()).unwrap();
         let content = snapshot.content.expect("a secrets snapshot is a sealed stream");
         let blobs: Vec<Vec<u8>> = cairn::repo::load::read_content(&repo, &content).try_collect().await.unwrap();
