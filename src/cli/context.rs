@@ -48,6 +48,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub no_cache: bool,
     /// Print machine-readable JSON on stdout
+    /// Skip key slots whose Argon2id cost (memory in MiB × passes) is above this: a planted
+    /// slot must not make every unlock take minutes. The default slot costs 192
+    #[arg(long, global = true, env = "CAIRN_KDF_COST_LIMIT", value_name = "MIB_PASSES",
+          default_value_t = cairn::repo::keys::DEFAULT_KDF_COST_LIMIT)]
+    pub kdf_cost_limit: u64,
     #[arg(long, global = true)]
     pub json: bool,
     /// Print nothing but errors and warnings
@@ -86,6 +91,7 @@ pub fn default_key_file() -> PathBuf {
 
 impl Context {
     pub fn new(args: GlobalArgs) -> Self {
+        cairn::repo::keys::set_kdf_cost_limit(args.kdf_cost_limit);
         Context { args, cancel: Cancel::new() }
     }
 

@@ -116,7 +116,10 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
             ));
         }
         KeyCommand::List { secrets } => {
-            let (slots, _) = list_slots_at(backend, place(secrets)).await?;
+            let (slots, unreadable) = list_slots_at(backend, place(secrets)).await?;
+            for reason in &unreadable {
+                eprintln!("cairn: warning: {reason}; it is skipped when unlocking (remove it with `cairn key remove`)");
+            }
             if ctx.args.json {
                 let list: Vec<_> = slots
                     .iter()

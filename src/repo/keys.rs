@@ -32,6 +32,21 @@ pub const SECRETS_SLOTS: SlotPlace =
 /// The most memory a key slot may ask Argon2id for (4 GiB).
 pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
 
+/// Key slots whose Argon2id cost (memory in MiB × passes) is above the limit are skipped
+/// when unlocking (`--kdf-cost-limit`): 4 GiB × 2 passes, twenty times the default slot's
+/// 64 MiB × 3 and seconds of work, where a planted 4 GiB × 64 slot would take minutes.
+pub const DEFAULT_KDF_COST_LIMIT: u64 = 8192;
+static KDF_COST_LIMIT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(DEFAULT_KDF_COST_LIMIT);
+
+pub fn set_kdf_cost_limit(mib_passes: u64) {
+    KDF_COST_LIMIT.store(mib_passes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A slot's Argon2id cost: memory in MiB times passes.
+pub fn kdf_cost(params: &KdfParams) -> u64 {
+    u64::from(params.memory_kib).div_ceil(1024) * u64::from(params.iterations)
+}
+
 /// What unlocks the repository.
 #[derive(Clone)]
 pub enum Secret {
@@ -79,6 +94,9 @@ impl KeySlotFile {
                 "key slot {name} asks for argon2id m={} KiB t={} p={}, beyond the allowed 4 GiB, 64 passes, 16 lanes",
                 p.memory_kib, p.iterations, p.parallelism
             )));
+        }
+        if hex::decode(&slot.salt).is_err() || hex::decode(&slot.wrapped).is_err() {
+            return Err(Error::corrupt(format!("key slot {name}: its salt or wrapped key is not hex")));
         }
         Ok(slot)
     }
@@ -178,19 +196,36 @@ pub async fn unlock_password_at(
     place: SlotPlace,
     password: &str,
 ) -> Result<(MasterKey, Option<KeyId>)> {
-    let (slots, skipped) = list_slots_at(backend, place).await?;
+    let (mut slots, mut skipped) = list_slots_at(backend, place).await?;
+    let limit = KDF_COST_LIMIT.load(std::sync::atomic::Ordering::Relaxed);
+    // Cheapest first: a costly slot (planted or not) delays only the passwords it holds.
+    slots.sort_by_key(|(_, slot)| kdf_cost(&slot.params));
+    let mut tried = 0;
     for (id, slot) in &slots {
+        let cost = kdf_cost(&slot.params);
+        if cost > limit {
+            skipped.push(format!(
+                "{} {} costs {cost} MiB×passes, above --kdf-cost-limit {limit}; raise it to try this slot",
+                place.what,
+                id.short()
+            ));
+            continue;
+        }
+        tried += 1;
         let slot = slot.clone();
-        let password = password.to_string();
+        let password = zeroize::Zeroizing::new(password.to_string());
         let found = tokio::task::spawn_blocking(move || slot.unwrap_key_at(place, password.as_bytes()))
             .await
-            .map_err(|e| Error::new(ErrorKind::Io, format!("key derivation task failed: {e}")))??;
-        if let Some(key) = found {
-            return Ok((key, Some(*id)));
+            .map_err(|e| Error::new(ErrorKind::Io, format!("key derivation task failed: {e}")))?;
+        match found {
+            Ok(Some(key)) => return Ok((key, Some(*id))),
+            Ok(None) => {}
+            // A slot that cannot be used is skipped and named, never fatal.
+            Err(e) => skipped.push(format!("{} {}: {}", place.what, id.short(), e.message())),
         }
     }
     let mut message =
-        format!("wrong password or no {} matches ({} slots tried at {})", place.what, slots.len(), backend.location());
+        format!("wrong password or no {} matches ({tried} slots tried at {})", place.what, backend.location());
     if !skipped.is_empty() {
         message.push_str(&format!("; {} unreadable slots skipped: {}", skipped.len(), skipped.join("; ")));
     }

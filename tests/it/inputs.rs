@@ -137,3 +137,35 @@ fn repository_files_are_private_whatever_the_umask() {
         assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o644);
     }
 }
+
+/// A planted slot with a salt that is not hex once blocked every password (exit 13, not
+/// named); one with the maximal Argon2 cost made each unlock take minutes. Both are
+/// skipped and named now.
+#[test]
+fn unusable_key_slots_are_skipped_and_named() {
+    let env = Env::new();
+    let keys = env.repo.join("keys");
+    let real = super::harness::walk(&keys).pop().unwrap();
+    let slot: serde_json::Value = serde_json::from_slice(&std::fs::read(&real).unwrap()).unwrap();
+    let plant = |id: char, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut planted = slot.clone();
+        edit(&mut planted);
+        let name = std::iter::repeat_n(id, 64).collect::<String>();
+        std::fs::write(keys.join(&name), serde_json::to_vec(&planted).unwrap()).unwrap();
+        name[..8].to_string()
+    };
+    let bad_salt = plant('0', &|s| s["salt"] = "not hex at all".into());
+    let costly = plant('1', &|s| {
+        s["params"]["memory_kib"] = (4u64 << 20).into();
+        s["params"]["iterations"] = 64.into();
+    });
+    env.cmd().args(["snapshots"]).assert().success();
+    env.cmd()
+        .args(["snapshots"])
+        .env("CAIRN_PASSWORD", "wrong")
+        .assert()
+        .code(12)
+        .stderr(predicate::str::contains(bad_salt.as_str()).and(predicate::str::contains("not hex")))
+        .stderr(predicate::str::contains(costly.as_str()).and(predicate::str::contains("--kdf-cost-limit")));
+    env.cmd().args(["key", "list"]).assert().success().stderr(predicate::str::contains("not hex"));
+}
