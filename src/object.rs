@@ -35,18 +35,18 @@ pub fn seal(key: &MasterKey, magic: &[u8; 8], plaintext: &[u8]) -> Vec<u8> {
 
 /// Open an object of the expected type; `name` is used in error messages.
 pub fn open(key: &MasterKey, magic: &[u8; 8], name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
+    let remedy = remedy(name);
     if bytes.len() < HEADER_LEN + crypto::SEAL_OVERHEAD {
-        return Err(Error::corrupt(format!(
-            "{name} is truncated ({} bytes); restore it from a copy or remove it",
-            bytes.len()
-        )));
+        return Err(Error::corrupt(format!("{name} is truncated ({} bytes); {remedy}", bytes.len())));
     }
-    if bytes[..7] == magic[..7] && bytes[7] != magic[7] {
+    // A later version of the same type, by its last byte: a digit above ours. Anything
+    // else in that byte is damage, not a reason to upgrade.
+    if bytes[..7] == magic[..7] && bytes[7].is_ascii_digit() && bytes[7] > magic[7] {
         return Err(newer_format(name, &bytes[..8]));
     }
     if &bytes[..8] != magic {
         return Err(Error::corrupt(format!(
-            "{name} does not start with {:?}: not a cairn object of this type or version",
+            "{name} does not start with {:?}: it is damaged or not a cairn object of this type; {remedy}",
             String::from_utf8_lossy(magic)
         )));
     }
@@ -54,6 +54,16 @@ pub fn open(key: &MasterKey, magic: &[u8; 8], name: &str, bytes: &[u8]) -> Resul
     let compressed =
         key.object_key(&salt).open(&bytes[..HEADER_LEN], &bytes[HEADER_LEN..]).map_err(|e| e.context(name))?;
     decompress_bounded(&compressed, MAX_PLAIN).map_err(|e| Error::corrupt(format!("{name} does not decompress: {e}")))
+}
+
+/// What to do about a damaged object. The config is never to be removed: without it the
+/// repository cannot be opened, and `init` would refuse the location.
+fn remedy(name: &str) -> &'static str {
+    if name == "config" {
+        "restore it from a copy of the repository, or write a new one with `cairn repair config`"
+    } else {
+        "restore it from a copy of the repository, or run `cairn repair index` or `cairn repair snapshots`"
+    }
 }
 
 /// An object of a known type but another format version: not damage, but a newer writer.

@@ -151,6 +151,14 @@ impl Backend {
                 .mode(0o700)
                 .create(&path)
                 .map_err(|e| Error::io("create repository directory", &path, e))?;
+        } else if path.exists() && !path.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NoRepository,
+                format!(
+                    "no repository at {}: it is a file, not a directory; give the repository's directory",
+                    path.display()
+                ),
+            ));
         } else if !path.is_dir() {
             return Err(Error::new(
                 ErrorKind::NoRepository,

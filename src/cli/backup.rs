@@ -193,7 +193,7 @@ fn parse_time(text: &str) -> Result<jiff::Timestamp, String> {
 
 pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
     let metrics_file = command.metrics_file();
-    let repo = ctx.open().await?;
+    let repo = ctx.open_or_create().await?;
     let progress = Bar::boxed(ctx.progress_enabled());
     let result = match command {
         BackupCommand::Stdin(args) => {

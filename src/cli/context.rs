@@ -211,7 +211,7 @@ impl Context {
         }
     }
 
-    /// Open the repository; the embedded default is created on first use.
+    /// Open the repository.
     pub async fn open(&self) -> anyhow::Result<Repository> {
         let repo = self.open_unrefreshed().await?;
         repo.catalog().refresh(repo.backend(), repo.key()).await?;
@@ -231,13 +231,31 @@ impl Context {
         Ok((repo, session))
     }
 
-    /// Open without loading the index into the catalog (for `check`).
+    /// Open the repository for a backup: the embedded default is created on first use
+    /// (only `init` and `backup` create anything).
+    pub async fn open_or_create(&self) -> anyhow::Result<Repository> {
+        let (url, is_default) = self.repo_url();
+        if is_default && !Path::new(&url).join("config").exists() {
+            let secret = self.secret_or_default(is_default)?;
+            let repo = self.create_default(&url, &secret).await?;
+            repo.catalog().refresh(repo.backend(), repo.key()).await?;
+            return Ok(repo);
+        }
+        self.open().await
+    }
+
+    /// Open without loading the index into the catalog (for `check`). Never creates
+    /// anything: a command that finds no repository exits 10.
     pub async fn open_unrefreshed(&self) -> anyhow::Result<Repository> {
         let (url, is_default) = self.repo_url();
-        let secret = self.secret_or_default(is_default)?;
         if is_default && !Path::new(&url).join("config").exists() {
-            return self.create_default(&url, &secret).await;
+            return Err(cairn::Error::new(
+                cairn::ErrorKind::NoRepository,
+                format!("no repository at {url}; set CAIRN_REPO or run `cairn init`"),
+            )
+            .into());
         }
+        let secret = self.secret_or_default(is_default)?;
         let backend = self.backend(&url, false)?;
         Ok(Repository::open_unrefreshed(backend, &secret, &self.cache_mode()).await?)
     }

@@ -16,6 +16,11 @@ pub enum RepairCommand {
     /// Rewrite snapshots that reference data no stored pack holds without what was lost
     /// (a tree keeps every readable file), or quarantine them when nothing usable is left
     Snapshots(RepairIndexArgs),
+    /// Write a new config for a repository whose config is missing or damaged (the
+    /// password or key file must open one of its key slots): everything stored stays
+    /// restorable; new backups store their data once more (new chunking seed). A damaged
+    /// config is kept in quarantine/
+    Config,
 }
 
 #[derive(Args)]
@@ -29,6 +34,7 @@ pub async fn run(ctx: &Context, command: RepairCommand) -> Outcome {
     let args = match command {
         RepairCommand::Index(args) => args,
         RepairCommand::Snapshots(args) => return snapshots(ctx, args).await,
+        RepairCommand::Config => return config(ctx).await,
     };
     let repo = ctx.open().await?;
     let report = cairn::ops::repair::repair_index(&repo, args.dry_run).await?;
@@ -65,6 +71,23 @@ async fn snapshots(ctx: &Context, args: RepairIndexArgs) -> Outcome {
     }
     if repaired.is_empty() {
         ctx.info("every snapshot's data is stored; nothing to repair");
+    }
+    Ok(0)
+}
+
+async fn config(ctx: &Context) -> Outcome {
+    let (url, is_default) = ctx.repo_url();
+    let secret = ctx.secret_or_default(is_default)?;
+    let backend = ctx.backend(&url, false)?;
+    let config = cairn::repo::Repository::repair_config(backend, &secret).await?;
+    if ctx.args.json {
+        print_json(&config);
+    } else {
+        ctx.info(format!(
+            "wrote a new config for {url} (repository {}): every snapshot restores as before; the next backups \
+             store their data once more (the lost config held the chunking seed); run `cairn check` now",
+            config.id.short()
+        ));
     }
     Ok(0)
 }

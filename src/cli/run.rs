@@ -260,7 +260,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
         cairn::repo::CacheMode::Temporary => std::env::temp_dir().join("cairn-run.lock"),
     });
     let _lock = lock(&lock_path)?;
-    let repo = ctx.open().await?;
+    let repo = ctx.open_or_create().await?;
 
     let mut sources = Vec::new();
     for source in config.sources.iter().filter(|s| args.jobs.is_empty() || args.jobs.contains(&s.name)) {

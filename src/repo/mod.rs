@@ -102,6 +102,59 @@ pub struct Repository {
     reused_in_memory: usize,
 }
 
+/// Before `init` writes anything: refuse a location that holds a repository's objects
+/// without its config (the config was lost: `cairn repair config` writes a new one;
+/// an init would hide the data), and find the key an interrupted init left (its key slot
+/// or key file is written before the config), so that running `init` again completes it.
+async fn resume_init(backend: &Backend, secret: &Secret) -> Result<Option<(MasterKey, Option<KeyId>, Option<RepoId>)>> {
+    let mut held = Vec::new();
+    for (prefix, what) in [(objkeys::DATA, "packs"), (objkeys::INDEX, "index files"), (objkeys::SNAPSHOTS, "snapshots")]
+    {
+        let n = backend.list(prefix).await?.len();
+        if n > 0 {
+            held.push(format!("{n} {what}"));
+        }
+    }
+    if !held.is_empty() {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "{} holds a repository without its config ({}); refusing to init over it: write a new config with \
+                 `cairn repair config` (everything stored stays restorable) or put back config from a copy",
+                backend.location(),
+                held.join(", ")
+            ),
+        ));
+    }
+    let slots = !backend.list(objkeys::KEYS).await?.is_empty();
+    match secret {
+        Secret::KeyFile(path) if path.exists() && !slots => {
+            let file = KeyFile::read(path)?;
+            Ok(Some((file.master_key()?, None, Some(file.repository))))
+        }
+        Secret::Password(password) if slots => {
+            match keys::unlock_password_at(backend, keys::REPOSITORY_SLOTS, password).await {
+                Ok((key, slot)) => Ok(Some((key, slot, None))),
+                Err(e) if e.kind() == ErrorKind::WrongPassword => Err(interrupted(backend)),
+                Err(e) => Err(e),
+            }
+        }
+        Secret::KeyFile(_) if slots => Err(interrupted(backend)),
+        _ => Ok(None),
+    }
+}
+
+fn interrupted(backend: &Backend) -> Error {
+    Error::new(
+        ErrorKind::AlreadyExists,
+        format!(
+            "{} holds key slots but no config: an init was interrupted there; run `cairn init` again with the \
+             password it was given, and it completes",
+            backend.location()
+        ),
+    )
+}
+
 /// How often a long-running writer reads the GC generation by default.
 pub const GC_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -132,6 +185,17 @@ impl Repository {
             key = MasterKey::random_sharing_ids_with(like_key);
         }
         chunker.validate().map_err(Error::invalid)?;
+        let resumed = resume_init(&backend, secret).await?;
+        if let Some((resumed_key, _, _)) = &resumed {
+            if options.like.as_ref().is_some_and(|(_, like_key)| !resumed_key.same_id_key(like_key)) {
+                return Err(Error::invalid(format!(
+                    "the interrupted init at {} made a key that does not share --copy-settings-from's id key; \
+                     complete it without --copy-settings-from",
+                    backend.location()
+                )));
+            }
+            key = resumed_key.clone();
+        }
         let conditional_writes = backend.probe_conditional_writes().await?;
         let mut backend = backend;
         backend.set_conditional_writes(conditional_writes);
@@ -139,15 +203,18 @@ impl Repository {
             conditional_writes,
             settings_from: options.like.as_ref().map(|(c, _)| c.id),
             version: FORMAT_VERSION,
-            id: RepoId::random(),
+            id: resumed.as_ref().and_then(|(_, _, id)| *id).unwrap_or_else(RepoId::random),
             chunker,
             compression_level,
             pack_size,
             created: jiff::Timestamp::now(),
         };
-        let key_slot = match secret {
-            Secret::Password(password) => Some(keys::add_slot(&backend, &key, password.as_bytes(), options.kdf).await?),
-            Secret::KeyFile(path) => {
+        let key_slot = match (secret, &resumed) {
+            (_, Some((_, slot, _))) => *slot,
+            (Secret::Password(password), None) => {
+                Some(keys::add_slot(&backend, &key, password.as_bytes(), options.kdf).await?)
+            }
+            (Secret::KeyFile(path), None) => {
                 KeyFile { version: 1, repository: config.id, key: hex::encode(key.to_bytes()) }.write_new(path)?;
                 None
             }
@@ -162,6 +229,51 @@ impl Repository {
         })?;
         let catalog = Arc::new(Catalog::open(catalog_path(cache, &config.id).as_deref())?);
         Ok(Self::assemble(backend, key, config, catalog, key_slot))
+    }
+
+    /// Write a new config for a repository that lost (or has only a damaged) config
+    /// (`cairn repair config`). The key slots or key file prove the secret; the new
+    /// config has a new id (a key file's when one opened it) and new chunking settings,
+    /// so stored data stays restorable but new backups do not deduplicate against it
+    /// (the chunker's seed was in the lost config). A damaged config is moved aside to
+    /// `quarantine/config-<time>` first; an intact one is left alone.
+    pub async fn repair_config(backend: Backend, secret: &Secret) -> Result<RepoConfig> {
+        let (key, _) = keys::unlock(&backend, secret).await?;
+        let existing = match backend.get(objkeys::CONFIG).await {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(bytes) = &existing {
+            if object::open(&key, object::CONFIG_MAGIC, "config", bytes).is_ok() {
+                return Err(Error::invalid(format!(
+                    "the config at {} is intact; there is nothing to repair",
+                    backend.location()
+                )));
+            }
+            let aside = format!("quarantine/config-{}", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ"));
+            backend.put(&aside, bytes.clone(), WriteMode::Create).await?;
+            backend.delete(objkeys::CONFIG).await?;
+        }
+        let id = match secret {
+            Secret::KeyFile(path) => KeyFile::read(path)?.repository,
+            Secret::Password(_) => RepoId::random(),
+        };
+        let seed = u64::from_le_bytes(crate::crypto::random_bytes());
+        let conditional_writes = backend.probe_conditional_writes().await?;
+        let config = RepoConfig {
+            conditional_writes,
+            settings_from: None,
+            version: FORMAT_VERSION,
+            id,
+            chunker: ChunkerParams::with_average(DEFAULT_CHUNK_AVG, seed),
+            compression_level: DEFAULT_COMPRESSION_LEVEL,
+            pack_size: DEFAULT_PACK_SIZE,
+            created: jiff::Timestamp::now(),
+        };
+        let sealed = object::seal(&key, object::CONFIG_MAGIC, &serde_json::to_vec(&config).expect("config serializes"));
+        backend.put(objkeys::CONFIG, sealed.into(), WriteMode::Create).await?;
+        Ok(config)
     }
 
     /// Open an existing repository and refresh its catalog.

@@ -169,3 +169,102 @@ fn unusable_key_slots_are_skipped_and_named() {
         .stderr(predicate::str::contains(costly.as_str()).and(predicate::str::contains("--kdf-cost-limit")));
     env.cmd().args(["key", "list"]).assert().success().stderr(predicate::str::contains("not hex"));
 }
+
+/// `init` over a repository whose config is lost once made it unopenable for good. Now
+/// it refuses, names what is there and the way back (`repair config`), which works.
+#[test]
+fn init_never_hides_a_repository_and_repair_config_brings_it_back() {
+    let env = Env::new();
+    let data = super::harness::noise(2 << 20, 5);
+    let id = env.backup_stdin("db", &data)["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(env.repo.join("config")).unwrap();
+    env.cmd().args(["snapshots"]).assert().code(10);
+    env.cmd()
+        .arg("init")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("without its config").and(predicate::str::contains("cairn repair config")));
+    assert!(!env.repo.join("config").exists(), "init wrote nothing");
+    env.cmd().args(["repair", "config"]).env("CAIRN_PASSWORD", "wrong").assert().code(12);
+    env.cmd().args(["repair", "config"]).assert().success();
+    assert_eq!(env.restore_stdout(&id), data);
+    env.check_read_data();
+    env.backup_stdin("db", &data);
+    env.cmd().args(["repair", "config"]).assert().code(1).stderr(predicate::str::contains("intact"));
+    // A damaged config: the message never says to remove it; repair keeps it aside.
+    let config = env.repo.join("config");
+    let mut bytes = std::fs::read(&config).unwrap();
+    bytes.truncate(10);
+    std::fs::write(&config, &bytes).unwrap();
+    let out = env.cmd().args(["snapshots"]).assert().code(13);
+    let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(stderr.contains("repair config") && !stderr.contains("remove it"), "{stderr}");
+    env.cmd().args(["repair", "config"]).assert().success();
+    assert_eq!(super::harness::walk(&env.repo.join("quarantine")).len(), 1);
+    assert_eq!(env.restore_stdout(&id), data);
+}
+
+/// An init killed after its key slot but before its config (4 of 30 kill -9s) is
+/// completed by the next init with the same password, and reported with another.
+#[test]
+fn an_interrupted_init_is_completed_or_reported() {
+    let env = Env::new();
+    std::fs::remove_file(env.repo.join("config")).unwrap();
+    env.cmd()
+        .arg("init")
+        .env("CAIRN_PASSWORD", "another")
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("an init was interrupted"));
+    env.cmd().arg("init").assert().success();
+    assert_eq!(super::harness::walk(&env.repo.join("keys")).len(), 1, "the interrupted init's slot is reused");
+    env.backup_stdin("x", b"hello");
+    // The same for the default repository, whose key file is written before the config.
+    let env = Env::empty();
+    let home = env.path("home");
+    let bare = || {
+        let mut cmd = env.bare();
+        cmd.env("XDG_DATA_HOME", home.join("data")).env("XDG_CONFIG_HOME", home.join("config"));
+        cmd
+    };
+    bare().arg("init").assert().success();
+    let config = home.join("data/cairn/repository/config");
+    assert!(config.exists());
+    std::fs::remove_file(&config).unwrap();
+    bare().arg("init").assert().success();
+    bare().args(["backup", "stdin", "--name", "x"]).write_stdin("hello").assert().success();
+}
+
+/// With CAIRN_REPO unset, `check` once created an empty default repository and reported
+/// "no damage found": a cron job that lost its environment went green.
+#[test]
+fn read_only_commands_never_create_a_repository() {
+    let env = Env::empty();
+    let home = env.path("home");
+    for args in [
+        &["check"][..],
+        &["snapshots"],
+        &["stats"],
+        &["restore", "latest", "--stdout"],
+        &["forget", "--keep-last", "1"],
+        &["prune"],
+    ] {
+        env.bare()
+            .env("XDG_DATA_HOME", home.join("data"))
+            .env("XDG_CONFIG_HOME", home.join("config"))
+            .args(args)
+            .assert()
+            .code(10)
+            .stderr(predicate::str::contains("no repository at").and(predicate::str::contains("cairn init")));
+    }
+    assert!(super::harness::walk(&home).is_empty(), "{:?}", super::harness::walk(&home));
+    // A repository path that is a file says so.
+    let file = env.path("file");
+    std::fs::write(&file, "x").unwrap();
+    env.cmd()
+        .env("CAIRN_REPO", &file)
+        .args(["snapshots"])
+        .assert()
+        .code(10)
+        .stderr(predicate::str::contains("it is a file"));
+}
