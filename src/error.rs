@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Unsupported,
     /// The operation was interrupted by a signal.
     Cancelled,
+    /// The reader of our output went away (a closed pipe: `cairn ... | head`).
+    OutputClosed,
 }
 
 /// The library error: a kind, a message, and whether a retry may succeed.
@@ -101,6 +103,15 @@ impl Error {
             _ => "",
         };
         Self::new(kind, format!("cannot {action} {}: {err}{hint}", path.display()))
+    }
+
+    /// An error writing output (standard output, a tar stream): a closed pipe is
+    /// [`ErrorKind::OutputClosed`], ended quietly by the CLI.
+    pub fn output(what: &str, err: std::io::Error) -> Self {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            return Self::new(ErrorKind::OutputClosed, format!("the reader of {what} went away"));
+        }
+        Self::new(ErrorKind::Io, format!("cannot write {what}: {err}"))
     }
 
     /// The same error with another kind.

@@ -103,7 +103,12 @@ impl std::error::Error for Exit {}
 /// What a command reports back: 0, or 3 for "done, with unreadable source data", or 13.
 pub type Outcome = anyhow::Result<u8>;
 
+/// The status of a process that a closed pipe ended (128 + SIGPIPE), as the shell reports
+/// for `yes | head -1`.
+const CLOSED_PIPE: u8 = 141;
+
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -119,12 +124,35 @@ pub fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(err) if err.downcast_ref::<cairn::Error>().is_some_and(|e| e.kind() == ErrorKind::OutputClosed) => {
+            ExitCode::from(CLOSED_PIPE)
+        }
         Err(err) => {
             let code = exit_code(&err);
             eprintln!("cairn: error: {err:#}");
             ExitCode::from(code)
         }
     }
+}
+
+/// `cairn snapshots | head -1`: Rust ignores SIGPIPE, so `println!` to a closed pipe
+/// panics ("failed printing to stdout: Broken pipe"). That one panic ends the process
+/// quietly with the status a closed pipe conventionally gives; any other panic is
+/// reported as usual.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.contains("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(CLOSED_PIPE.into());
+        }
+        default(info);
+    }));
 }
 
 async fn run(ctx: &Context, command: Command) -> Outcome {

@@ -144,6 +144,14 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         for warning in &stats.warnings {
             eprintln!("cairn: warning: {warning}");
         }
+        if !options.includes.is_empty() && stats.files + stats.dirs + stats.symlinks == 0 {
+            return Err(cairn::Error::not_found(format!(
+                "--include {} matches nothing in secrets snapshot {}; nothing was restored",
+                options.includes.join(", "),
+                id.short()
+            ))
+            .into());
+        }
         if ctx.args.json {
             print_json(&stats);
         } else {
@@ -192,6 +200,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         return Ok(0);
     }
     let root = snapshot.tree.ok_or_else(|| usage(format!("snapshot {} has neither content nor tree", id.short())))?;
+    restore::check_includes(repo, &root, &options).await?;
     let stats = if let Some(dir) = &args.to {
         restore::restore_tree_to_dir(repo, &root, dir, &options, progress.as_ref()).await?
     } else if let Some(tar) = &args.tar {

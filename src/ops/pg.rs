@@ -214,7 +214,10 @@ pub async fn restore_to_db(
         drop(stdin);
         let status = child.wait().map_err(|e| Error::source(format!("cannot wait for {program}: {e}")))?;
         check_status(program, status)?;
-        streamed.map(|_| ())
+        streamed.map(|_| ()).map_err(|e| match e.kind() {
+            ErrorKind::OutputClosed => Error::source(format!("{program} stopped reading the dump before its end")),
+            _ => e,
+        })
     }
     .await;
     if let Some(file) = materialised {

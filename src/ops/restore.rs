@@ -68,13 +68,11 @@ pub async fn restore_stream<W: Write>(
     let mut written = 0u64;
     progress.begin("restoring", Some(content.size));
     while let Some(blob) = blobs.try_next().await? {
-        tokio::task::block_in_place(|| out.write_all(&blob))
-            .map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
+        tokio::task::block_in_place(|| out.write_all(&blob)).map_err(|e| Error::output("the restored data", e))?;
         written += blob.len() as u64;
         progress.advance(blob.len() as u64);
     }
-    tokio::task::block_in_place(|| out.flush())
-        .map_err(|e| Error::new(crate::error::ErrorKind::Io, format!("cannot write restored data: {e}")))?;
+    tokio::task::block_in_place(|| out.flush()).map_err(|e| Error::output("the restored data", e))?;
     progress.end();
     if written != content.size {
         return Err(Error::corrupt(format!("restored {written} bytes but the snapshot records {}", content.size)));
@@ -187,6 +185,68 @@ pub(crate) fn keep_mode_and_owner(file: &std::fs::File, replaced: Option<&rustix
 /// Normalised include paths: no leading or trailing slashes.
 pub(crate) fn includes(options: &RestoreOptions) -> Vec<Vec<u8>> {
     options.includes.iter().map(|i| i.trim_matches('/').as_bytes().to_vec()).filter(|i| !i.is_empty()).collect()
+}
+
+/// Every include must name something in the tree: an include that matches nothing is an
+/// error naming it, where the path stops existing and the closest names there.
+pub async fn check_includes(repo: &Repository, root: &BlobId, options: &RestoreOptions) -> Result<()> {
+    for include in includes(options) {
+        let mut tree = repo.load_tree(root).await?;
+        let mut walked: Vec<&[u8]> = Vec::new();
+        let parts: Vec<&[u8]> = include.split(|&b| b == b'/').filter(|p| !p.is_empty()).collect();
+        for (i, part) in parts.iter().enumerate() {
+            let Some(at) = tree.nodes.iter().position(|n| n.name_bytes() == *part) else {
+                let names: Vec<Vec<u8>> = tree.nodes.iter().map(|n| n.name_bytes()).collect();
+                let here = format!("/{}", String::from_utf8_lossy(&walked.join(&b'/')));
+                let closest: Vec<String> = closest(part, &names)
+                    .into_iter()
+                    .map(|n| format!("{}/{}", here.trim_end_matches('/'), String::from_utf8_lossy(n)))
+                    .collect();
+                let hint = match closest.is_empty() {
+                    true => format!("{here} is empty"),
+                    false => format!("closest there: {}", closest.join(", ")),
+                };
+                return Err(Error::not_found(format!(
+                    "--include /{} matches nothing in the snapshot: {here} has no {:?}; {hint}",
+                    String::from_utf8_lossy(&include),
+                    String::from_utf8_lossy(part)
+                )));
+            };
+            walked.push(part);
+            if i + 1 < parts.len() {
+                let mut node = tree.nodes.swap_remove(at);
+                if node.kind != NodeKind::Dir {
+                    return Err(Error::not_found(format!(
+                        "--include /{} matches nothing in the snapshot: /{} is not a directory",
+                        String::from_utf8_lossy(&include),
+                        String::from_utf8_lossy(&walked.join(&b'/'))
+                    )));
+                }
+                tree = repo.dir_tree(&mut node, &"include").await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Up to three of `names` most like `wanted` (edit distance, then name order).
+fn closest<'a>(wanted: &[u8], names: &'a [Vec<u8>]) -> Vec<&'a [u8]> {
+    let distance = |a: &[u8], b: &[u8]| {
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, x) in a.iter().enumerate() {
+            let mut last = row[0];
+            row[0] = i + 1;
+            for (j, y) in b.iter().enumerate() {
+                let next = (row[j + 1] + 1).min(row[j] + 1).min(last + usize::from(x != y));
+                last = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    };
+    let mut scored: Vec<(usize, &[u8])> = names.iter().map(|n| (distance(wanted, n), n.as_slice())).collect();
+    scored.sort();
+    scored.into_iter().take(3).map(|(_, n)| n).collect()
 }
 
 /// Whether to restore `path` (relative, slash-separated) and whether to descend into it.
@@ -1108,7 +1168,7 @@ pub(crate) fn node_header(node: &Node) -> tar::Header {
 }
 
 pub(crate) fn tar_error(e: std::io::Error) -> Error {
-    Error::new(crate::error::ErrorKind::Io, format!("cannot write the tar stream: {e}"))
+    Error::output("the tar stream", e)
 }
 
 /// Bytes handed from one thread to another through a bounded channel.

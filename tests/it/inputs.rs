@@ -268,3 +268,47 @@ fn read_only_commands_never_create_a_repository() {
         .code(10)
         .stderr(predicate::str::contains("it is a file"));
 }
+
+/// `cairn snapshots | head -1` panicked with exit 101; `restore --include /no/such/path`
+/// exited 0 having restored nothing.
+#[test]
+fn closed_pipes_end_quietly_and_includes_must_match() {
+    let env = Env::new();
+    env.backup_stdin("s", b"small");
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("conf.d")).unwrap();
+    std::fs::write(src.join("conf.d/app.conf"), "x").unwrap();
+    std::fs::write(src.join("conf.d/db.conf"), "y").unwrap();
+    env.cmd().args(["backup", "files", "--name", "f"]).arg(&src).assert().success();
+    let big = super::harness::noise(8 << 20, 1);
+    env.backup_stdin("big", &big);
+    for args in [
+        &["snapshots"][..],
+        &["restore", "latest", "--name", "big", "--stdout"],
+        &["restore", "latest", "--name", "f", "--tar", "-"],
+    ] {
+        // `true` exits at once: cairn's first write meets a closed pipe.
+        let mut shell = std::process::Command::new("bash");
+        shell.arg("-c").arg("set -o pipefail; \"$CAIRN_BIN\" $ARGS | true");
+        for (k, v) in env.cmd().get_envs() {
+            if let Some(v) = v {
+                shell.env(k, v);
+            }
+        }
+        shell.env("CAIRN_BIN", assert_cmd::cargo::cargo_bin("cairn")).env("ARGS", args.join(" "));
+        let out = shell.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+    let target = env.path("out");
+    let wanted = format!("{}/conf.d/app.cnf", src.display());
+    env.cmd()
+        .args(["restore", "latest", "--name", "f", "--to"])
+        .arg(&target)
+        .args(["--include", &wanted])
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("matches nothing").and(predicate::str::contains("conf.d/app.conf")));
+    assert!(!target.exists(), "nothing restored, nothing created");
+}
