@@ -86,9 +86,30 @@ fn append_raw<W: Write>(
     builder.append(header, data)
 }
 
+/// A PAX extended header carrying the next member's mtime to the nanosecond (the GNU
+/// header that follows holds whole seconds).
+fn append_pax_mtime<W: Write>(builder: &mut tar::Builder<W>, seconds: i64, nanos: i64) -> std::io::Result<()> {
+    let body = format!(" mtime={seconds}.{nanos:09}\n");
+    // A record starts with its own length in decimal, that length included.
+    let mut length = body.len() + 1;
+    while format!("{length}{body}").len() != length {
+        length += 1;
+    }
+    let record = format!("{length}{body}");
+    let mut header = tar::Header::new_ustar();
+    header.as_mut_bytes()[..14].copy_from_slice(b"././@PaxHeader");
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_size(record.len() as u64);
+    header.set_cksum();
+    builder.append(&header, record.as_bytes())
+}
+
 fn header_for(node: &Node, record: &MemberRecord) -> tar::Header {
     let mut header = node_header(node);
-    header.set_entry_type(tar::EntryType::new(record.kind));
+    // A GNU sparse member (`S`) is written back whole, as a regular file.
+    let kind = if record.kind == b'S' { b'0' } else { record.kind };
+    header.set_entry_type(tar::EntryType::new(kind));
     if let Some(gnu) = header.as_gnu_mut() {
         let n = record.uname.len().min(31);
         gnu.uname[..n].copy_from_slice(&record.uname[..n]);
@@ -142,8 +163,19 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
                 String::from_utf8_lossy(&record.name)
             ))
         })?;
+        // A name that was first one kind and then a directory (or the reverse) holds what
+        // the later member made of it, as extracting the archive would: the earlier
+        // member is superseded and not written.
+        if (record.kind == b'5') != (node.kind == NodeKind::Dir) {
+            continue;
+        }
         let mut header = header_for(&node, &record);
         let (name, kind) = (&record.name, tar::EntryType::new(record.kind));
+        let nanos = node.mtime.rem_euclid(1_000_000_000);
+        if nanos != 0 {
+            let seconds = node.mtime.div_euclid(1_000_000_000);
+            tokio::task::block_in_place(|| append_pax_mtime(&mut builder, seconds, nanos)).map_err(tar_error)?;
+        }
         if kind != tar::EntryType::Link && node.kind == NodeKind::File {
             header.set_size(node.size);
             stats.files += 1;

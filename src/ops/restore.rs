@@ -450,6 +450,7 @@ async fn plan_tree(
                     let created = creator.send(Create::File {
                         rel: rel_path.clone(),
                         temp: temp.clone(),
+                        size: node.size,
                         empty: empty.then_some(meta),
                     })?;
                     if !empty {
@@ -490,6 +491,7 @@ enum Create {
     File {
         rel: Vec<u8>,
         temp: Vec<u8>,
+        size: u64,
         empty: Option<Meta>,
     },
     Symlink(Vec<u8>, Vec<u8>),
@@ -526,10 +528,16 @@ impl Creator {
                         let (parent, name) = parents.of(&rel)?;
                         beneath.mkdir(parent, name, &rel, 0o700)?;
                     }
-                    Create::File { rel, temp, empty } => {
+                    Create::File { rel, temp, size, empty } => {
                         let (parent, name) = parents.of(&rel)?;
                         beneath.check_file_place(parent, name, &rel)?;
                         let file = beneath.create_temp(parent, &temp, &rel)?;
+                        // At its full size from the start: runs of zeros are not written
+                        // and stay holes, so a sparse file restores sparse.
+                        if let Err(e) = file.set_len(size) {
+                            beneath.remove(parent, &temp);
+                            return Err(Error::io("size", &beneath.display(&rel), e));
+                        }
                         if let Some(meta) = empty {
                             if let Err(e) = meta.apply_to_file(&file, root) {
                                 beneath.remove(parent, &temp);
@@ -926,7 +934,8 @@ impl RangeWriter<'_> {
             }
         };
         let file = &self.open[at].1;
-        file.write_all_at(data, offset).map_err(|e| Error::io("write", &context.beneath.display(&planned.rel), e))?;
+        write_leaving_holes(file, data, offset)
+            .map_err(|e| Error::io("write", &context.beneath.display(&planned.rel), e))?;
         let len = data.len() as u64;
         self.written += len;
         if planned.remaining.fetch_sub(len, Ordering::AcqRel) == len {
@@ -942,6 +951,30 @@ impl RangeWriter<'_> {
         }
         Ok(())
     }
+}
+
+/// Write `data` at `offset` into a file made at its full size, skipping every 4 KiB block
+/// (aligned in the file) that holds only zeros: it is already there, as a hole, so a
+/// sparse file restores sparse. Data without such blocks is one `pwrite`.
+fn write_leaving_holes(file: &std::fs::File, data: &[u8], offset: u64) -> std::io::Result<()> {
+    const BLOCK: u64 = 4096;
+    let mut start = 0usize;
+    let mut at = 0usize;
+    while at < data.len() {
+        let next = ((offset + at as u64) / BLOCK + 1) * BLOCK;
+        let end = data.len().min((next - offset) as usize);
+        if data[at..end].iter().all(|&b| b == 0) {
+            if start < at {
+                file.write_all_at(&data[start..at], offset + start as u64)?;
+            }
+            start = end;
+        }
+        at = end;
+    }
+    if start < data.len() {
+        file.write_all_at(&data[start..], offset + start as u64)?;
+    }
+    Ok(())
 }
 
 /// Set the metadata of directories and symlinks: links in order, then directories deepest first.

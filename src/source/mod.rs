@@ -3,5 +3,6 @@
 
 pub mod files;
 pub mod glob;
+pub mod sparse;
 pub mod stream;
 pub mod tar;

@@ -2,6 +2,7 @@
 //! and deduplicated like any file), so successive archives of a changing tree share
 //! everything unchanged. Used by `backup pg-base` (pg_basebackup's tar output).
 
+use super::sparse::Sparse;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
@@ -11,6 +12,20 @@ use crate::repo::saver::Saver;
 use crate::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
+
+/// A PAX `mtime` record (`seconds[.fraction]`) in nanoseconds.
+fn pax_mtime(pax: &[(Vec<u8>, Vec<u8>)]) -> Option<i64> {
+    let value = std::str::from_utf8(&pax.iter().rev().find(|(k, _)| k == b"mtime")?.1).ok()?;
+    let (secs, frac) = value.split_once('.').unwrap_or((value, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let nanos: i64 = if digits.is_empty() { 0 } else { format!("{digits:0<9}").parse().ok()? };
+    let nanos = if secs < 0 { -nanos } else { nanos };
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
 
 /// A directory being assembled: its own node and its entries by name bytes.
 struct Dir {
@@ -302,8 +317,27 @@ pub fn import(
         cancel.check()?;
         let mut entry = entry.map_err(bad)?;
         let header = entry.header().clone();
-        end_of_last = entry.raw_file_position() + entry.size().div_ceil(512) * 512;
-        let path_bytes = entry.path_bytes().into_owned();
+        // The bytes the member stores (a GNU sparse member's size is its expanded one).
+        let stored = header.entry_size().unwrap_or(entry.size());
+        end_of_last = entry.raw_file_position() + stored.div_ceil(512) * 512;
+        let pax: Vec<(Vec<u8>, Vec<u8>)> = match entry.pax_extensions().map_err(bad)? {
+            Some(records) => records
+                .map(|r| r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec())))
+                .collect::<std::io::Result<_>>()
+                .map_err(bad)?,
+            None => Vec::new(),
+        };
+        let sparse = Sparse::from_pax(&pax).map_err(bad)?;
+        let path_bytes = match sparse.as_ref().and_then(|s| s.name.clone()) {
+            Some(name) => name,
+            None => entry.path_bytes().into_owned(),
+        };
+        if path_bytes.is_empty() {
+            return Err(Error::source(format!(
+                "the tar member whose header is at byte {} has an empty name",
+                entry.raw_header_position()
+            )));
+        }
         let Some(parts) = normalise(&path_bytes) else {
             let message = format!(
                 "tar member {:?} climbs out of the archive with '..'; not stored",
@@ -318,7 +352,8 @@ pub fn import(
         let mode = header.mode().unwrap_or(0o600) & 0o7777;
         let uid = header.uid().unwrap_or(0) as u32;
         let gid = header.gid().unwrap_or(0) as u32;
-        let mtime = header.mtime().unwrap_or(0) as i64 * 1_000_000_000;
+        // A PAX mtime keeps its fraction of a second.
+        let mtime = pax_mtime(&pax).unwrap_or(header.mtime().unwrap_or(0) as i64 * 1_000_000_000);
         let record = |link: Vec<u8>| MemberRecord {
             kind: header.as_bytes()[156],
             name: path_bytes.clone(),
@@ -328,11 +363,16 @@ pub fn import(
         };
         let Some((name, parents)) = parts.split_last() else {
             // The archive's top directory itself (`./`): its metadata is the root's.
-            if header.entry_type() == tar::EntryType::Directory {
-                root.node = node(b"", NodeKind::Dir, mode, uid, gid, mtime);
-                if options.record_members {
-                    record(Vec::new()).encode(&mut members);
-                }
+            if header.entry_type() != tar::EntryType::Directory {
+                return Err(Error::source(format!(
+                    "the tar member {:?} (header at byte {}) names the archive's top directory but is not a directory",
+                    String::from_utf8_lossy(&path_bytes),
+                    entry.raw_header_position()
+                )));
+            }
+            root.node = node(b"", NodeKind::Dir, mode, uid, gid, mtime);
+            if options.record_members {
+                record(Vec::new()).encode(&mut members);
             }
             continue;
         };
@@ -361,14 +401,26 @@ pub fn import(
                 (n.name, n.name_raw) = (text, raw);
                 n
             }
-            t if t.is_file() => {
-                let size = entry.size();
+            t if t.is_file() || t.is_gnu_sparse() || t.is_contiguous() => {
+                let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
+                let mut expanded;
+                let mut plain;
+                let data: &mut dyn Read = match &sparse {
+                    Some(s) => {
+                        expanded = s.expand(&mut entry, stored).map_err(bad)?;
+                        &mut expanded
+                    }
+                    None => {
+                        plain = &mut entry;
+                        &mut plain
+                    }
+                };
                 let wanted = options.capture.iter().any(|c| c.as_bytes() == path_bytes.as_slice());
                 let mut kept = Vec::new();
                 let mut builder = ContentBuilder::new();
                 let mut chunker = match spare.take() {
-                    Some(chunker) => chunker.reset(&mut entry, size),
-                    None => Chunker::with_size_hint(&mut entry, params, size),
+                    Some(chunker) => chunker.reset(data, size),
+                    None => Chunker::with_size_hint(data, params, size),
                 };
                 for chunk in chunker.by_ref() {
                     cancel.check()?;
@@ -398,7 +450,6 @@ pub fn import(
                 let mut n = node(name, NodeKind::File, mode, uid, gid, mtime);
                 n.size = content.size;
                 n.content = Some(content);
-                files.insert(parts.clone(), n.clone());
                 n
             }
             other => {
@@ -417,6 +468,11 @@ pub fn import(
         };
         if options.record_members {
             record(link).encode(&mut members);
+        }
+        // What a later hard link may name: any member but a directory (a link to a
+        // symlink is a second symlink).
+        if n.kind != NodeKind::Dir {
+            files.insert(parts.clone(), n.clone());
         }
         let dir = root.dir_at(parents)?;
         if n.kind == NodeKind::Dir {
