@@ -438,7 +438,18 @@ impl Backend {
         if idempotent && self.local_root.is_none() && data.len() >= MULTIPART_THRESHOLD {
             // A multipart upload cannot be create-only, but the name is the content's hash:
             // replacing an object with the same bytes changes nothing.
-            return self.retry(key, "write", || self.put_multipart(&path, &data)).await;
+            let uploaded = self.retry(key, "write", || self.put_multipart(&path, &data)).await;
+            // The final request's reply may be lost after the object was assembled: its
+            // retry then meets "NoSuchUpload" (the upload is complete), and a whole new
+            // upload on OSS meets 409 (x-oss-forbid-overwrite). Either way the object may
+            // be stored intact: read it back before reporting a failure.
+            return match uploaded {
+                Ok(()) => Ok(()),
+                Err(e) => match self.get(key).await {
+                    Ok(existing) if existing == data => Ok(()),
+                    _ => Err(e),
+                },
+            };
         }
         let payload = PutPayload::from_bytes(data.clone());
         let result = self

@@ -95,11 +95,16 @@ fn oss_builder(bucket: &str) -> Result<AmazonS3Builder> {
     let endpoint = if endpoint.contains("://") { endpoint } else { format!("https://{endpoint}") };
     let (scheme, host) = endpoint.split_once("://").expect("has a scheme");
     let host = host.trim_end_matches('/');
-    // The region signs requests; OSS names it after the endpoint (oss-cn-hangzhou...).
-    let region = region.unwrap_or_else(|| {
-        let first = host.split(['.', ':']).next().unwrap_or_default();
-        first.strip_prefix("oss-").unwrap_or(first).to_string()
-    });
+    // The region signs requests; OSS names it in the endpoint (oss-cn-hangzhou...).
+    let region = match region.or_else(|| oss_region(host)) {
+        Some(region) => region,
+        None => {
+            return Err(Error::invalid(format!(
+                "repository oss://{bucket}: the endpoint {host} names no region (an accelerate or custom \
+                 endpoint); set OSS_REGION (e.g. cn-hangzhou)"
+            )))
+        }
+    };
     let (Some(key_id), Some(secret)) = (env("OSS_ACCESS_KEY_ID"), env("OSS_ACCESS_KEY_SECRET")) else {
         return Err(Error::invalid(format!(
             "repository oss://{bucket}: set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET"
@@ -116,6 +121,22 @@ fn oss_builder(bucket: &str) -> Result<AmazonS3Builder> {
         builder = builder.with_token(token);
     }
     Ok(builder)
+}
+
+/// The region an OSS endpoint names: `oss-cn-hangzhou.aliyuncs.com`,
+/// `oss-cn-hangzhou-internal.aliyuncs.com`, `s3.oss-cn-hangzhou.aliyuncs.com` (and its
+/// `-internal` form) all sign as `cn-hangzhou`. Accelerate endpoints
+/// (`oss-accelerate.aliyuncs.com`, `oss-accelerate-overseas...`) and custom domains name
+/// none.
+fn oss_region(host: &str) -> Option<String> {
+    let host = host.split(':').next().unwrap_or(host);
+    let label = host.split('.').find(|l| l.starts_with("oss-"))?;
+    let region = label.strip_prefix("oss-")?;
+    let region = region.strip_suffix("-internal").unwrap_or(region);
+    if region.is_empty() || region.starts_with("accelerate") {
+        return None;
+    }
+    Some(region.to_string())
 }
 
 fn env(name: &str) -> Option<String> {
@@ -149,6 +170,23 @@ pub fn one_line(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_documented_oss_endpoint_form_names_its_region() {
+        for (host, region) in [
+            ("oss-cn-hangzhou.aliyuncs.com", Some("cn-hangzhou")),
+            ("oss-cn-hangzhou-internal.aliyuncs.com", Some("cn-hangzhou")),
+            ("s3.oss-cn-hangzhou.aliyuncs.com", Some("cn-hangzhou")),
+            ("s3.oss-cn-hangzhou-internal.aliyuncs.com", Some("cn-hangzhou")),
+            ("oss-ap-southeast-1.aliyuncs.com:443", Some("ap-southeast-1")),
+            ("oss-accelerate.aliyuncs.com", None),
+            ("oss-accelerate-overseas.aliyuncs.com", None),
+            ("backup.example.com", None),
+            ("127.0.0.1:9000", None),
+        ] {
+            assert_eq!(oss_region(host).as_deref(), region, "{host}");
+        }
+    }
 
     #[test]
     fn redact_drops_user_info_and_query() {

@@ -232,6 +232,45 @@ fn oss_uses_virtual_host_addressing() {
     assert!(hosts.iter().all(|h| h == "ossbucket.oss-cn-test.example.com"), "virtual-host requests only: {hosts:?}");
 }
 
+/// A lost reply to a multipart upload's final request, with OSS's behaviour: the retry
+/// of the completion is refused (NoSuchUpload from moto; 409 FileAlreadyExists from OSS,
+/// emulated here for every later completion). The pack is stored intact, so the backup
+/// reads it back and succeeds instead of failing with "NoSuchUpload" or 409.
+#[test]
+fn a_lost_reply_to_a_multipart_completion_is_resolved_on_oss() {
+    let server = S3Server::start();
+    server.create_bucket("ossbig");
+    let completions = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = completions.clone();
+    let proxy = FaultProxy::start(server.port, move |method, path, _| {
+        if method == "POST" && path.contains("uploadId") {
+            return match seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+                0 => Fault::LandThenFail,
+                _ => Fault::Conflict,
+            };
+        }
+        Fault::Pass
+    });
+    let mut env = Env::empty();
+    env.repo = "oss://ossbig/cairn".into();
+    env.vars = vec![
+        ("OSS_ENDPOINT".into(), "http://oss-cn-test.example.com".into()),
+        ("OSS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+        ("OSS_ACCESS_KEY_SECRET".into(), SECRET_KEY.into()),
+        ("OSS_ALLOW_HTTP".into(), "true".into()),
+        ("HTTP_PROXY".into(), proxy.endpoint()),
+        ("http_proxy".into(), proxy.endpoint()),
+        ("NO_PROXY".into(), "".into()),
+        ("no_proxy".into(), "".into()),
+    ];
+    env.cmd().args(["init", "--pack-size", "96MiB", "--compression-level", "0"]).assert().success();
+    let data = noise(72 << 20, 23);
+    let id = env.backup_stdin("big", &data)["id"].as_str().unwrap().to_string();
+    assert!(completions.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the completion was retried");
+    assert!(env.restore_stdout(&id) == data);
+    env.check_read_data();
+}
+
 /// object_store's own conformance suite, run against the S3 server the same way cairn
 /// talks to it (with conditional writes).
 #[tokio::test]

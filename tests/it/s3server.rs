@@ -124,6 +124,9 @@ pub enum Fault {
     /// Forward without `If-None-Match`: a proxy that turns create-only writes into
     /// plain ones.
     StripConditional,
+    /// Answer 409 FileAlreadyExists without forwarding: what OSS says to a write
+    /// carrying `x-oss-forbid-overwrite` when the object exists.
+    Conflict,
 }
 
 type Policy = dyn Fn(&str, &str, usize) -> Fault + Send + Sync;
@@ -240,6 +243,16 @@ fn serve(
             }
             Fault::ServerError => {
                 write_500(&mut client)?;
+                continue;
+            }
+            Fault::Conflict => {
+                let body = "<?xml version=\"1.0\"?><Error><Code>FileAlreadyExists</Code><Message>The object you \
+                            specified already exists and can not be overwritten.</Message></Error>";
+                write!(
+                    client,
+                    "HTTP/1.1 409 Conflict\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )?;
                 continue;
             }
             Fault::Slow(pause) => std::thread::sleep(pause),
