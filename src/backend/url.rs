@@ -37,6 +37,15 @@ pub fn object_store(scheme: &str, rest: &str) -> Result<(Arc<dyn ObjectStore>, S
         .get_config_value(&AmazonS3ConfigKey::Endpoint)
         .map(|e| format!(" at {}", redact(&e)))
         .unwrap_or_default();
+    let plain_http = builder.get_config_value(&AmazonS3ConfigKey::Endpoint).is_some_and(|e| e.starts_with("http://"));
+    let allowed = env_flag("AWS_ALLOW_HTTP") || (scheme == "oss" && env_flag("OSS_ALLOW_HTTP"));
+    if plain_http && !allowed {
+        let flag = if scheme == "oss" { "OSS_ALLOW_HTTP" } else { "AWS_ALLOW_HTTP" };
+        return Err(Error::invalid(format!(
+            "repository {url}: the endpoint{endpoint} is plain HTTP, which sends everything unencrypted; set \
+             {flag}=true to allow it, or use an https:// endpoint"
+        )));
+    }
     let store = builder
         .build()
         .map_err(|e| Error::new(ErrorKind::InvalidInput, format!("repository {url}: {}", one_line(&e.to_string()))))?;

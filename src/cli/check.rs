@@ -103,6 +103,9 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
     if ctx.args.json {
         print_json(&report);
     } else {
+        for warning in &report.warnings {
+            eprintln!("cairn: warning: {warning}");
+        }
         for error in &report.errors {
             eprintln!("cairn: damage: {error}");
         }

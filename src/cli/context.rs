@@ -151,21 +151,29 @@ impl Context {
         }
     }
 
-    /// The secret from the options, or `None` if none was given.
+    /// The secret from the options, or `None` if none was given. An empty password is an
+    /// error naming where it came from, not a wrong password.
     pub fn secret(&self) -> anyhow::Result<Option<Secret>> {
         if let Some(path) = &self.args.key_file {
             return Ok(Some(Secret::KeyFile(path.clone())));
         }
-        if let Some(command) = &self.args.password_command {
-            return Ok(Some(Secret::Password(password_from_command(command)?.into())));
+        let (password, source): (Zeroizing<String>, String) = if let Some(command) = &self.args.password_command {
+            (password_from_command(command)?.into(), format!("--password-command `{command}` printed nothing"))
+        } else if let Some(path) = &self.args.password_file {
+            (password_file(path)?, format!("the first line of {} is empty", path.display()))
+        } else if let Ok(password) = std::env::var("CAIRN_PASSWORD") {
+            (password.into(), "CAIRN_PASSWORD is set but empty".to_string())
+        } else {
+            return Ok(None);
+        };
+        if password.is_empty() {
+            return Err(cairn::Error::new(
+                cairn::ErrorKind::WrongPassword,
+                format!("the password is empty: {source}; give the repository's password"),
+            )
+            .into());
         }
-        if let Some(path) = &self.args.password_file {
-            return Ok(Some(Secret::Password(password_file(path)?)));
-        }
-        if let Ok(password) = std::env::var("CAIRN_PASSWORD") {
-            return Ok(Some(Secret::Password(password.into())));
-        }
-        Ok(None)
+        Ok(Some(Secret::Password(password)))
     }
 
     /// The secrets compartment's password, if one was given.

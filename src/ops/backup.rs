@@ -40,6 +40,16 @@ pub struct BackupResult {
     pub warnings: Vec<String>,
 }
 
+/// A backup that failed before its snapshot was written says so, once.
+fn uncommitted(e: Error) -> Error {
+    let message = e.message();
+    if message.contains("nothing was committed") || message.contains("no snapshot was written") {
+        return e;
+    }
+    let message = format!("{message} (nothing was committed)");
+    Error::new(e.kind(), message)
+}
+
 /// What a producer made: a stream's content or a tree's root.
 pub enum Root {
     Content(Content),
@@ -88,7 +98,7 @@ where
     // pipeline stop.
     let (root, saved) = match (produced, finished) {
         (Ok(root), Ok(saved)) => (root, saved),
-        (_, Err(e)) | (Err(e), Ok(_)) => return Err(e),
+        (_, Err(e)) | (Err(e), Ok(_)) => return Err(uncommitted(e)),
     };
     stats.added = saved.added_bytes;
     stats.added_blobs = saved.added_blobs;

@@ -50,6 +50,8 @@ pub struct CheckReport {
     /// Secrets snapshots whose inner layer was not opened (no secrets password): their
     /// packs are still read and verified like any other.
     pub secrets_skipped: u64,
+    /// Not damage: things the check could not do (write its coverage record).
+    pub warnings: Vec<String>,
 }
 
 impl CheckReport {
@@ -143,7 +145,15 @@ pub async fn check(repo: &Repository, read_data: ReadData, progress: &dyn Progre
         progress.end();
     }
     if let Some(coverage) = coverage.as_mut() {
-        coverage.record(backend, key, &intact, &readable).await?;
+        // The verification is done and reported whatever happens to its record (read-only
+        // credentials cannot write one): the next run just reads those packs again.
+        if let Err(e) = coverage.record(backend, key, &intact, &readable).await {
+            report.warnings.push(format!(
+                "the packs read were verified, but the record of it could not be written ({}); the next \
+                 --read-data run reads them again",
+                e.message()
+            ));
+        }
     }
 
     let mut walk =

@@ -86,6 +86,12 @@ fn open_existing(path: &Path) -> Result<Connection> {
     if !meta.is_file() {
         return Err(Error::source(format!("{} is not a file; give the path of a SQLite database", path.display())));
     }
+    if meta.len() == 0 {
+        return Err(Error::source(format!(
+            "{} is empty (0 bytes), not a SQLite database; give the path of a database file",
+            path.display()
+        )));
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)
         .or_else(|_| {
@@ -193,9 +199,14 @@ pub async fn backup_sqlite(
         let source_facts = facts(&src, &source)?;
         snapshot_into(&src, &source, &copy, cancel)?;
         drop(src);
-        let conn = open_existing(&copy)?;
-        let copy_facts = facts(&conn, &copy)?;
-        let check = run_check(&conn, &copy, level)?;
+        // Problems found in the copy are the source's: name it, not the scratch file.
+        let named = |e: Error| {
+            let message = e.message().replace(&copy.display().to_string(), &source.display().to_string());
+            Error::new(e.kind(), message)
+        };
+        let conn = open_existing(&copy).map_err(named)?;
+        let copy_facts = facts(&conn, &copy).map_err(named)?;
+        let check = run_check(&conn, &copy, level).map_err(named)?;
         Ok((source_facts, copy_facts, check))
     })?;
     let mut options = options.clone();

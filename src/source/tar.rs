@@ -299,9 +299,14 @@ pub fn import(
     let mut files: HashMap<Vec<Vec<u8>>, Node> = HashMap::new();
     let mut archive = tar::Archive::new(reader);
     let bad = |e: std::io::Error| {
-        // The tar crate quotes the bytes it could not parse; keep the message one short line.
-        let text: String =
-            e.to_string().chars().map(|c| if c.is_control() || c == '\u{fffd}' { '?' } else { c }).collect();
+        // The tar crate quotes the bytes it could not parse: never print them (garbage
+        // input would fill the terminal with noise); keep the message one short line.
+        let raw = e.to_string();
+        let text = if raw.chars().any(|c| !(c.is_ascii_graphic() || c == ' ')) {
+            "a header does not parse: this is not a tar archive, or it is damaged".to_string()
+        } else {
+            raw
+        };
         let text = match text.char_indices().nth(100) {
             Some((cut, _)) => format!("{}...", &text[..cut]),
             None => text,

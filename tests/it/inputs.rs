@@ -312,3 +312,54 @@ fn closed_pipes_end_quietly_and_includes_must_match() {
         .stderr(predicate::str::contains("matches nothing").and(predicate::str::contains("conf.d/app.conf")));
     assert!(!target.exists(), "nothing restored, nothing created");
 }
+
+/// Messages that misled: each now says what happened and what to do, on one line.
+#[test]
+fn misleading_messages_say_what_happened() {
+    let env = Env::new();
+    let one_line = |out: &assert_cmd::assert::Assert| {
+        let text = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+        assert_eq!(text.trim().lines().count(), 1, "{text}");
+        text
+    };
+    // An empty password is not a wrong one.
+    let out = env.cmd().env("CAIRN_PASSWORD", "").args(["snapshots"]).assert().code(12);
+    assert!(one_line(&out).contains("the password is empty: CAIRN_PASSWORD is set but empty"));
+    // A 0-byte file is not an empty database.
+    let empty = env.path("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let out = env.cmd().args(["backup", "sqlite"]).arg(&empty).args(["--name", "e"]).assert().code(1);
+    assert!(one_line(&out).contains("is empty (0 bytes), not a SQLite database"));
+    // Garbage given as a tar prints none of its bytes.
+    let garbage = env.path("garbage");
+    std::fs::write(&garbage, super::harness::noise(4096, 3)).unwrap();
+    let out = env.cmd().args(["backup", "tar", "--name", "g"]).arg(&garbage).assert().code(1);
+    let text = one_line(&out);
+    assert!(text.contains("not a tar archive") && text.is_ascii(), "{text}");
+    // Plain HTTP without AWS_ALLOW_HTTP is not "builder error".
+    let out = env
+        .bare()
+        .env("CAIRN_REPO", "s3://bucket/repo")
+        .env("CAIRN_PASSWORD", "x")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "a")
+        .env("AWS_SECRET_ACCESS_KEY", "b")
+        .args(["snapshots"])
+        .assert()
+        .code(1);
+    assert!(one_line(&out).contains("set AWS_ALLOW_HTTP=true"));
+}
+
+/// `check --read-data` where it cannot write its coverage record (read-only storage; here
+/// `coverage` is a file, which stops root too): the verification is reported, and the
+/// record it could not write is a warning, not the result.
+#[test]
+fn read_data_that_cannot_record_its_coverage_reports_its_verification() {
+    let env = Env::new();
+    env.backup_stdin("x", &super::harness::noise(100_000, 4));
+    let _ = std::fs::remove_dir_all(env.repo.join("coverage"));
+    std::fs::write(env.repo.join("coverage"), b"in the way").unwrap();
+    let out = env.cmd().args(["check", "--read-data"]).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(text.contains("record of it could not be written") && text.contains("no damage"), "{text}");
+}
