@@ -121,7 +121,7 @@ fn disk_full_fails_cleanly_and_leaves_a_valid_repository() {
         .write_stdin(noise(40 << 20, 2))
         .assert()
         .code(1)
-        .stderr(predicate::str::contains("disk is full"));
+        .stderr(predicate::str::contains("disk is full").and(predicate::str::contains("nothing was committed")));
     env.cmd().env("CAIRN_REPO", &repo).args(["check", "--read-data"]).assert().success();
     let out = env.cmd().env("CAIRN_REPO", &repo).args(["--json", "snapshots"]).assert().success();
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.get_output().stdout).unwrap();

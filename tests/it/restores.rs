@@ -273,3 +273,33 @@ fn restores_keep_the_owner_and_mode_of_what_they_replace() {
     assert_eq!(std::fs::read(&key).unwrap(), b"KEY");
     expect(&key, 0o640, "secret");
 }
+
+/// 3,000 small files restored under `ulimit -n 128`: the restore keeps a bounded number
+/// of files open (the old one opened every file a pack range touched at once).
+#[test]
+fn a_restore_of_many_files_needs_few_descriptors() {
+    let env = Env::new();
+    let src = env.path("many");
+    for d in 0..30 {
+        let dir = src.join(format!("d{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..100 {
+            std::fs::write(dir.join(format!("f{f:03}")), noise(700, d * 1000 + f)).unwrap();
+        }
+    }
+    let id = backup_files(&env, &src);
+    let target = env.path("out");
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c").arg("ulimit -n 128 && exec \"$CAIRN_BIN\" restore \"$ID\" --to \"$TARGET\"");
+    for (k, v) in env.cmd().get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("CAIRN_BIN", assert_cmd::cargo::cargo_bin("cairn")).env("ID", &id).env("TARGET", &target);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for original in walk(&src) {
+        assert_eq!(std::fs::read(restored(&target, &original)).unwrap(), std::fs::read(&original).unwrap());
+    }
+}
