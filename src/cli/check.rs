@@ -72,7 +72,12 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
     if read_data != ReadData::None {
         // The secrets' inner layer needs the catalog (their content is read like a restore).
         repo.catalog().refresh(repo.backend(), repo.key()).await?;
-        let secrets = ctx.open_secrets(&repo).await?;
+        // A secrets password given to a repository without a compartment opens nothing:
+        // there is nothing to check with it.
+        let secrets = match cairn::secrets::exists(&repo).await? {
+            true => ctx.open_secrets(&repo).await?,
+            false => None,
+        };
         check::check_secrets(&repo, secrets.as_ref(), &mut report).await?;
     }
     if let Some(path) = &args.metrics_file {

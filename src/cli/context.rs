@@ -47,12 +47,12 @@ pub struct GlobalArgs {
     /// Use a temporary catalog instead of the cache directory
     #[arg(long, global = true)]
     pub no_cache: bool,
-    /// Print machine-readable JSON on stdout
     /// Skip key slots whose Argon2id cost (memory in MiB × passes) is above this: a planted
     /// slot must not make every unlock take minutes. The default slot costs 192
     #[arg(long, global = true, env = "CAIRN_KDF_COST_LIMIT", value_name = "MIB_PASSES",
           default_value_t = cairn::repo::keys::DEFAULT_KDF_COST_LIMIT)]
     pub kdf_cost_limit: u64,
+    /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,
     /// Print nothing but errors and warnings

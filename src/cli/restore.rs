@@ -204,17 +204,37 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
     let stats = if let Some(dir) = &args.to {
         restore::restore_tree_to_dir(repo, &root, dir, &options, progress.as_ref()).await?
     } else if let Some(tar) = &args.tar {
-        let out: Box<dyn std::io::Write + Send> = if tar.as_os_str() == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(std::fs::File::create(tar).map_err(|e| cairn::Error::io("create", tar, e))?)
+        // A tar file is written under a temporary name and renamed when complete: a
+        // failed restore leaves no archive that looks whole but is not.
+        let place = match tar.as_os_str() == "-" {
+            true => None,
+            false => Some(restore::Place::new(tar)?),
+        };
+        let (out, file): (Box<dyn std::io::Write + Send>, _) = match &place {
+            None => (Box::new(std::io::stdout()), None),
+            Some(place) => {
+                let file = place.create()?;
+                let writer = file.try_clone().map_err(|e| cairn::Error::io("open", tar, e))?;
+                (Box::new(writer), Some(file))
+            }
         };
         let out = std::io::BufWriter::with_capacity(1 << 20, out);
-        if archive {
-            cairn::ops::archive::restore_archive_to_tar(repo, &snapshot, out, &options).await?
+        let written = if archive {
+            cairn::ops::archive::restore_archive_to_tar(repo, &snapshot, out, &options).await
         } else {
-            restore::restore_tree_to_tar(repo, &root, out, &options).await?
+            restore::restore_tree_to_tar(repo, &root, out, &options).await
+        };
+        let committed = match (&place, file, written) {
+            (Some(place), Some(file), Ok(stats)) => place.commit(&file).map(|()| stats),
+            (_, _, Ok(stats)) => Ok(stats),
+            (_, _, Err(e)) => Err(e),
+        };
+        if committed.is_err() {
+            if let Some(place) = &place {
+                place.abandon();
+            }
         }
+        committed?
     } else {
         return Err(usage(format!("snapshot {} is a file tree: restore it with --to DIR or --tar FILE", id.short())));
     };

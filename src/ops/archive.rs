@@ -40,6 +40,20 @@ impl Trees<'_> {
         Ok(self.find(parents, name))
     }
 
+    /// Whether a directory on the way to a member is now something else: a later member
+    /// of the same name replaced it (and what it held), as extracting would.
+    async fn superseded(&mut self, parents: &[Vec<u8>]) -> Result<bool> {
+        for depth in 1..=parents.len() {
+            let found = self.node(&parents[..depth - 1], &parents[depth - 1]).await?;
+            match found {
+                Some(n) if n.kind != NodeKind::Dir => return Ok(true),
+                Some(_) => continue,
+                None => return Ok(false),
+            }
+        }
+        Ok(false)
+    }
+
     fn find(&self, parents: &[Vec<u8>], name: &[u8]) -> Option<Node> {
         let tree = self.loaded.get(parents)?;
         tree.nodes.iter().find(|n| n.name_bytes() == name).cloned()
@@ -84,6 +98,19 @@ fn append_raw<W: Write>(
     }
     header.set_cksum();
     builder.append(header, data)
+}
+
+/// Whether a member of tar type `kind` is what the tree holds at its name.
+fn same_kind(kind: u8, node: NodeKind) -> bool {
+    match kind {
+        b'5' => node == NodeKind::Dir,
+        b'2' => node == NodeKind::Symlink,
+        b'1' => node != NodeKind::Dir,
+        b'3' => node == NodeKind::Chardev,
+        b'4' => node == NodeKind::Blockdev,
+        b'6' => node == NodeKind::Fifo,
+        _ => node == NodeKind::File,
+    }
 }
 
 /// A PAX extended header carrying the next member's mtime to the nanosecond (the GNU
@@ -157,16 +184,21 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
             }
             continue;
         };
-        let node = trees.node(parents, name).await?.ok_or_else(|| {
-            Error::corrupt(format!(
-                "tar member {:?} is listed but missing from the snapshot's tree",
-                String::from_utf8_lossy(&record.name)
-            ))
-        })?;
-        // A name that was first one kind and then a directory (or the reverse) holds what
-        // the later member made of it, as extracting the archive would: the earlier
-        // member is superseded and not written.
-        if (record.kind == b'5') != (node.kind == NodeKind::Dir) {
+        let node = match trees.node(parents, name).await? {
+            Some(node) => node,
+            // Inside a directory a later member replaced: superseded, as on extraction.
+            None if trees.superseded(parents).await? => continue,
+            None => {
+                return Err(Error::corrupt(format!(
+                    "tar member {:?} is listed but missing from the snapshot's tree",
+                    String::from_utf8_lossy(&record.name)
+                )))
+            }
+        };
+        // A name that was first one kind and then another holds what the later member
+        // made of it, as extracting the archive would: the earlier member is superseded
+        // and not written.
+        if !same_kind(record.kind, node.kind) {
             continue;
         }
         let mut header = header_for(&node, &record);

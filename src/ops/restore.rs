@@ -107,7 +107,7 @@ pub async fn restore_stream_to_file(
 
 /// A file about to be replaced: its directory, held open, a temporary name in it and
 /// what is at the final name now.
-pub(crate) struct Place {
+pub struct Place {
     dir: Beneath,
     name: Vec<u8>,
     temp: Vec<u8>,
@@ -116,7 +116,7 @@ pub(crate) struct Place {
 }
 
 impl Place {
-    pub(crate) fn new(path: &Path) -> Result<Self> {
+    pub fn new(path: &Path) -> Result<Self> {
         let (dir, name) = match (path.parent(), path.file_name()) {
             (Some(dir), Some(name)) => (if dir.as_os_str().is_empty() { Path::new(".") } else { dir }, name),
             _ => return Err(Error::invalid(format!("{} names no file; give a file path", path.display()))),
@@ -131,21 +131,21 @@ impl Place {
     }
 
     /// The new file, empty, 0600.
-    pub(crate) fn create(&self) -> Result<std::fs::File> {
+    pub fn create(&self) -> Result<std::fs::File> {
         let here = self.here()?;
         self.dir.create_temp(here.as_fd(), &self.temp, &self.name)
     }
 
     /// Give the new file the mode and owner of the one it replaces (a new file: 0666 less
     /// the umask), sync it and rename it into place.
-    pub(crate) fn commit(&self, file: &std::fs::File) -> Result<()> {
+    pub fn commit(&self, file: &std::fs::File) -> Result<()> {
         keep_mode_and_owner(file, self.replaced.as_ref()).map_err(|e| Error::io("set the mode of", &self.path, e))?;
         file.sync_all().map_err(|e| Error::io("sync", &self.path, e))?;
         let here = self.here()?;
         self.dir.rename(here.as_fd(), &self.temp, &self.name, &self.name)
     }
 
-    pub(crate) fn abandon(&self) {
+    pub fn abandon(&self) {
         if let Ok(here) = self.here() {
             self.dir.remove(here.as_fd(), &self.temp);
         }

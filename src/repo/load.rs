@@ -317,7 +317,11 @@ pub fn read_content<'a>(repo: &'a Repository, content: &Content) -> impl Stream<
     windows
         .map(move |window| async move {
             match window {
-                Ok(w) => fetch_window(repo, w).await,
+                // A pack the index lists but the storage does not have is damage.
+                Ok(w) => fetch_window(repo, w).await.map_err(|e| match e.kind() {
+                    crate::error::ErrorKind::NotFound => e.with_kind(crate::error::ErrorKind::Corrupt),
+                    _ => e,
+                }),
                 Err(e) => Err(e),
             }
         })

@@ -13,6 +13,9 @@ use crate::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, Nod
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
+/// The most bytes of holes a sparse member may declare (1 TiB).
+const MAX_HOLES: u64 = 1 << 40;
+
 /// A PAX `mtime` record (`seconds[.fraction]`) in nanoseconds.
 fn pax_mtime(pax: &[(Vec<u8>, Vec<u8>)]) -> Option<i64> {
     let value = std::str::from_utf8(&pax.iter().rev().find(|(k, _)| k == b"mtime")?.1).ok()?;
@@ -408,6 +411,16 @@ pub fn import(
             }
             t if t.is_file() || t.is_gnu_sparse() || t.is_contiguous() => {
                 let size = sparse.as_ref().map_or(entry.size(), |s| s.size);
+                // Holes are read as zeros and chunked: a 10 KB member declaring exabytes
+                // of them must not keep a backup busy for ever.
+                if size.saturating_sub(stored) > MAX_HOLES {
+                    return Err(Error::source(format!(
+                        "tar member {:?} (header at byte {}) is a sparse file of {size} bytes holding {stored}: \
+                         more than 1 TiB of holes, which cairn does not store",
+                        String::from_utf8_lossy(&path_bytes),
+                        entry.raw_header_position()
+                    )));
+                }
                 let mut expanded;
                 let mut plain;
                 let data: &mut dyn Read = match &sparse {

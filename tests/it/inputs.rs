@@ -348,6 +348,8 @@ fn misleading_messages_say_what_happened() {
         .assert()
         .code(1);
     assert!(one_line(&out).contains("set AWS_ALLOW_HTTP=true"));
+    // A secrets password where there is no compartment opens nothing; check still runs.
+    env.cmd().env("CAIRN_SECRETS_PASSWORD", "other").args(["check", "--read-data"]).assert().success();
 }
 
 /// `check --read-data` where it cannot write its coverage record (read-only storage; here

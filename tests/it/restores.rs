@@ -207,6 +207,19 @@ fn a_damaged_or_missing_pack_leaves_no_wrong_file() {
         .code(13)
         .stderr(predicate::str::contains("could not be restored"));
     judge(&target, "missing pack");
+    // A tar written to a file: no archive that looks whole is left when data is missing,
+    // and its temporary file is removed.
+    let archive = env.path("out.tar");
+    env.cmd().args(["restore", &id, "--tar"]).arg(&archive).assert().code(13);
+    assert!(!archive.exists(), "no partial archive under the final name");
+    assert!(
+        std::fs::read_dir(env.dir.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".cairn-")),
+        "its temporary file is removed"
+    );
 }
 
 /// A stream, a SQLite database and a secret restored over files the service owns keep

@@ -332,6 +332,44 @@ fn odd_members_are_stored_faithfully_or_refused_with_their_offset() {
     tar(&["-xf", back.to_str().unwrap()], &x);
     assert_eq!(std::fs::read(x.join("x/in")).unwrap(), b"in");
 
+    // A directory (with a member inside) and then a file of its name; a symlink and then
+    // a file of its name: written back, GNU tar extracts what the later member made.
+    let later = handmade(
+        &env,
+        "later.tar",
+        "d = tarfile.TarInfo('x'); d.type = tarfile.DIRTYPE; t.addfile(d)\n\
+         y = tarfile.TarInfo('x/y'); y.size = 1; t.addfile(y, io.BytesIO(b'y'))\n\
+         f = tarfile.TarInfo('x'); f.size = 4; t.addfile(f, io.BytesIO(b'file'))\n\
+         l = tarfile.TarInfo('l'); l.type = tarfile.SYMTYPE; l.linkname = 'X'; t.addfile(l)\n\
+         g = tarfile.TarInfo('l'); g.size = 4; t.addfile(g, io.BytesIO(b'EVIL'))",
+    );
+    env.cmd().args(["backup", "tar", "--name", "later"]).arg(&later).assert().success();
+    let back = env.path("later-back.tar");
+    env.cmd().args(["restore", "latest", "--name", "later", "--tar"]).arg(&back).assert().success();
+    let x = env.path("later-x");
+    std::fs::create_dir_all(&x).unwrap();
+    tar(&["-xf", back.to_str().unwrap()], &x);
+    assert_eq!(std::fs::read(x.join("x")).unwrap(), b"file");
+    assert_eq!(std::fs::read(x.join("l")).unwrap(), b"EVIL");
+    assert!(std::fs::symlink_metadata(x.join("l")).unwrap().is_file());
+
+    // A sparse member declaring 2^63 bytes in a few KB is refused at once, not chunked
+    // for ever.
+    let huge = handmade(
+        &env,
+        "huge.tar",
+        "h = tarfile.TarInfo('GNUSparseFile.1/huge'); h.size = 1\n\
+         h.pax_headers = {'GNU.sparse.size': str(2**63), 'GNU.sparse.map': '0,1', 'GNU.sparse.name': 'huge'}\n\
+         t.addfile(h, io.BytesIO(b'h'))",
+    );
+    env.cmd()
+        .args(["backup", "tar", "--name", "huge"])
+        .arg(&huge)
+        .timeout(std::time::Duration::from_secs(60))
+        .assert()
+        .code(1)
+        .stderr(predicate::str::contains("more than 1 TiB of holes"));
+
     // An empty name is refused, naming where its header is.
     let empty = handmade(
         &env,
