@@ -100,6 +100,147 @@ fn append_raw<W: Write>(
     builder.append(header, data)
 }
 
+/// Tar's sparse granularity: data and holes are whole 512-byte blocks.
+const SPARSE_BLOCK: u64 = 512;
+
+/// Write a file that was a sparse member as one again, in GNU tar's PAX format 1.0
+/// (src/source/sparse.rs): a PAX header naming it and its real size, then a member
+/// `DIR/GNUSparseFile.0/NAME` whose data is the map (decimal lines padded to 512 bytes)
+/// followed by the data blocks. One pass over the content finds the blocks that are not
+/// all zeros; a second writes them.
+async fn append_sparse<W: Write + Send>(
+    repo: &Repository,
+    builder: &mut tar::Builder<W>,
+    header: &mut tar::Header,
+    name: &[u8],
+    node: &Node,
+) -> Result<()> {
+    let content = node.content.clone().unwrap_or_default();
+    let mut segments: Vec<(u64, u64)> = Vec::new();
+    consume_stream(repo, &content, |mut reader| {
+        let mut block = vec![0u8; SPARSE_BLOCK as usize];
+        let mut at = 0u64;
+        loop {
+            let n = read_block(&mut reader, &mut block).map_err(tar_error)?;
+            if n == 0 {
+                return Ok(());
+            }
+            if block[..n].iter().any(|&b| b != 0) {
+                match segments.last_mut() {
+                    Some((offset, length)) if *offset + *length == at => *length += n as u64,
+                    _ => segments.push((at, n as u64)),
+                }
+            }
+            at += n as u64;
+        }
+    })
+    .await?;
+    // GNU tar ends every map with the file's end, a zero-length segment where the file
+    // ends in a hole.
+    if segments.last().is_none_or(|(o, l)| o + l < node.size) {
+        segments.push((node.size, 0));
+    }
+    let mut map = format!("{}\n", segments.len());
+    for (offset, length) in &segments {
+        map.push_str(&format!("{offset}\n{length}\n"));
+    }
+    let mut map = map.into_bytes();
+    map.resize(map.len().next_multiple_of(SPARSE_BLOCK as usize), 0);
+    let stored = map.len() as u64 + segments.iter().map(|(_, l)| l).sum::<u64>();
+    let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&name[..=i], &name[i + 1..]),
+        None => (&b""[..], name),
+    };
+    let member = [dir, b"GNUSparseFile.0/", base].concat();
+    let mut records = vec![
+        ("GNU.sparse.major", b"1".to_vec()),
+        ("GNU.sparse.minor", b"0".to_vec()),
+        ("GNU.sparse.name", name.to_vec()),
+        ("GNU.sparse.realsize", node.size.to_string().into_bytes()),
+    ];
+    let nanos = node.mtime.rem_euclid(1_000_000_000);
+    if nanos != 0 {
+        records.push(("mtime", format!("{}.{nanos:09}", node.mtime.div_euclid(1_000_000_000)).into_bytes()));
+    }
+    tokio::task::block_in_place(|| append_pax(builder, &records)).map_err(tar_error)?;
+    // PAX sparse members need a POSIX (ustar) header: GNU tar reads a GNU one as its own
+    // format and ignores the map.
+    let mut ustar = tar::Header::new_ustar();
+    ustar.set_mode(header.mode().unwrap_or(0o644));
+    ustar.set_uid(header.uid().unwrap_or(0));
+    ustar.set_gid(header.gid().unwrap_or(0));
+    ustar.set_mtime(header.mtime().unwrap_or(0));
+    if let (Some(u), Some(g)) = (header.username_bytes(), header.groupname_bytes()) {
+        let (u, g) = (u.to_vec(), g.to_vec());
+        if let Some(fields) = ustar.as_ustar_mut() {
+            fields.uname[..u.len().min(31)].copy_from_slice(&u[..u.len().min(31)]);
+            fields.gname[..g.len().min(31)].copy_from_slice(&g[..g.len().min(31)]);
+        }
+    }
+    ustar.set_entry_type(tar::EntryType::Regular);
+    ustar.set_size(stored);
+    let segments_for_writer = segments.clone();
+    consume_stream(repo, &content, |reader| {
+        let data = std::io::Read::chain(&map[..], Segments::new(reader, segments_for_writer));
+        append_raw(builder, &mut ustar, &member, None, data).map_err(tar_error)
+    })
+    .await
+}
+
+/// Fill `block` from `reader` as far as it goes; the bytes read (less only at the end).
+fn read_block(reader: &mut impl std::io::Read, block: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < block.len() {
+        match reader.read(&mut block[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// The bytes of `inner` that fall in `segments` (ordered), the rest skipped.
+struct Segments<R> {
+    inner: R,
+    segments: std::collections::VecDeque<(u64, u64)>,
+    at: u64,
+}
+
+impl<R: std::io::Read> Segments<R> {
+    fn new(inner: R, segments: Vec<(u64, u64)>) -> Self {
+        Segments { inner, segments: segments.into(), at: 0 }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Segments<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let Some(&(offset, length)) = self.segments.front() else { return Ok(0) };
+            if self.at >= offset + length {
+                self.segments.pop_front();
+                continue;
+            }
+            if self.at < offset {
+                // Skip the hole.
+                let skip = offset - self.at;
+                let copied = std::io::copy(&mut (&mut self.inner).take(skip), &mut std::io::sink())?;
+                if copied < skip {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the content ended early"));
+                }
+                self.at = offset;
+                continue;
+            }
+            let want = buf.len().min((offset + length - self.at) as usize);
+            let n = self.inner.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the content ended early"));
+            }
+            self.at += n as u64;
+            return Ok(n);
+        }
+    }
+}
+
 /// Whether a member of tar type `kind` is what the tree holds at its name.
 fn same_kind(kind: u8, node: NodeKind) -> bool {
     match kind {
@@ -116,20 +257,30 @@ fn same_kind(kind: u8, node: NodeKind) -> bool {
 /// A PAX extended header carrying the next member's mtime to the nanosecond (the GNU
 /// header that follows holds whole seconds).
 fn append_pax_mtime<W: Write>(builder: &mut tar::Builder<W>, seconds: i64, nanos: i64) -> std::io::Result<()> {
-    let body = format!(" mtime={seconds}.{nanos:09}\n");
-    // A record starts with its own length in decimal, that length included.
-    let mut length = body.len() + 1;
-    while format!("{length}{body}").len() != length {
-        length += 1;
+    append_pax(builder, &[("mtime", format!("{seconds}.{nanos:09}").into_bytes())])
+}
+
+/// A PAX extended header (`x`) with these records, for the member that follows.
+fn append_pax<W: Write>(builder: &mut tar::Builder<W>, records: &[(&str, Vec<u8>)]) -> std::io::Result<()> {
+    let mut body = Vec::new();
+    for (key, value) in records {
+        // A record starts with its own length in decimal, that length included.
+        let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+        let mut length = rest + 1;
+        while length.to_string().len() + rest != length {
+            length += 1;
+        }
+        body.extend_from_slice(format!("{length} {key}=").as_bytes());
+        body.extend_from_slice(value);
+        body.push(b'\n');
     }
-    let record = format!("{length}{body}");
     let mut header = tar::Header::new_ustar();
     header.as_mut_bytes()[..14].copy_from_slice(b"././@PaxHeader");
     header.set_mode(0o644);
     header.set_entry_type(tar::EntryType::XHeader);
-    header.set_size(record.len() as u64);
+    header.set_size(body.len() as u64);
     header.set_cksum();
-    builder.append(&header, record.as_bytes())
+    builder.append(&header, &body[..])
 }
 
 fn header_for(node: &Node, record: &MemberRecord) -> tar::Header {
@@ -204,9 +355,17 @@ pub async fn restore_archive_to_tar<W: Write + Send>(
         let mut header = header_for(&node, &record);
         let (name, kind) = (&record.name, tar::EntryType::new(record.kind));
         let nanos = node.mtime.rem_euclid(1_000_000_000);
-        if nanos != 0 {
+        let sparse = record.kind == b'S' && node.kind == NodeKind::File;
+        // A sparse member carries its mtime in its own PAX header.
+        if nanos != 0 && !sparse {
             let seconds = node.mtime.div_euclid(1_000_000_000);
             tokio::task::block_in_place(|| append_pax_mtime(&mut builder, seconds, nanos)).map_err(tar_error)?;
+        }
+        if sparse {
+            stats.files += 1;
+            stats.bytes += node.size;
+            append_sparse(repo, &mut builder, &mut header, name, &node).await?;
+            continue;
         }
         if kind != tar::EntryType::Link && node.kind == NodeKind::File {
             header.set_size(node.size);

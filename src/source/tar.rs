@@ -362,8 +362,11 @@ pub fn import(
         let gid = header.gid().unwrap_or(0) as u32;
         // A PAX mtime keeps its fraction of a second.
         let mtime = pax_mtime(&pax).unwrap_or(header.mtime().unwrap_or(0) as i64 * 1_000_000_000);
+        // A sparse member, in any format, is recorded as type `S`: `restore --tar` writes
+        // it back sparse.
+        let kind = if sparse.is_some() { b'S' } else { header.as_bytes()[156] };
         let record = |link: Vec<u8>| MemberRecord {
-            kind: header.as_bytes()[156],
+            kind,
             name: path_bytes.clone(),
             link,
             uname: header.username_bytes().unwrap_or_default().to_vec(),

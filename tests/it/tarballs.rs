@@ -268,6 +268,13 @@ fn sparse_members_of_every_gnu_format_restore_byte_for_byte() {
             std::fs::create_dir_all(&x).unwrap();
             tar(&["-xf", again.to_str().unwrap()], &x);
             assert_eq!(std::fs::read(x.join("sparse.img")).unwrap(), content, "{format:?} via --tar");
+            // ... and the archive is sparse again: GNU tar lists the member at its full size
+            // while the archive holds little more than its data.
+            let archived = std::fs::metadata(&again).unwrap().len();
+            assert!(archived < 1 << 20, "{format:?}: --tar wrote {archived} bytes");
+            assert!(listing(&again).contains("52428800"), "{}", listing(&again));
+            let on_disk = std::fs::metadata(x.join("sparse.img")).unwrap().blocks() * 512;
+            assert!(on_disk < 1 << 20, "{format:?}: GNU tar extracted it sparse");
         }
     }
 }
