@@ -112,7 +112,7 @@ impl KeySlotFile {
         let wrapped = hex::decode(&self.wrapped).map_err(|_| Error::corrupt("key slot wrapped key is not hex"))?;
         let kek = SealKey::new(&*derive_password_key(password, &salt, self.params)?);
         match kek.open(place.aad, &wrapped) {
-            Ok(bytes) => Ok(Some(MasterKey::from_bytes(&bytes)?)),
+            Ok(bytes) => Ok(Some(MasterKey::from_bytes(&zeroize::Zeroizing::new(bytes))?)),
             Err(_) => Ok(None),
         }
     }
@@ -241,9 +241,16 @@ pub struct KeyFile {
     pub key: String,
 }
 
+/// The key's hex text is wiped when the key file is dropped.
+impl Drop for KeyFile {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl KeyFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?;
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| Error::io("read key file", path, e))?);
         Self::parse(&bytes).map_err(|e| e.context(format!("key file {}", path.display())))
     }
 
@@ -257,8 +264,9 @@ impl KeyFile {
     }
 
     pub fn master_key(&self) -> Result<MasterKey> {
-        let bytes =
-            hex::decode(&self.key).map_err(|_| Error::new(ErrorKind::WrongPassword, "key file key is not hex"))?;
+        let bytes = zeroize::Zeroizing::new(
+            hex::decode(&self.key).map_err(|_| Error::new(ErrorKind::WrongPassword, "key file key is not hex"))?,
+        );
         MasterKey::from_bytes(&bytes)
     }
 
