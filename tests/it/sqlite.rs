@@ -184,6 +184,25 @@ fn bad_databases_are_refused_with_a_clear_message() {
     assert!(err.contains("fails quick_check") && err.contains("--allow-corrupt"), "{err}");
     assert!(env.snapshots().is_empty(), "a failing database was stored");
 
+    // A page whose header is garbage (its type byte 0): the check itself fails ("database
+    // disk image is malformed"), and that is reported against the database given, never
+    // against the scratch copy cairn checks.
+    let header = env.path("header.db");
+    create(&header, "delete");
+    let conn = Connection::open(&header).unwrap();
+    for i in 1..3000 {
+        conn.execute("INSERT INTO log VALUES (?1, ?2)", rusqlite::params![i, format!("note {i}")]).unwrap();
+    }
+    let table: i64 = conn.query_row("SELECT rootpage FROM sqlite_master WHERE name = 'log'", [], |r| r.get(0)).unwrap();
+    drop(conn);
+    let mut bytes = std::fs::read(&header).unwrap();
+    bytes[(table as usize - 1) * 4096] = 0;
+    std::fs::write(&header, bytes).unwrap();
+    let out = env.cmd().args(["backup", "sqlite"]).arg(&header).args(["--name", "h"]).assert().code(1);
+    let err = String::from_utf8_lossy(&out.get_output().stderr).to_string();
+    assert!(err.contains(header.to_str().unwrap()) && !err.contains("cairn-sqlite-"), "{err}");
+    assert!(err.contains("malformed"), "{err}");
+
     let out = env
         .cmd()
         .args(["--json", "backup", "sqlite"])
