@@ -203,16 +203,11 @@ fn s3_outage_fails_cleanly_and_next_run_succeeds() {
     env.check_read_data();
 }
 
-/// oss:// puts the bucket in the host name (OSS refuses path-style requests). The requests
-/// go through a proxy (HTTP_PROXY) that records the Host headers and forwards to moto,
-/// which reads the bucket from the host as OSS does.
-#[test]
-fn oss_uses_virtual_host_addressing() {
-    let server = S3Server::start();
-    server.create_bucket("ossbucket");
-    let proxy = FaultProxy::start(server.port, |_, _, _| Fault::Pass);
+/// A repository `oss://BUCKET/cairn` reached through `proxy` (HTTP_PROXY), as OSS is:
+/// the bucket in the host name of an `oss-cn-test` endpoint.
+fn oss_env(bucket: &str, proxy: &FaultProxy) -> Env {
     let mut env = Env::empty();
-    env.repo = "oss://ossbucket/cairn".into();
+    env.repo = format!("oss://{bucket}/cairn").into();
     env.vars = vec![
         ("OSS_ENDPOINT".into(), "http://oss-cn-test.example.com".into()),
         ("OSS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
@@ -223,6 +218,18 @@ fn oss_uses_virtual_host_addressing() {
         ("NO_PROXY".into(), "".into()),
         ("no_proxy".into(), "".into()),
     ];
+    env
+}
+
+/// oss:// puts the bucket in the host name (OSS refuses path-style requests). The requests
+/// go through a proxy (HTTP_PROXY) that records the Host headers and forwards to moto,
+/// which reads the bucket from the host as OSS does.
+#[test]
+fn oss_uses_virtual_host_addressing() {
+    let server = S3Server::start();
+    server.create_bucket("ossbucket");
+    let proxy = FaultProxy::start(server.port, |_, _, _| Fault::Pass);
+    let env = oss_env("ossbucket", &proxy);
     env.cmd().arg("init").assert().success();
     let data = sql_dump(5_000, 1);
     let id = env.backup_stdin("db", &data)["id"].as_str().unwrap().to_string();
@@ -251,18 +258,7 @@ fn a_lost_reply_to_a_multipart_completion_is_resolved_on_oss() {
         }
         Fault::Pass
     });
-    let mut env = Env::empty();
-    env.repo = "oss://ossbig/cairn".into();
-    env.vars = vec![
-        ("OSS_ENDPOINT".into(), "http://oss-cn-test.example.com".into()),
-        ("OSS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-        ("OSS_ACCESS_KEY_SECRET".into(), SECRET_KEY.into()),
-        ("OSS_ALLOW_HTTP".into(), "true".into()),
-        ("HTTP_PROXY".into(), proxy.endpoint()),
-        ("http_proxy".into(), proxy.endpoint()),
-        ("NO_PROXY".into(), "".into()),
-        ("no_proxy".into(), "".into()),
-    ];
+    let env = oss_env("ossbig", &proxy);
     env.cmd().args(["init", "--pack-size", "96MiB", "--compression-level", "0"]).assert().success();
     let data = noise(72 << 20, 23);
     let id = env.backup_stdin("big", &data)["id"].as_str().unwrap().to_string();
