@@ -291,6 +291,8 @@ struct PlannedFile {
     /// Its position in the creator's order (see [`Created::wait_for`]).
     created: usize,
     remaining: AtomicU64,
+    /// Its length (set once written: runs of zeros are left as holes).
+    size: u64,
     meta: Meta,
     /// Renamed to its final name, complete.
     done: AtomicBool,
@@ -530,15 +532,16 @@ impl Creator {
                     }
                     Create::File { rel, temp, size, empty } => {
                         let (parent, name) = parents.of(&rel)?;
-                        beneath.check_file_place(parent, name, &rel)?;
+                        // Only the temporary file here: this thread makes every entry, so
+                        // the checks of the final name and the final size are left to the
+                        // writers, which run in parallel.
                         let file = beneath.create_temp(parent, &temp, &rel)?;
-                        // At its full size from the start: runs of zeros are not written
-                        // and stay holes, so a sparse file restores sparse.
-                        if let Err(e) = file.set_len(size) {
-                            beneath.remove(parent, &temp);
-                            return Err(Error::io("size", &beneath.display(&rel), e));
-                        }
+                        debug_assert!(empty.is_none() || size == 0);
                         if let Some(meta) = empty {
+                            if let Err(e) = beneath.check_file_place(parent, name, &rel) {
+                                beneath.remove(parent, &temp);
+                                return Err(e);
+                            }
                             if let Err(e) = meta.apply_to_file(&file, root) {
                                 beneath.remove(parent, &temp);
                                 return Err(Error::io("set the metadata of", &beneath.display(&rel), e));
@@ -701,6 +704,7 @@ async fn plan_file(
         temp,
         created,
         remaining: AtomicU64::new(node.size),
+        size: node.size,
         meta,
         done: AtomicBool::new(false),
     });
@@ -940,12 +944,15 @@ impl RangeWriter<'_> {
         self.written += len;
         if planned.remaining.fetch_sub(len, Ordering::AcqRel) == len {
             let (_, file) = self.open.remove(at);
+            let path = || context.beneath.display(&planned.rel);
+            // Blocks of zeros were not written: a file that ends in them gets its length.
+            file.set_len(planned.size).map_err(|e| Error::io("size", &path(), e))?;
             if let Err(e) = planned.meta.apply_to_file(&file, context.root) {
-                self.warnings
-                    .push(format!("{}: cannot restore metadata: {e}", context.beneath.display(&planned.rel).display()));
+                self.warnings.push(format!("{}: cannot restore metadata: {e}", path().display()));
             }
             drop(file);
             let (parent, name) = context.beneath.parent(&planned.rel)?;
+            context.beneath.check_file_place(parent.as_fd(), name, &planned.rel)?;
             context.beneath.rename(parent.as_fd(), &planned.temp, name, &planned.rel)?;
             planned.done.store(true, Ordering::SeqCst);
         }
