@@ -452,7 +452,6 @@ async fn plan_tree(
                     let created = creator.send(Create::File {
                         rel: rel_path.clone(),
                         temp: temp.clone(),
-                        size: node.size,
                         empty: empty.then_some(meta),
                     })?;
                     if !empty {
@@ -493,7 +492,6 @@ enum Create {
     File {
         rel: Vec<u8>,
         temp: Vec<u8>,
-        size: u64,
         empty: Option<Meta>,
     },
     Symlink(Vec<u8>, Vec<u8>),
@@ -530,13 +528,12 @@ impl Creator {
                         let (parent, name) = parents.of(&rel)?;
                         beneath.mkdir(parent, name, &rel, 0o700)?;
                     }
-                    Create::File { rel, temp, size, empty } => {
+                    Create::File { rel, temp, empty } => {
                         let (parent, name) = parents.of(&rel)?;
                         // Only the temporary file here: this thread makes every entry, so
                         // the checks of the final name and the final size are left to the
                         // writers, which run in parallel.
                         let file = beneath.create_temp(parent, &temp, &rel)?;
-                        debug_assert!(empty.is_none() || size == 0);
                         if let Some(meta) = empty {
                             if let Err(e) = beneath.check_file_place(parent, name, &rel) {
                                 beneath.remove(parent, &temp);
