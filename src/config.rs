@@ -96,6 +96,11 @@ pub struct SourceConfig {
     pub format: Option<String>,
     /// pg-base: the WAL source its archive_command pushes to (default: the name).
     pub wal_source: Option<String>,
+    /// pg-base: seconds to wait for the server to archive WAL (default 300).
+    pub wal_timeout: Option<u64>,
+    /// pg: also back up roles and tablespaces (`pg_dumpall --globals-only`).
+    #[serde(default)]
+    pub globals: bool,
     /// sqlite: the database; tar: the archive file.
     pub path: Option<PathBuf>,
     /// files, secrets: files and directories.

@@ -29,6 +29,7 @@ pub mod repo;
 pub mod secrets;
 pub mod snapshot;
 pub mod source;
+pub mod timeline;
 pub mod wal;
 pub mod wire;
 

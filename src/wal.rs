@@ -255,12 +255,19 @@ pub fn segment_of(timeline: u32, lsn: u64, segment_size: u32) -> String {
 }
 
 /// Restore one archived file to `dest`: written to a temporary file beside it, synced,
-/// then renamed, so `dest` is never partial. `NotFound` means the archive does not have it.
-pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<u64> {
+/// then renamed, so `dest` is never partial. `Ok(None)` means the archive authoritatively
+/// does not have it (the storage answered "no such object"); every other failure is an
+/// error, which recovery must not take for the end of the WAL.
+pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<Option<u64>> {
     check_source(source)?;
     classify(name)?;
     let object = object_key(source, name);
-    let data = open(key, &object, &backend.get(&object).await?)?;
+    let sealed = match backend.get(&object).await {
+        Ok(sealed) => sealed,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let data = open(key, &object, &sealed)?;
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.cairn-{}", name, hex::encode(crate::crypto::random_bytes::<4>())));
     let write = || -> std::io::Result<()> {
@@ -275,7 +282,7 @@ pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str,
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io("write restored WAL file", dest, e));
     }
-    Ok(data.len() as u64)
+    Ok(Some(data.len() as u64))
 }
 
 /// One archived file, as listed.

@@ -83,6 +83,10 @@ pub struct PgBaseArgs {
     /// The WAL source this cluster's archive_command pushes to
     #[arg(long)]
     source: String,
+    /// How long to wait for the server to archive WAL (a first backup's forced segment
+    /// switch, pg_basebackup's wait at the end, the backup's last segment) before failing
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    wal_timeout: u64,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -249,6 +253,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 &repo,
                 args.dbname.as_deref(),
                 &args.source,
+                std::time::Duration::from_secs(args.wal_timeout),
                 &options,
                 &ctx.cancel,
                 progress.as_ref(),

@@ -152,19 +152,22 @@ async fn drill_one(
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             cairn::ops::pg::lend_to_server(scratch)?;
             let pgdata = scratch.join("pgdata");
-            let options = cairn::ops::pg::PitrOptions {
+            let (restore_command, probe) = super::pitr::restore_command(ctx, &wal_source)?;
+            let options = cairn::ops::pitr::PitrOptions {
                 pgdata: pgdata.clone(),
                 source: wal_source.clone(),
-                target: cairn::ops::pg::Target::Latest,
+                target: cairn::ops::pitr::Target::Latest,
+                exclusive: false,
                 action: "promote".into(),
-                timeline: None,
+                timeline: Default::default(),
                 archive_off: true,
                 base: Some(id.to_hex()),
-                restore_command: super::pitr::restore_command(ctx, &wal_source)?,
+                restore_command,
+                probe_command: Some(probe),
                 port: Some(port),
                 start: true,
             };
-            let report = cairn::ops::pg::pitr(repo, &options, &Silent).await?;
+            let report = cairn::ops::pitr::pitr(repo, &options, &Silent).await?;
             let cluster = cairn::ops::pg::ScratchCluster::adopt(&pgdata, port)?;
             details.push(format!(
                 "recovered base {} through archived WAL {}: {}",

@@ -109,7 +109,16 @@ const CLOSED_PIPE: u8 = 141;
 
 pub fn main() -> ExitCode {
     quiet_on_closed_stdout();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // PostgreSQL takes a restore_command's exit below 126 for "no such file" and ends
+        // recovery there: a `wal fetch` it cannot even parse must stop recovery instead.
+        Err(e) if is_wal_fetch() && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(wal::FETCH_FAILED);
+        }
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -152,7 +161,17 @@ fn quiet_on_closed_stdout() {
             std::process::exit(CLOSED_PIPE.into());
         }
         default(info);
+        if is_wal_fetch() {
+            // A panic's status, 101, would read to PostgreSQL as "not archived".
+            std::process::exit(wal::FETCH_FAILED.into());
+        }
     }));
+}
+
+/// Is this process PostgreSQL's restore_command (`cairn ... wal fetch ...`)?
+fn is_wal_fetch() -> bool {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    args.windows(2).any(|w| w[0] == "wal" && w[1] == "fetch")
 }
 
 async fn run(ctx: &Context, command: Command) -> Outcome {

@@ -3,7 +3,7 @@
 use super::context::{usage, Context};
 use super::output::{print_json, Bar};
 use super::Outcome;
-use cairn::ops::pg::{PitrOptions, Target};
+use cairn::ops::pitr::{PitrOptions, Target, TimelineChoice};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -38,9 +38,15 @@ pub struct PitrArgs {
     /// What the server does at the target
     #[arg(long, default_value = "promote", value_parser = ["promote", "pause", "shutdown"])]
     target_action: String,
-    /// Timeline to recover along: current, latest or a number [default: PostgreSQL's, latest]
-    #[arg(long, value_name = "TIMELINE")]
-    target_timeline: Option<String>,
+    /// Stop just before the target instead of just after it (with --target-time,
+    /// --target-xid or --target-lsn): PostgreSQL's recovery_target_inclusive = off
+    #[arg(long)]
+    target_exclusive: bool,
+    /// Timeline to recover along: current (the base backup's), latest (the newest that
+    /// descends from the base) or a number; the archived .history files decide which
+    /// base backups can follow it
+    #[arg(long, value_name = "TIMELINE", default_value = "latest", value_parser = TimelineChoice::parse)]
+    target_timeline: TimelineChoice,
     /// off: the restored server does not archive (a drill must not push a new timeline
     /// into the production archive); preserve: keep the backup's setting
     #[arg(long, default_value = "preserve", value_parser = ["preserve", "off"])]
@@ -56,12 +62,19 @@ pub struct PitrArgs {
     port: Option<u16>,
 }
 
-/// The restore_command for the restored server: this cairn, this repository, this secret.
-pub fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<String> {
+/// The restore_command for the restored server: this cairn, this repository, this secret,
+/// every path absolute (the server runs it from its data directory); and the probe that
+/// runs the same way before anything is restored (`wal fetch --probe`).
+pub fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<(String, String)> {
     let exe = std::env::current_exe()?;
     let (url, is_default) = ctx.repo_url();
+    let url = match url.contains("://") {
+        true => url,
+        false => std::path::absolute(&url)?.display().to_string(),
+    };
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut cmd = format!("{} --repo {}", quote(&exe.display().to_string()), quote(&url));
+
     if let Some(f) = &ctx.args.key_file {
         cmd.push_str(&format!(" --key-file {}", quote(&std::path::absolute(f)?.display().to_string())));
     } else if let Some(f) = &ctx.args.password_file {
@@ -77,8 +90,9 @@ pub fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<String> {
              give --key-file, --password-file or --password-command",
         ));
     }
+    let probe = format!("{cmd} wal fetch --probe --source {}", quote(source));
     cmd.push_str(&format!(" wal fetch %f %p --source {}", quote(source)));
-    Ok(cmd)
+    Ok((cmd, probe))
 }
 
 pub async fn run(ctx: &Context, args: PitrArgs) -> Outcome {
@@ -98,11 +112,17 @@ pub async fn run(ctx: &Context, args: PitrArgs) -> Outcome {
     } else {
         Target::Latest
     };
+    if args.target_exclusive && !matches!(target, Target::Time(_) | Target::Xid(_) | Target::Lsn(_)) {
+        return Err(usage("--target-exclusive applies to --target-time, --target-xid and --target-lsn"));
+    }
+    let (restore_command, probe) = restore_command(ctx, &args.source)?;
     let options = PitrOptions {
         pgdata: std::path::absolute(&args.pgdata)?,
-        restore_command: restore_command(ctx, &args.source)?,
+        restore_command,
+        probe_command: Some(probe),
         source: args.source,
         target,
+        exclusive: args.target_exclusive,
         action: args.target_action,
         timeline: args.target_timeline,
         archive_off: args.archive_mode == "off",
@@ -112,19 +132,28 @@ pub async fn run(ctx: &Context, args: PitrArgs) -> Outcome {
     };
     let repo = ctx.open().await?;
     let progress = Bar::boxed(ctx.progress_enabled());
-    let report = cairn::ops::pg::pitr(&repo, &options, progress.as_ref()).await?;
+    let report = cairn::ops::pitr::pitr(&repo, &options, progress.as_ref()).await?;
     if ctx.args.json {
         print_json(&report);
         return Ok(0);
     }
     ctx.info(format!(
-        "restored base backup {} (ends at {}) into {}; archived WAL from {} through {} is available",
+        "restored base backup {} (ends at {}) into {}; recovery follows timeline {}, archived without a gap from {} through {}",
         report.base.short(),
         report.base_stop_lsn,
         options.pgdata.display(),
+        report.timeline,
         report.first_wal,
         report.last_archived_wal
     ));
+    if let Some(gap) = &report.gap {
+        eprintln!(
+            "cairn: warning: {gap} is missing from the archive (later segments are there): recovery can only reach a target before it"
+        );
+    }
+    if !report.other_timelines.is_empty() {
+        ctx.info(format!("not followed: {} (choose with --target-timeline)", report.other_timelines.join(", ")));
+    }
     match &report.server_state {
         Some(state) => ctx.info(format!(
             "recovery ended: {state}; reached LSN {}, last transaction at {}",

@@ -148,7 +148,10 @@ async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> any
         }
         SourceKind::PgBase => {
             let wal_source = source.wal_source.as_deref().unwrap_or(&source.name);
-            cairn::ops::pg::backup_base(repo, source.dbname.as_deref(), wal_source, &options, cancel, &Silent).await?
+            let timeout =
+                std::time::Duration::from_secs(source.wal_timeout.unwrap_or(cairn::ops::pg::WAL_WAIT.as_secs()));
+            cairn::ops::pg::backup_base(repo, source.dbname.as_deref(), wal_source, timeout, &options, cancel, &Silent)
+                .await?
         }
         SourceKind::Sqlite => {
             let level = cairn::ops::sqlite::CheckLevel::parse(source.sqlite_check.as_deref().unwrap_or("quick"))?;

@@ -3,7 +3,6 @@
 use super::context::Context;
 use super::output::{bytes, print_json};
 use super::{Exit, Outcome};
-use cairn::error::ErrorKind;
 use cairn::repo::Repository;
 use cairn::wal;
 use clap::{Args, Subcommand};
@@ -35,11 +34,17 @@ pub struct PushArgs {
 #[derive(Args)]
 pub struct FetchArgs {
     /// The file name PostgreSQL asks for (%f)
-    name: String,
+    #[arg(required_unless_present = "probe")]
+    name: Option<String>,
     /// Where to write it (%p)
-    dest: PathBuf,
+    #[arg(required_unless_present = "probe")]
+    dest: Option<PathBuf>,
     #[arg(long)]
     source: String,
+    /// Fetch nothing: open the repository and read the source's record as a fetch would,
+    /// and exit 0 only if that works (pitr runs this as the server's user first)
+    #[arg(long, conflicts_with_all = ["name", "dest"])]
+    probe: bool,
 }
 
 #[derive(Args)]
@@ -72,30 +77,37 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
             }
             Ok(0)
         }
+        WalCommand::Fetch(args) if args.probe => {
+            wal::check_source(&args.source)?;
+            let (backend, key) = unlock(ctx).await?;
+            match wal::source_info(&backend, &key, &args.source).await? {
+                Some(_) => Ok(0),
+                None => {
+                    Err(anyhow::anyhow!("WAL source {:?} has nothing archived in {}", args.source, ctx.repo_url().0))
+                }
+            }
+        }
         WalCommand::Fetch(args) => {
+            let (name, dest) = (args.name.unwrap_or_default(), args.dest.unwrap_or_default());
             let result = async {
                 let (backend, key) = unlock(ctx).await?;
-                Ok::<_, anyhow::Error>(wal::fetch(&backend, &key, &args.source, &args.name, &args.dest).await?)
+                Ok::<_, anyhow::Error>(wal::fetch(&backend, &key, &args.source, &name, &dest).await?)
             }
             .await;
             match result {
-                Ok(_) => Ok(0),
-                Err(e) => {
-                    let not_archived =
-                        e.downcast_ref::<cairn::error::Error>().is_some_and(|e| e.kind() == ErrorKind::NotFound);
-                    if not_archived {
-                        // Normal at the end of the archive: PostgreSQL asks for the next file.
-                        if ctx.args.verbose > 0 {
-                            eprintln!("cairn: {} is not archived in source {}", args.name, args.source);
-                        }
-                        Ok(1)
-                    } else {
-                        Err(anyhow::Error::new(Exit {
-                            code: FETCH_FAILED,
-                            message: format!("cannot fetch {} (recovery must stop, not end here): {e:#}", args.name),
-                        }))
+                Ok(Some(_)) => Ok(0),
+                // Normal at the end of the archive: PostgreSQL asks for the next file. Only
+                // the storage's own "no such object" says this; anything else exits 126.
+                Ok(None) => {
+                    if ctx.args.verbose > 0 {
+                        eprintln!("cairn: {name} is not archived in source {}", args.source);
                     }
+                    Ok(1)
                 }
+                Err(e) => Err(anyhow::Error::new(Exit {
+                    code: FETCH_FAILED,
+                    message: format!("cannot fetch {name} (recovery must stop, not end here): {e:#}"),
+                })),
             }
         }
         WalCommand::List(args) => {

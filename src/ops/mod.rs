@@ -8,6 +8,7 @@ pub mod coverage;
 pub mod drill;
 pub mod forget;
 pub mod pg;
+pub mod pitr;
 pub mod repair;
 pub mod restore;
 pub mod sqlite;

@@ -42,7 +42,7 @@ impl DumpFormat {
 }
 
 /// A missing client program is named, with what to install.
-fn spawn_error(program: &str, e: std::io::Error) -> Error {
+pub(crate) fn spawn_error(program: &str, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::source(format!(
             "{program} was not found in PATH: install the PostgreSQL client (Debian: postgresql-client) or add its bin directory to PATH"
@@ -270,16 +270,108 @@ pub fn label_time(text: &str) -> Option<jiff::Timestamp> {
     offset.to_timestamp(civil).ok()
 }
 
-/// How long `backup pg-base` waits for the server to archive the backup's last WAL.
+/// How long `backup pg-base` waits, by default, for the server to archive WAL: the
+/// segment a first backup forces, pg_basebackup's own wait at the end of the backup, and
+/// the backup's last segment.
 pub const WAL_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// What the server's archiver last reported, for a message about archiving that stalls.
+fn archiver_state(dbname: Option<&str>) -> String {
+    match query_one(
+        dbname,
+        "select failed_count || ' failed attempts' || coalesce(', the last on ' || last_failed_wal || ' at ' || last_failed_time, '') \
+         || coalesce('; last archived ' || last_archived_wal, '') from pg_stat_archiver",
+    ) {
+        Ok(state) => format!("pg_stat_archiver shows {state}"),
+        Err(_) => "pg_stat_archiver could not be read".into(),
+    }
+}
+
+/// Wait for `found` to say yes, polling, until `timeout`.
+fn wait_for(timeout: std::time::Duration, cancel: &Cancel, mut found: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        cancel.check()?;
+        if found()? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// A new source has nothing archived: force a segment switch and wait until the server
+/// has archived it, as pgBackRest's `stanza-create`/first backup does.
+async fn first_archived_segment(
+    repo: &Repository,
+    dbname: Option<&str>,
+    source: &str,
+    timeout: std::time::Duration,
+    cancel: &Cancel,
+) -> Result<crate::wal::SourceInfo> {
+    let mode = query_one(dbname, "show archive_mode")?;
+    if mode == "off" {
+        return Err(Error::invalid(format!(
+            "the server has archive_mode = off: set archive_mode = on and archive_command = 'cairn wal push %p --source {source}', \
+             restart it, and run the base backup again"
+        )));
+    }
+    let segment = query_one(dbname, "select pg_walfile_name(pg_switch_wal())")?;
+    let key = crate::wal::object_key(source, &segment);
+    let handle = tokio::runtime::Handle::current();
+    let archived = tokio::task::block_in_place(|| {
+        wait_for(timeout, cancel, || Ok(handle.block_on(repo.backend().head(&key))?.is_some()))
+    })?;
+    if !archived {
+        return Err(Error::source(format!(
+            "WAL source {source:?} has no archived WAL, and the server did not archive {segment} within {} s of a forced \
+             segment switch: check that archive_command is 'cairn wal push %p --source {source}' and look for its errors \
+             in the server log ({}); no snapshot was written",
+            timeout.as_secs(),
+            archiver_state(dbname)
+        )));
+    }
+    crate::wal::source_info(repo.backend(), repo.key(), source).await?.ok_or_else(|| {
+        Error::not_found(format!("{segment} is archived but WAL source {source:?} has no SOURCE record"))
+    })
+}
+
+/// The server's clock now, to the microsecond.
+fn server_now(dbname: Option<&str>) -> Result<jiff::Timestamp> {
+    let text = query_one(dbname, "select extract(epoch from clock_timestamp())::numeric(20,6)")?;
+    let (secs, micros) = text.split_once('.').unwrap_or((&text, "0"));
+    let parsed = secs.parse::<i64>().ok().zip(format!("{micros:0<6}")[..6].parse::<i64>().ok());
+    parsed
+        .and_then(|(s, us)| jiff::Timestamp::from_microsecond(s * 1_000_000 + us).ok())
+        .ok_or_else(|| Error::source(format!("the server's clock_timestamp() epoch {text:?} is not a number")))
+}
+
+/// Bytes read from pg_basebackup, and when the last arrived.
+struct Watched<R> {
+    inner: R,
+    last: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl<R: std::io::Read> std::io::Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        Ok(n)
+    }
+}
 
 /// Run pg_basebackup (tar to stdout, no WAL) and store the data directory as a tree of
 /// kind `pg-base`; commit only once the WAL up to the stop LSN is in the archive of
-/// `source`. The snapshot records start/stop LSN, timeline, system identifier and times.
+/// `source`. The snapshot records start/stop LSN, timeline, system identifier and times
+/// (the stop time to the microsecond, never before the real stop). Every wait for the
+/// archive, pg_basebackup's included, ends after `wal_timeout` with a message.
 pub async fn backup_base(
     repo: &Repository,
     dbname: Option<&str>,
     source: &str,
+    wal_timeout: std::time::Duration,
     options: &BackupOptions,
     cancel: &Cancel,
     progress: &dyn Progress,
@@ -287,12 +379,10 @@ pub async fn backup_base(
     crate::wal::check_source(source)?;
     let (version, database) = server_facts(dbname)?;
     let system_identifier = query_one(dbname, "select system_identifier from pg_control_system()")?;
-    let cluster = crate::wal::source_info(repo.backend(), repo.key(), source).await?.ok_or_else(|| {
-        Error::invalid(format!(
-            "WAL source {source:?} has no archived WAL yet: set archive_command = 'cairn wal push %p --source {source}' \
-             (and archive_mode = on) on this server first, so the base backup can be restored"
-        ))
-    })?;
+    let cluster = match crate::wal::source_info(repo.backend(), repo.key(), source).await? {
+        Some(cluster) => cluster,
+        None => first_archived_segment(repo, dbname, source, wal_timeout, cancel).await?,
+    };
     if cluster.system_identifier.to_string() != system_identifier {
         return Err(Error::invalid(format!(
             "WAL source {source:?} archives the cluster {}, but this server is {system_identifier}: pick the source its archive_command uses",
@@ -328,7 +418,32 @@ pub async fn backup_base(
             let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
             text
         });
-        let stdout = child.stdout.take().expect("piped");
+        // pg_basebackup says nothing while the server waits to archive the backup's WAL:
+        // a watchdog ends it once nothing has arrived for `wal_timeout`.
+        let last = std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now()));
+        let stdout = Watched { inner: child.stdout.take().expect("piped"), last: last.clone() };
+        let child = std::sync::Arc::new(std::sync::Mutex::new(child));
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let timed_out = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let (child, finished, timed_out, last) = (child.clone(), finished.clone(), timed_out.clone(), last.clone());
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering;
+                while !finished.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    let idle = last.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                    let mut child = child.lock().unwrap_or_else(|e| e.into_inner());
+                    if matches!(child.try_wait(), Ok(Some(_))) {
+                        return;
+                    }
+                    if idle >= wal_timeout {
+                        timed_out.store(true, Ordering::SeqCst);
+                        let _ = child.kill();
+                        return;
+                    }
+                }
+            })
+        };
         progress.begin("reading base backup", None);
         let imported = crate::source::tar::import(
             saver,
@@ -340,11 +455,30 @@ pub async fn backup_base(
             stats,
         );
         progress.end();
-        if imported.is_err() {
-            let _ = child.kill();
-        }
-        let status = child.wait().map_err(|e| Error::source(format!("cannot wait for pg_basebackup: {e}")))?;
+        let status = loop {
+            let mut guard = child.lock().unwrap_or_else(|e| e.into_inner());
+            if imported.is_err() {
+                let _ = guard.kill();
+            }
+            match guard.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(Error::source(format!("cannot wait for pg_basebackup: {e}"))),
+            }
+            drop(guard);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = watchdog.join();
         let errors = errors.join().unwrap_or_default();
+        if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::source(format!(
+                "pg_basebackup sent nothing for {} s and was stopped: the server is most likely waiting to archive the \
+                 backup's WAL; check archive_command and its errors in the server log ({}); no snapshot was written",
+                wal_timeout.as_secs(),
+                archiver_state(dbname)
+            )));
+        }
         if !status.success() {
             return Err(Error::source(format!(
                 "pg_basebackup {status}: {}; no snapshot was written",
@@ -352,6 +486,9 @@ pub async fn backup_base(
             )));
         }
         let imported = imported?;
+        // Every commit before the stop LSN happened before now: a stop time that can only
+        // be late, never early, so a target inside the backup's last second never picks it.
+        let finished_at = server_now(dbname)?;
         let label = imported.captured.get("backup_label").ok_or_else(|| {
             Error::source("pg_basebackup's archive has no backup_label; no snapshot was written")
         })?;
@@ -366,41 +503,37 @@ pub async fn backup_base(
             crate::wal::segment_of(timeline, start_lsn, seg),
             start_lsn % u64::from(seg)
         );
-        let deadline = std::time::Instant::now() + WAL_WAIT;
-        let history_text = loop {
-            cancel.check()?;
+        let mut history_text = String::new();
+        let archived = wait_for(wal_timeout, cancel, || {
             match handle.block_on(crate::wal::read(repo.backend(), repo.key(), source, &history)) {
-                Ok(bytes) => break String::from_utf8_lossy(&bytes).into_owned(),
-                Err(e) if e.kind() == ErrorKind::NotFound && std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(200))
+                Ok(bytes) => {
+                    history_text = String::from_utf8_lossy(&bytes).into_owned();
+                    Ok(true)
                 }
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    return Err(Error::source(format!(
-                        "the server did not archive {history} within {} s: check archive_command and pg_stat_archiver; no snapshot was written",
-                        WAL_WAIT.as_secs()
-                    )))
-                }
-                Err(e) => return Err(e),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
             }
-        };
+        })?;
+        if !archived {
+            return Err(Error::source(format!(
+                "the server did not archive {history} within {} s: check archive_command and the server log ({}); no snapshot was written",
+                wal_timeout.as_secs(),
+                archiver_state(dbname)
+            )));
+        }
         let stop = label_fields(&history_text);
         let stop_lsn = label_lsn(&stop, "STOP WAL LOCATION")?;
         let stop_timeline: u32 = stop.get("STOP TIMELINE").and_then(|t| t.parse().ok()).unwrap_or(timeline);
         let last_segment = crate::wal::segment_of(stop_timeline, stop_lsn.saturating_sub(1), seg);
-        loop {
-            cancel.check()?;
-            let key = crate::wal::object_key(source, &last_segment);
-            if handle.block_on(repo.backend().head(&key))?.is_some() {
-                break;
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::source(format!(
-                    "WAL segment {last_segment} (holding the stop LSN {}) was not archived within {} s: check archive_command; no snapshot was written",
-                    crate::wal::format_lsn(stop_lsn),
-                    WAL_WAIT.as_secs()
-                )));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+        let key = crate::wal::object_key(source, &last_segment);
+        if !wait_for(wal_timeout, cancel, || Ok(handle.block_on(repo.backend().head(&key))?.is_some()))? {
+            return Err(Error::source(format!(
+                "WAL segment {last_segment} (holding the stop LSN {}) was not archived within {} s: check archive_command \
+                 and the server log ({}); no snapshot was written",
+                crate::wal::format_lsn(stop_lsn),
+                wal_timeout.as_secs(),
+                archiver_state(dbname)
+            )));
         }
         let mut learned = BTreeMap::new();
         learned.insert("start_lsn".into(), crate::wal::format_lsn(start_lsn).into());
@@ -412,8 +545,17 @@ pub async fn backup_base(
         if let Some(t) = stop.get("START TIME") {
             learned.insert("start_time_text".into(), t.clone().into());
         }
-        let stop_time = stop.get("STOP TIME").and_then(|t| label_time(t)).unwrap_or_else(jiff::Timestamp::now);
+        // The history file's STOP TIME is whole seconds: the real stop is before the
+        // next second, and before `finished_at`.
+        let label_stop = stop.get("STOP TIME").and_then(|t| label_time(t));
+        let stop_time = match label_stop {
+            Some(t) => finished_at.min(t + jiff::SignedDuration::from_secs(1)),
+            None => finished_at,
+        };
         learned.insert("stop_time".into(), stop_time.to_string().into());
+        if let Some(t) = stop.get("STOP TIME") {
+            learned.insert("stop_time_text".into(), t.clone().into());
+        }
         if let Some(start) = stop.get("START TIME").and_then(|t| label_time(t)) {
             learned.insert("start_time".into(), start.to_string().into());
         }
@@ -439,227 +581,7 @@ fn query_one(dbname: Option<&str>, sql: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Where recovery should stop.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Target {
-    Time(jiff::Timestamp),
-    Lsn(u64),
-    Xid(String),
-    Name(String),
-    Immediate,
-    Latest,
-}
-
-#[derive(Debug, Clone)]
-pub struct PitrOptions {
-    pub pgdata: std::path::PathBuf,
-    pub source: String,
-    pub target: Target,
-    /// promote, pause or shutdown
-    pub action: String,
-    /// current, latest or a number
-    pub timeline: Option<String>,
-    pub archive_off: bool,
-    /// A base backup chosen by the caller (id prefix or `latest`) instead of the newest
-    /// that ends before the target.
-    pub base: Option<String>,
-    /// The restore_command the restored server runs (calls `cairn wal fetch`).
-    pub restore_command: String,
-    pub port: Option<u16>,
-    pub start: bool,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PitrReport {
-    pub base: crate::id::SnapshotId,
-    pub base_stop_lsn: String,
-    pub first_wal: String,
-    pub last_archived_wal: String,
-    /// With --start: where recovery ended.
-    pub reached_lsn: Option<String>,
-    pub reached_time: Option<String>,
-    pub server_state: Option<String>,
-}
-
-fn meta_str<'a>(s: &'a SnapshotFile, key: &str) -> Option<&'a str> {
-    s.meta.get(key).and_then(|v| v.as_str())
-}
-
-/// Point-in-time recovery into an empty directory: choose the base backup, check the
-/// archived WAL it needs, restore it, and configure (and optionally run) recovery.
-pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progress) -> Result<PitrReport> {
-    crate::wal::check_source(&options.source)?;
-    let pgdata = &options.pgdata;
-    if pgdata.exists() {
-        let empty = std::fs::read_dir(pgdata).map_err(|e| Error::io("read", pgdata, e))?.next().is_none();
-        if !empty {
-            return Err(Error::invalid(format!(
-                "{} is not empty: point-in-time recovery restores into an empty or new directory; nothing was changed",
-                pgdata.display()
-            )));
-        }
-    }
-    // The base backup.
-    let bases: Vec<(crate::id::SnapshotId, SnapshotFile)> = repo
-        .catalog()
-        .snapshots()?
-        .into_iter()
-        .filter(|(_, s)| s.kind == "pg-base" && meta_str(s, "source") == Some(options.source.as_str()))
-        .collect();
-    let stop_lsn = |s: &SnapshotFile| meta_str(s, "stop_lsn").and_then(crate::wal::parse_lsn).unwrap_or(u64::MAX);
-    let stop_time = |s: &SnapshotFile| meta_str(s, "stop_time").and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let (base_id, base) = match &options.base {
-        Some(spec) => {
-            let filter = crate::repo::SnapshotFilter { kind: Some("pg-base".into()), ..Default::default() };
-            repo.find_snapshot(spec, &filter)?
-        }
-        None => {
-            let fits = |s: &SnapshotFile| match &options.target {
-                Target::Time(t) => stop_time(s).is_some_and(|st| st <= *t),
-                Target::Lsn(l) => stop_lsn(s) <= *l,
-                _ => true,
-            };
-            match bases.iter().rev().find(|(_, s)| fits(s)) {
-                Some(found) => found.clone(),
-                None => {
-                    let oldest = bases.first().map(|(id, s)| {
-                        format!(
-                            "; the oldest, {}, ends at {} ({})",
-                            id.short(),
-                            meta_str(s, "stop_lsn").unwrap_or("?"),
-                            meta_str(s, "stop_time").unwrap_or("?")
-                        )
-                    });
-                    return Err(Error::not_found(format!(
-                        "no base backup of WAL source {:?} ends before the target{}: choose a later target, or take a base backup with `cairn backup pg-base`",
-                        options.source,
-                        oldest.unwrap_or_else(|| " (there are none)".into())
-                    )));
-                }
-            }
-        }
-    };
-    // The WAL it needs: from its first segment through its stop, without a gap, and for an
-    // LSN target through the target's segment.
-    let listing = crate::wal::list(repo.backend(), repo.key(), &options.source).await?;
-    let segment_size = listing.cluster.as_ref().map_or(16 << 20, |c| c.segment_size);
-    let timeline: u32 = base.meta.get("timeline").and_then(|v| v.as_u64()).unwrap_or(1) as u32;
-    let first =
-        meta_str(&base, "start_wal").ok_or_else(|| Error::corrupt("base backup snapshot lacks start_wal"))?.to_string();
-    let mut needed_last = meta_str(&base, "stop_wal").unwrap_or(&first).to_string();
-    if let Target::Lsn(l) = options.target {
-        needed_last = needed_last.max(crate::wal::segment_of(timeline, l, segment_size));
-    }
-    let tl = listing.timelines.iter().find(|t| t.timeline == timeline);
-    let range = tl.and_then(|t| t.ranges.iter().find(|r| r.first <= first && first <= r.last));
-    let Some(range) = range else {
-        return Err(Error::not_found(format!(
-            "WAL segment {first}, where base backup {} starts, is not archived in source {:?}: the backup cannot be restored",
-            base_id.short(),
-            options.source
-        )));
-    };
-    if range.last < needed_last {
-        let last_archived = tl.and_then(|t| t.ranges.last()).map(|r| r.last.clone()).unwrap_or_default();
-        let missing = next_segment(&range.last, segment_size);
-        return Err(Error::not_found(if last_archived <= range.last {
-            format!(
-                "the target is after the last archived WAL ({}): WAL up to {needed_last} is needed; wait for it to be archived or choose an earlier target",
-                range.last
-            )
-        } else {
-            format!(
-                "archived WAL has a gap: {missing} is missing (needed up to {needed_last}); recovery cannot pass it"
-            )
-        }));
-    }
-    // Restore the data directory.
-    let root = base.tree.ok_or_else(|| Error::corrupt("base backup snapshot has no tree"))?;
-    std::fs::create_dir_all(pgdata).map_err(|e| Error::io("create", pgdata, e))?;
-    crate::ops::restore::restore_tree_to_dir(repo, &root, pgdata, &Default::default(), progress).await?;
-    let owner = std::fs::metadata(pgdata.join("PG_VERSION")).map_err(|e| Error::io("inspect", pgdata, e))?;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let io = |what: &str, e| Error::io(what, pgdata, e);
-    if is_root() {
-        std::os::unix::fs::chown(pgdata, Some(owner.uid()), Some(owner.gid())).map_err(|e| io("chown", e))?;
-    }
-    std::fs::set_permissions(pgdata, std::fs::Permissions::from_mode(0o700)).map_err(|e| io("chmod", e))?;
-    let wal_dir = pgdata.join("pg_wal");
-    if wal_dir.exists() {
-        for entry in std::fs::read_dir(&wal_dir).map_err(|e| io("read pg_wal", e))?.flatten() {
-            let path = entry.path();
-            let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-        }
-    }
-    std::fs::create_dir_all(wal_dir.join("archive_status")).map_err(|e| io("create pg_wal", e))?;
-    if is_root() {
-        for dir in [wal_dir.clone(), wal_dir.join("archive_status")] {
-            std::os::unix::fs::chown(&dir, Some(owner.uid()), Some(owner.gid())).map_err(|e| io("chown", e))?;
-        }
-    }
-    // Recovery settings.
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let mut conf = String::from("\n# Written by cairn pitr: point-in-time recovery settings.\n");
-    conf.push_str(&format!("restore_command = {}\n", quote(&options.restore_command)));
-    match &options.target {
-        // PostgreSQL refuses zone abbreviations (like Z) here: write a numeric offset.
-        Target::Time(t) => conf.push_str(&format!(
-            "recovery_target_time = {}\n",
-            quote(&t.strftime("%Y-%m-%d %H:%M:%S%.f+00").to_string())
-        )),
-        Target::Lsn(l) => conf.push_str(&format!("recovery_target_lsn = {}\n", quote(&crate::wal::format_lsn(*l)))),
-        Target::Xid(x) => conf.push_str(&format!("recovery_target_xid = {}\n", quote(x))),
-        Target::Name(n) => conf.push_str(&format!("recovery_target_name = {}\n", quote(n))),
-        Target::Immediate => conf.push_str("recovery_target = 'immediate'\n"),
-        Target::Latest => {}
-    }
-    if options.target != Target::Latest {
-        conf.push_str(&format!("recovery_target_action = {}\n", quote(&options.action)));
-    }
-    if let Some(tl) = &options.timeline {
-        conf.push_str(&format!("recovery_target_timeline = {}\n", quote(tl)));
-    }
-    if options.archive_off {
-        conf.push_str("archive_mode = off\n");
-    }
-    if let Some(port) = options.port {
-        conf.push_str(&format!("port = {port}\n"));
-    }
-    let auto = pgdata.join("postgresql.auto.conf");
-    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str(&conf);
-    std::fs::write(&auto, text).map_err(|e| Error::io("write", &auto, e))?;
-    std::fs::write(pgdata.join("recovery.signal"), b"").map_err(|e| io("write recovery.signal", e))?;
-    if is_root() {
-        for f in [auto, pgdata.join("recovery.signal")] {
-            std::os::unix::fs::chown(&f, Some(owner.uid()), Some(owner.gid()))
-                .map_err(|e| Error::io("chown", &f, e))?;
-        }
-    }
-    let last_archived_wal = tl.and_then(|t| t.ranges.last()).map(|r| r.last.clone()).unwrap_or_default();
-    let mut report = PitrReport {
-        base: base_id,
-        base_stop_lsn: meta_str(&base, "stop_lsn").unwrap_or_default().to_string(),
-        first_wal: first,
-        last_archived_wal,
-        reached_lsn: None,
-        reached_time: None,
-        server_state: None,
-    };
-    if options.start {
-        run_recovery(pgdata, owner.uid(), options, &mut report)?;
-    }
-    Ok(report)
-}
-
-fn next_segment(name: &str, segment_size: u32) -> String {
-    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or(0);
-    let per_log = 0x1_0000_0000u64 / u64::from(segment_size);
-    let n = hex(&name[8..16]) * per_log + hex(&name[16..24]) + 1;
-    crate::wal::segment_name(hex(&name[..8]) as u32, n, segment_size)
-}
-
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // Our effective uid, from /proc: the library has no unsafe code for geteuid().
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -668,7 +590,7 @@ fn is_root() -> bool {
 }
 
 /// A command run as the data directory's owner (root may not run the server).
-fn as_owner(uid: u32, program: &std::path::Path) -> Command {
+pub(crate) fn as_owner(uid: u32, program: &std::path::Path) -> Command {
     if is_root() && uid != 0 {
         let user = std::fs::read_to_string("/etc/passwd")
             .ok()
@@ -687,7 +609,7 @@ fn as_owner(uid: u32, program: &std::path::Path) -> Command {
     }
 }
 
-fn pg_bin(program: &str) -> std::path::PathBuf {
+pub(crate) fn pg_bin(program: &str) -> std::path::PathBuf {
     super::child("pg_config")
         .arg("--bindir")
         .output()
@@ -699,7 +621,7 @@ fn pg_bin(program: &str) -> std::path::PathBuf {
 }
 
 /// The FATAL and PANIC lines of a server log (or its last line), joined.
-fn log_tail(log: &std::path::Path) -> String {
+pub(crate) fn log_tail(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let fatal: Vec<&str> = text.lines().filter(|l| l.contains("FATAL:") || l.contains("PANIC:")).collect();
     match fatal.is_empty() {
@@ -708,82 +630,9 @@ fn log_tail(log: &std::path::Path) -> String {
     }
 }
 
-/// Start the restored server, wait for recovery to end, and record where it ended.
-fn run_recovery(pgdata: &std::path::Path, uid: u32, options: &PitrOptions, report: &mut PitrReport) -> Result<()> {
-    let log = pgdata.join("cairn-pitr.log");
-    let port = options.port.unwrap_or(5432).to_string();
-    let server_opts = format!("-p {port} -k {}", pgdata.display());
-    let out = as_owner(uid, &pg_bin("pg_ctl"))
-        .arg("-D")
-        .arg(pgdata)
-        .args(["-l"])
-        .arg(&log)
-        .args(["-o", &server_opts, "start"])
-        .output()
-        .map_err(|e| spawn_error("pg_ctl", e))?;
-    let reached_shutdown = || std::fs::read_to_string(&log).unwrap_or_default().contains("shutdown at recovery target");
-    if !out.status.success() {
-        if options.action == "shutdown" && reached_shutdown() {
-            report.server_state = Some("shut down at the target".into());
-            return Ok(());
-        }
-        return Err(Error::source(format!(
-            "the restored server did not start: {}; see {}",
-            log_tail(&log),
-            log.display()
-        )));
-    }
-    let sql = |q: &str| -> Option<String> {
-        let out = as_owner(uid, &pg_bin("psql"))
-            .args(["-X", "-A", "-t", "-h"])
-            .arg(pgdata)
-            .args(["-p", &port, "-d", "postgres", "-c", q])
-            .output()
-            .ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let alive = || {
-        as_owner(uid, &pg_bin("pg_ctl")).arg("-D").arg(pgdata).arg("status").output().is_ok_and(|o| o.status.success())
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-    loop {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        if !alive() {
-            let tail = log_tail(&log);
-            if options.action == "shutdown" && reached_shutdown() {
-                report.server_state = Some("shut down at the target".into());
-                return Ok(());
-            }
-            return Err(Error::source(format!(
-                "the restored server stopped during recovery: {tail}; see {}",
-                log.display()
-            )));
-        }
-        let state =
-            sql("select case when pg_is_in_recovery() then pg_get_wal_replay_pause_state() else 'promoted' end");
-        let done = match state.as_deref() {
-            Some("promoted") => Some("promoted: running read-write"),
-            Some("paused") => Some("paused at the target (read-only)"),
-            _ => None,
-        };
-        if let Some(state) = done {
-            let facts = sql("select coalesce(pg_last_wal_replay_lsn()::text, ''), coalesce(pg_last_xact_replay_timestamp()::text, '')")
-                .unwrap_or_default();
-            let (lsn, time) = facts.split_once('|').unwrap_or((&facts, ""));
-            report.reached_lsn = Some(lsn.to_string()).filter(|s| !s.is_empty());
-            report.reached_time = Some(time.to_string()).filter(|s| !s.is_empty());
-            report.server_state = Some(state.into());
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(Error::source(format!("recovery did not finish within an hour; see {}", log.display())));
-        }
-    }
-}
-
 /// The uid that runs PostgreSQL programs for us: the `postgres` user when we are root
 /// (the server refuses root), else ourselves (`None`).
-fn server_user() -> Result<Option<u32>> {
+pub(crate) fn server_user() -> Result<Option<u32>> {
     if !is_root() {
         return Ok(None);
     }
