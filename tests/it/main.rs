@@ -12,6 +12,7 @@ mod inputs;
 mod model;
 mod pg;
 mod races;
+mod recovery;
 mod repair;
 mod restores;
 mod run;

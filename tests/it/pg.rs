@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn bindir() -> PathBuf {
+pub(crate) fn bindir() -> PathBuf {
     let out = Command::new("pg_config").arg("--bindir").output().expect("pg_config is installed");
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// Run a PostgreSQL binary as the postgres user.
-fn as_postgres(program: &str, args: &[&str]) -> Output {
+pub(crate) fn as_postgres(program: &str, args: &[&str]) -> Output {
     let bin = bindir().join(program);
     let out =
         Command::new("runuser").args(["-u", "postgres", "--"]).arg(&bin).args(args).output().expect("runuser runs");
@@ -26,7 +26,7 @@ fn as_postgres(program: &str, args: &[&str]) -> Output {
     out
 }
 
-fn chown_postgres(path: &Path) {
+pub(crate) fn chown_postgres(path: &Path) {
     let ok = Command::new("chown").args(["-R", "postgres:postgres"]).arg(path).status().unwrap().success();
     assert!(ok, "chown {}", path.display());
 }
@@ -223,7 +223,7 @@ impl Drop for Cluster {
     }
 }
 
-fn text(out: &Output) -> String {
+pub(crate) fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
@@ -511,7 +511,7 @@ fn failed_pg_dumps_commit_nothing() {
 impl PgEnv {
     /// `cairn pitr` into `<dir>/<name>` with --start on a free port; returns the output
     /// and the port.
-    fn pitr(&self, name: &str, target: &[&str]) -> (Output, u16) {
+    pub(crate) fn pitr(&self, name: &str, target: &[&str]) -> (Output, u16) {
         let port = free_port();
         let out = self
             .cairn_cmd()
@@ -534,7 +534,7 @@ impl PgEnv {
     }
 
     /// Count rows of t in a restored server, then stop it.
-    fn count_and_stop(&self, name: &str, port: u16) -> String {
+    pub(crate) fn count_and_stop(&self, name: &str, port: u16) -> String {
         let data = self.path(name);
         let out = Command::new("psql")
             .args([
@@ -561,7 +561,7 @@ impl PgEnv {
 }
 
 /// A cluster archiving into source `main` with an empty table `t`, and a base backup.
-fn base_backed_up(env: &PgEnv) -> Cluster {
+pub(crate) fn base_backed_up(env: &PgEnv) -> Cluster {
     let mut main = env.cluster("main", &env.archiving("main"));
     main.start();
     main.sql("create table t (x int)");
