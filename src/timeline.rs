@@ -2,7 +2,7 @@
 //!
 //! Each promotion starts a new timeline and archives `TTTTTTTT.history`, whose lines
 //! name every ancestor timeline and the LSN where it was left:
-//! `1	0/5000000	before 2026-11-22 07:40:00+00`. A recovery along timeline T reads,
+//! `1<TAB>0/5000000<TAB>before 2026-11-22 07:40:00+00`. A recovery along timeline T reads,
 //! for each segment number, the file of the newest timeline on T's path that had begun
 //! by that segment, exactly as PostgreSQL's `XLogFileReadAnyTLI` picks it. This module
 //! works out that path, which timelines a base backup can follow, and the first segment

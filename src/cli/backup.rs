@@ -102,6 +102,13 @@ pub struct PgArgs {
     /// Dump format: custom (pg_restore, --jobs, --clean, --create) or plain (psql)
     #[arg(long, default_value = "custom", value_parser = ["custom", "plain"])]
     format: String,
+    /// Also store the cluster's roles and tablespaces (pg_dumpall --globals-only, without
+    /// role passwords); `restore --to-db` applies them before the database
+    #[arg(long)]
+    globals: bool,
+    /// With --globals: include the roles' password hashes
+    #[arg(long, requires = "globals")]
+    role_passwords: bool,
     /// Further pg_dump arguments, after `--` (e.g. -- --schema=app --exclude-table=audit)
     #[arg(last = true, value_name = "PG_DUMP_ARGS")]
     pg_dump_args: Vec<String>,
@@ -241,6 +248,11 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 args.dbname.as_deref(),
                 format,
                 &args.pg_dump_args,
+                match (args.globals, args.role_passwords) {
+                    (false, _) => cairn::ops::pg::Globals::Skip,
+                    (true, false) => cairn::ops::pg::Globals::WithoutPasswords,
+                    (true, true) => cairn::ops::pg::Globals::WithPasswords,
+                },
                 &options,
                 &ctx.cancel,
                 progress.as_ref(),

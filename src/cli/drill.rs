@@ -131,12 +131,20 @@ async fn drill_one(
         SourceKind::Pg => {
             let cluster = cairn::ops::pg::ScratchCluster::create(&scratch.join("pgdata"))?;
             let database = snapshot.meta.get("database").and_then(|v| v.as_str()).unwrap_or("postgres").to_string();
+            // With the snapshot's roles (never its tablespaces: their locations are
+            // production's), owners and privileges are restored as well; without them,
+            // the throwaway cluster lacks production's roles.
+            let custom = cairn::ops::pg::snapshot_format(snapshot) == Some(cairn::ops::pg::DumpFormat::Custom);
+            let has_globals = snapshot.meta.contains_key("globals");
             let restore = cairn::ops::pg::DbRestore {
                 conninfo: cluster.conninfo("postgres"),
                 jobs: 1,
-                clean: false,
                 create: database != "postgres",
-                no_owner: true,
+                no_owner: custom && !has_globals,
+                no_privileges: custom && !has_globals,
+                no_tablespaces: custom,
+                globals: true,
+                ..Default::default()
             };
             cairn::ops::pg::restore_to_db(repo, snapshot, &restore, scratch, &Silent).await?;
             pg_checks(&cluster, &database, source, &mut details)?;
@@ -167,7 +175,21 @@ async fn drill_one(
                 port: Some(port),
                 start: true,
             };
-            let report = cairn::ops::pitr::pitr(repo, &options, &Silent).await?;
+            let report = match cairn::ops::pitr::pitr(repo, &options, &Silent).await {
+                Ok(report) => report,
+                Err(e) => {
+                    // The scratch directory goes; the server's log is worth keeping.
+                    let log = pgdata.join("cairn-pitr.log");
+                    let kept = std::env::temp_dir().join(format!("cairn-drill-{}-{}.log", source.name, id.short()));
+                    let message = e.message().replace(&format!("see {}; ", log.display()), "");
+                    let message =
+                        message.split(&format!("; {} is left", pgdata.display())).next().unwrap_or("").to_string();
+                    return Err(match std::fs::copy(&log, &kept) {
+                        Ok(_) => anyhow::anyhow!("{message}; the server's log is kept at {}", kept.display()),
+                        Err(_) => anyhow::anyhow!("{message}"),
+                    });
+                }
+            };
             let cluster = cairn::ops::pg::ScratchCluster::adopt(&pgdata, port)?;
             details.push(format!(
                 "recovered base {} through archived WAL {}: {}",

@@ -36,6 +36,19 @@ pub struct RestoreArgs {
     /// With --to-db: create the dumped database first (connect --to-db to another one, e.g. postgres)
     #[arg(long, requires = "to_db")]
     create: bool,
+    /// With --to-db: do not set the owners of restored objects (pg_restore --no-owner)
+    #[arg(long, requires = "to_db")]
+    no_owner: bool,
+    /// With --to-db: do not restore grants (pg_restore --no-privileges)
+    #[arg(long, requires = "to_db")]
+    no_privileges: bool,
+    /// With --to-db: restore as this role (pg_restore --role)
+    #[arg(long, value_name = "ROLE", requires = "to_db")]
+    role: Option<String>,
+    /// With --to-db: do not apply the roles and tablespaces stored with the dump
+    /// (`backup pg --globals`); they are applied first by default, and existing ones kept
+    #[arg(long, requires = "to_db")]
+    no_globals: bool,
     /// Where --jobs writes the dump file, and --verify-only its scratch copy [default: the
     /// system's temporary directory]
     #[arg(long, value_name = "DIR")]
@@ -84,7 +97,11 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
             jobs: args.jobs,
             clean: args.clean,
             create: args.create,
-            no_owner: false,
+            no_owner: args.no_owner,
+            no_privileges: args.no_privileges,
+            no_tablespaces: false,
+            role: args.role.clone(),
+            globals: !args.no_globals,
         };
         let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
         cairn::ops::pg::restore_to_db(repo, &snapshot, &target, &scratch, progress.as_ref()).await?;

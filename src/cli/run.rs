@@ -144,7 +144,10 @@ async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> any
     let result = match source.kind {
         SourceKind::Pg => {
             let format = cairn::ops::pg::DumpFormat::parse(source.format.as_deref().unwrap_or("custom"))?;
-            cairn::ops::pg::backup_dump(repo, source.dbname.as_deref(), format, &[], &options, cancel, &Silent).await?
+            let globals =
+                if source.globals { cairn::ops::pg::Globals::WithoutPasswords } else { cairn::ops::pg::Globals::Skip };
+            cairn::ops::pg::backup_dump(repo, source.dbname.as_deref(), format, &[], globals, &options, cancel, &Silent)
+                .await?
         }
         SourceKind::PgBase => {
             let wal_source = source.wal_source.as_deref().unwrap_or(&source.name);

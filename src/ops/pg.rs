@@ -86,17 +86,163 @@ pub fn redact_conninfo(conninfo: &str) -> String {
     conninfo.split_whitespace().filter(|kv| !kv.starts_with("password=")).collect::<Vec<_>>().join(" ")
 }
 
-/// Run pg_dump and store its output as one stream snapshot of kind `pg`.
+/// Whether `backup pg` also stores the cluster's roles and tablespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Globals {
+    #[default]
+    Skip,
+    /// `pg_dumpall --globals-only --no-role-passwords`
+    WithoutPasswords,
+    /// `pg_dumpall --globals-only`: role password hashes too
+    WithPasswords,
+}
+
+/// The most globals SQL a snapshot's metadata holds.
+const GLOBALS_LIMIT: usize = 16 << 20;
+
+/// `pg_dumpall --globals-only`: the SQL that recreates roles, memberships and tablespaces.
+fn dump_globals(dbname: Option<&str>, mode: Globals) -> Result<String> {
+    let mut cmd = super::child("pg_dumpall");
+    cmd.arg("--globals-only");
+    if mode == Globals::WithoutPasswords {
+        cmd.arg("--no-role-passwords");
+    }
+    if let Some(db) = dbname {
+        cmd.arg("--dbname").arg(db);
+    }
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| spawn_error("pg_dumpall", e))?;
+    if !out.status.success() {
+        return Err(Error::source(format!(
+            "pg_dumpall --globals-only {}: {}; no snapshot was written",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).split_whitespace().collect::<Vec<_>>().join(" ")
+        )));
+    }
+    if out.stdout.len() > GLOBALS_LIMIT {
+        return Err(Error::source(format!(
+            "pg_dumpall --globals-only wrote {} bytes, more than cairn keeps with a dump ({GLOBALS_LIMIT}): \
+             back the globals up on their own with `cairn backup command`",
+            out.stdout.len()
+        )));
+    }
+    String::from_utf8(out.stdout).map_err(|_| Error::source("pg_dumpall --globals-only wrote text that is not UTF-8"))
+}
+
+/// The first identifier of `rest` as it is written (quoted or not) and as a name.
+fn leading_identifier(rest: &str) -> Option<(&str, String)> {
+    if let Some(quoted) = rest.strip_prefix('"') {
+        let mut end = 0;
+        let bytes = quoted.as_bytes();
+        while end < bytes.len() {
+            if bytes[end] == b'"' {
+                if bytes.get(end + 1) == Some(&b'"') {
+                    end += 2;
+                    continue;
+                }
+                return Some((&rest[..end + 2], quoted[..end].replace("\"\"", "\"")));
+            }
+            end += 1;
+        }
+        return None;
+    }
+    let end = rest.find(|c: char| c == ';' || c.is_whitespace()).unwrap_or(rest.len());
+    (end > 0).then(|| (&rest[..end], rest[..end].to_string()))
+}
+
+/// Globals SQL made safe to apply to a cluster that already has some of them: the
+/// `CREATE ROLE` / `CREATE TABLESPACE` of a name in `existing` is left out, and the
+/// `ALTER`s that follow set the attributes either way. (No psql meta-commands: the
+/// `\\restrict` line pg_dumpall writes forbids them.) Without `tablespaces`, every
+/// tablespace statement is left out (a drill's scratch cluster cannot have production's
+/// locations).
+pub fn idempotent_globals(sql: &str, tablespaces: bool, existing: &Existing) -> String {
+    let mut out = String::new();
+    for line in sql.lines() {
+        if !tablespaces && line.to_ascii_uppercase().contains(" TABLESPACE ") {
+            continue;
+        }
+        let exists = |prefix: &str, names: &std::collections::BTreeSet<String>| {
+            line.strip_prefix(prefix).and_then(leading_identifier).is_some_and(|(_, name)| names.contains(&name))
+        };
+        if exists("CREATE ROLE ", &existing.roles) || exists("CREATE TABLESPACE ", &existing.tablespaces) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The roles and tablespaces a cluster has.
+#[derive(Debug, Default)]
+pub struct Existing {
+    pub roles: std::collections::BTreeSet<String>,
+    pub tablespaces: std::collections::BTreeSet<String>,
+}
+
+fn existing_globals(conninfo: &str) -> Result<Existing> {
+    let names = |sql: &str| -> Result<std::collections::BTreeSet<String>> {
+        let out = super::child("psql")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "--dbname", conninfo, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| spawn_error("psql", e))?;
+        if !out.status.success() {
+            return Err(Error::source(format!(
+                "cannot list the target's roles and tablespaces: {}",
+                String::from_utf8_lossy(&out.stderr).split_whitespace().collect::<Vec<_>>().join(" ")
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+    };
+    Ok(Existing {
+        roles: names("select rolname from pg_roles")?,
+        tablespaces: names("select spcname from pg_tablespace")?,
+    })
+}
+
+/// Apply a snapshot's globals to the cluster `conninfo` reaches.
+fn apply_globals(conninfo: &str, sql: &str, tablespaces: bool) -> Result<()> {
+    let script = idempotent_globals(sql, tablespaces, &existing_globals(conninfo)?);
+    let mut child = super::child("psql")
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", conninfo, "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error("psql", e))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, script.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| Error::source(format!("cannot wait for psql: {e}")))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(Error::source(format!(
+            "restoring the roles and tablespaces failed, so the database was not restored: {} \
+             (give --no-globals to restore without them)",
+            String::from_utf8_lossy(&out.stderr).split_whitespace().collect::<Vec<_>>().join(" ")
+        )));
+    }
+    Ok(())
+}
+
+/// Run pg_dump and store its output as one stream snapshot of kind `pg`; with `globals`,
+/// `pg_dumpall --globals-only` first, kept in the snapshot's metadata (`globals`).
+#[allow(clippy::too_many_arguments)]
 pub async fn backup_dump(
     repo: &Repository,
     dbname: Option<&str>,
     format: DumpFormat,
     extra: &[String],
+    globals: Globals,
     options: &BackupOptions,
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
     let (version, database) = server_facts(dbname)?;
+    let globals_sql = match globals {
+        Globals::Skip => None,
+        mode => Some(dump_globals(dbname, mode)?),
+    };
     let mut cmd = super::child("pg_dump");
     match format {
         DumpFormat::Custom => cmd.args(["--format=custom", "--compress=0"]),
@@ -117,6 +263,10 @@ pub async fn backup_dump(
     if !extra.is_empty() {
         meta.insert("pg_dump_args".into(), extra.to_vec().into());
     }
+    if let Some(sql) = globals_sql {
+        meta.insert("globals".into(), sql.into());
+        meta.insert("globals_passwords".into(), (globals == Globals::WithPasswords).into());
+    }
     let options = BackupOptions { meta, kind: "pg".into(), ..options.clone() };
     backup::backup_process(repo, cmd, "pg_dump", &options, cancel, progress).await
 }
@@ -128,9 +278,16 @@ pub struct DbRestore {
     pub jobs: u32,
     pub clean: bool,
     pub create: bool,
-    /// Custom format: skip ownership and privileges (a drill's throwaway cluster lacks
-    /// the production roles).
+    /// Custom format: `pg_restore --no-owner`.
     pub no_owner: bool,
+    /// Custom format: `pg_restore --no-privileges`.
+    pub no_privileges: bool,
+    /// Custom format: `pg_restore --no-tablespaces`.
+    pub no_tablespaces: bool,
+    /// `pg_restore --role`: the role the restore runs as.
+    pub role: Option<String>,
+    /// Apply the snapshot's roles and tablespaces (if it has them) first.
+    pub globals: bool,
 }
 
 /// The format a pg snapshot was dumped in (`plain` for a stream piped in by hand
@@ -168,16 +325,26 @@ pub async fn restore_to_db(
             }
         }
     };
+    let custom_only = target.clean
+        || target.create
+        || target.jobs > 1
+        || target.no_owner
+        || target.no_privileges
+        || target.no_tablespaces
+        || target.role.is_some();
+    if format == DumpFormat::Plain && custom_only {
+        return Err(Error::invalid(
+            "this snapshot is a plain SQL dump: --clean, --create, --jobs, --no-owner, --no-privileges and --role need \
+             a custom-format dump (pass them to pg_dump at backup time, or back up with the default --format custom)",
+        ));
+    }
+    if let (true, Some(sql)) = (target.globals, snapshot.meta.get("globals").and_then(|v| v.as_str())) {
+        apply_globals(&target.conninfo, sql, !target.no_tablespaces)?;
+    }
     let mut cmd;
     let mut materialised = None;
     match format {
         DumpFormat::Plain => {
-            if target.clean || target.create || target.jobs > 1 {
-                return Err(Error::invalid(
-                    "this snapshot is a plain SQL dump: --clean, --create and --jobs need a custom-format dump \
-                     (pass them to pg_dump at backup time, or back up with the default --format custom)",
-                ));
-            }
             cmd = super::child("psql");
             cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "--dbname", &target.conninfo]);
         }
@@ -191,7 +358,16 @@ pub async fn restore_to_db(
                 cmd.arg("--create");
             }
             if target.no_owner {
-                cmd.args(["--no-owner", "--no-privileges"]);
+                cmd.arg("--no-owner");
+            }
+            if target.no_privileges {
+                cmd.arg("--no-privileges");
+            }
+            if target.no_tablespaces {
+                cmd.arg("--no-tablespaces");
+            }
+            if let Some(role) = &target.role {
+                cmd.arg(format!("--role={role}"));
             }
             if target.jobs > 1 {
                 let file =
@@ -787,5 +963,29 @@ impl ScratchCluster {
 impl Drop for ScratchCluster {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globals_skip_what_exists_and_tablespaces_when_asked() {
+        let sql = "\\restrict abc\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\nCREATE ROLE \"Odd \"\"Name\";\n\
+                   CREATE ROLE postgres;\nCREATE TABLESPACE fast OWNER app LOCATION '/ssd';\nGRANT app TO postgres;\n\\unrestrict abc\n";
+        let mut existing = Existing::default();
+        existing.roles.insert("postgres".into());
+        existing.roles.insert("Odd \"Name".into());
+        let out = idempotent_globals(sql, true, &existing);
+        assert_eq!(
+            out,
+            "\\restrict abc\nCREATE ROLE app;\nALTER ROLE app WITH LOGIN;\nCREATE TABLESPACE fast OWNER app LOCATION '/ssd';\n\
+             GRANT app TO postgres;\n\\unrestrict abc\n"
+        );
+        let out = idempotent_globals(sql, false, &Existing::default());
+        assert!(!out.contains("TABLESPACE") && out.contains("CREATE ROLE postgres;"), "{out}");
+        assert_eq!(leading_identifier("\"a\"\"b\" x"), Some(("\"a\"\"b\"", "a\"b".to_string())));
+        assert_eq!(leading_identifier("\"open"), None);
     }
 }

@@ -354,16 +354,15 @@ pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progr
             _ => None,
         };
         if let (Some((floor, what)), Some(state)) = (floor, &report.server_state) {
-            if state.starts_with("promoted") || state.starts_with("paused") {
-                if reached.is_none_or(|r| r < floor) {
-                    stop_server(pgdata, owner);
-                    return Err(Error::source(format!(
-                        "recovery ended at {}, before {what}: transactions would be missing, so the server was stopped; \
-                         {} is left for inspection (log: cairn-pitr.log): remove it before trying again",
-                        report.reached_lsn.as_deref().unwrap_or("an unknown LSN"),
-                        pgdata.display()
-                    )));
-                }
+            let ended = state.starts_with("promoted") || state.starts_with("paused");
+            if ended && reached.is_none_or(|r| r < floor) {
+                stop_server(pgdata, owner);
+                return Err(Error::source(format!(
+                    "recovery ended at {}, before {what}: transactions would be missing, so the server was stopped; \
+                     {} is left for inspection (log: cairn-pitr.log): remove it before trying again",
+                    report.reached_lsn.as_deref().unwrap_or("an unknown LSN"),
+                    pgdata.display()
+                )));
             }
         }
     }
@@ -470,7 +469,7 @@ fn probe_as_server(probe: &str) -> Result<()> {
         return Ok(());
     }
     let said = String::from_utf8_lossy(&out.stderr);
-    let said = said.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("no message").trim();
+    let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").trim();
     let who = match user {
         Some(_) => "the server's user (postgres)",
         None => "this user",

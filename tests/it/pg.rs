@@ -707,14 +707,21 @@ fn pitr_from_s3_retries_transient_faults_and_stops_on_persistent_ones() {
     let env = PgEnv::new_s3("s3://pgarchive/cluster", &proxy.endpoint());
     let mut main = base_backed_up(&env);
     main.sql("insert into t select generate_series(1, 100)");
+    let time = main.sql("select to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')");
+    std::thread::sleep(Duration::from_millis(1100));
+    main.switch_wal();
+    main.sql("insert into t select generate_series(101, 150)");
     let last = main.switch_wal();
     main.wait_archived(&last);
     main.stop();
 
     let (out, port) = env.pitr("transient", &["--latest"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(env.count_and_stop("transient", port), "100", "every segment was replayed despite the faults");
+    assert_eq!(env.count_and_stop("transient", port), "150", "every segment was replayed despite the faults");
     assert!(failed_once.lock().unwrap().len() >= 2, "faults were injected");
+    let (out, port) = env.pitr("by-time", &["--target-time", &time]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(env.count_and_stop("by-time", port), "100", "recovered to a time from S3");
 
     broken.store(true, Ordering::SeqCst);
     let (out, _) = env.pitr("persistent", &["--latest"]);

@@ -389,3 +389,74 @@ fn pitr_of_thousands_of_files_stays_within_256_open_files() {
     assert!(files > 3000, "{files} files restored");
     assert_eq!(env.count_and_stop("many", port), "10");
 }
+
+/// `backup pg --globals` keeps the roles (without passwords unless asked) with the dump;
+/// `restore --to-db --create` into a fresh cluster applies them first, so ownership
+/// restores (it used to fail on the missing role and leave a half-restored database),
+/// and into a cluster that has them already, keeps them ("role postgres already
+/// exists" used to stop it). --no-globals with --no-owner and --role restores without.
+#[test]
+fn roles_are_backed_up_with_a_dump_and_restored_before_it() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", "");
+    main.start();
+    main.sql("create role app_owner login");
+    main.sql("create role \"Odd \"\"Name\" login password 'hunter2'");
+    main.sql("create database app owner app_owner");
+    main.sql_in(
+        "app",
+        "set role app_owner; create table items (x int); insert into items select generate_series(1, 42)",
+    );
+    let backup = |extra: &[&str]| {
+        let out = env
+            .cairn_cmd()
+            .args(["--json", "backup", "pg", "--name", "app", "--globals", "--dbname", &main.conninfo("app")])
+            .args(extra)
+            .output()
+            .unwrap();
+        snapshot_id(&out)
+    };
+    let plain = backup(&[]);
+    let with_passwords = backup(&["--role-passwords"]);
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap().stdout).unwrap();
+    let globals = |id: &str| {
+        let s = snaps.as_array().unwrap().iter().find(|s| s["id"] == id).unwrap();
+        s["meta"]["globals"].as_str().unwrap().to_string()
+    };
+    assert!(globals(&plain).contains("CREATE ROLE app_owner;"), "{}", globals(&plain));
+    assert!(!globals(&plain).contains("SCRAM-SHA-256"), "no password hashes unless asked");
+    assert!(globals(&with_passwords).contains("SCRAM-SHA-256"), "{}", globals(&with_passwords));
+
+    let mut fresh = env.cluster("fresh", "");
+    fresh.start();
+    let out =
+        env.cairn_cmd().args(["restore", &plain, "--to-db", &fresh.conninfo("postgres"), "--create"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        fresh.sql_in("app", "select tableowner, (select count(*) from items) from pg_tables where tablename = 'items'"),
+        "app_owner|42"
+    );
+    assert_eq!(fresh.sql("select count(*) from pg_roles where rolname = 'Odd \"Name'"), "1");
+
+    // Into the cluster it came from: every role exists already.
+    main.sql("create database app2");
+    let out = env.cairn_cmd().args(["restore", &plain, "--to-db", &main.conninfo("app2")]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(main.sql_in("app2", "select count(*) from items"), "42");
+
+    let mut bare = env.cluster("bare", "");
+    bare.start();
+    let out = env
+        .cairn_cmd()
+        .args(["restore", &plain, "--to-db", &bare.conninfo("postgres"), "--create", "--no-globals", "--no-owner"])
+        .args(["--no-privileges", "--role", "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(bare.sql_in("app", "select tableowner from pg_tables where tablename = 'items'"), "postgres");
+    assert_eq!(bare.sql("select count(*) from pg_roles where rolname = 'app_owner'"), "0");
+    bare.stop();
+    fresh.stop();
+    main.stop();
+}
