@@ -126,6 +126,27 @@ pub fn segment_info(name: &str, data: &[u8]) -> Result<SourceInfo> {
     Ok(info)
 }
 
+/// A segment's first page must say it is this segment: `xlp_pageaddr` is the LSN where
+/// the segment named `name` starts. A file stored under another segment's name (moved,
+/// or pushed with the wrong %p) would otherwise be replayed as this one, and PostgreSQL
+/// takes the mismatch for the end of the WAL.
+pub fn check_segment_place(name: &str, data: &[u8]) -> Result<()> {
+    let WalKind::Segment { log, seg, .. } = classify(name)? else { return Ok(()) };
+    let info = segment_info(name, data)?;
+    let per_log = 0x1_0000_0000u64 / u64::from(info.segment_size);
+    let start = (u64::from(log) * per_log + u64::from(seg)) * u64::from(info.segment_size);
+    let page_addr = u64::from_le_bytes(data[8..16].try_into().unwrap());
+    if page_addr != start {
+        return Err(Error::corrupt(format!(
+            "{name} holds the WAL starting at {}, not at {} where this segment starts: the file was stored under \
+             the wrong name",
+            format_lsn(page_addr),
+            format_lsn(start)
+        )));
+    }
+    Ok(())
+}
+
 fn seal(key: &MasterKey, data: &[u8]) -> Vec<u8> {
     let mut plain = (data.len() as u64).to_le_bytes().to_vec();
     // Compress on every core: a push is latency the server waits for.
@@ -207,6 +228,7 @@ pub async fn push(backend: &Backend, key: &MasterKey, source: &str, path: &Path)
     let kind = classify(name)?;
     let data = std::fs::read(path).map_err(|e| Error::io("read WAL file", path, e))?;
     if let WalKind::Segment { .. } = kind {
+        check_segment_place(name, &data).map_err(|e| Error::invalid(e.message().to_string()))?;
         claim_source(backend, key, source, &segment_info(name, &data)?).await?;
     }
     let object = object_key(source, name);
@@ -268,6 +290,7 @@ pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str,
         Err(e) => return Err(e),
     };
     let data = open(key, &object, &sealed)?;
+    check_segment_place(name, &data).map_err(|e| Error::corrupt(format!("{object}: {}", e.message())))?;
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.cairn-{}", name, hex::encode(crate::crypto::random_bytes::<4>())));
     let write = || -> std::io::Result<()> {

@@ -41,9 +41,10 @@ pub struct FetchArgs {
     dest: Option<PathBuf>,
     #[arg(long)]
     source: String,
-    /// Fetch nothing: open the repository and read the source's record as a fetch would,
-    /// and exit 0 only if that works (pitr runs this as the server's user first)
-    #[arg(long, conflicts_with_all = ["name", "dest"])]
+    /// Write nothing: open the repository and read the source's record (and the file
+    /// NAME, if given) as a fetch would; exit 0 only if that works (pitr runs this as the
+    /// server's user first)
+    #[arg(long, conflicts_with = "dest")]
     probe: bool,
 }
 
@@ -80,12 +81,17 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
         WalCommand::Fetch(args) if args.probe => {
             wal::check_source(&args.source)?;
             let (backend, key) = unlock(ctx).await?;
-            match wal::source_info(&backend, &key, &args.source).await? {
-                Some(_) => Ok(0),
-                None => {
-                    Err(anyhow::anyhow!("WAL source {:?} has nothing archived in {}", args.source, ctx.repo_url().0))
-                }
+            if wal::source_info(&backend, &key, &args.source).await?.is_none() {
+                return Err(anyhow::anyhow!(
+                    "WAL source {:?} has nothing archived in {}",
+                    args.source,
+                    ctx.repo_url().0
+                ));
             }
+            if let Some(name) = &args.name {
+                wal::read(&backend, &key, &args.source, name).await?;
+            }
+            Ok(0)
         }
         WalCommand::Fetch(args) => {
             let (name, dest) = (args.name.unwrap_or_default(), args.dest.unwrap_or_default());

@@ -517,11 +517,68 @@ async fn first_archived_segment(
 /// The server's clock now, to the microsecond.
 fn server_now(dbname: Option<&str>) -> Result<jiff::Timestamp> {
     let text = query_one(dbname, "select extract(epoch from clock_timestamp())::numeric(20,6)")?;
-    let (secs, micros) = text.split_once('.').unwrap_or((&text, "0"));
-    let parsed = secs.parse::<i64>().ok().zip(format!("{micros:0<6}")[..6].parse::<i64>().ok());
-    parsed
-        .and_then(|(s, us)| jiff::Timestamp::from_microsecond(s * 1_000_000 + us).ok())
+    parse_epoch(&text)
         .ok_or_else(|| Error::source(format!("the server's clock_timestamp() epoch {text:?} is not a number")))
+}
+
+/// The server's clock just after the base backup run as `application_name` stopped: one
+/// psql session polls `pg_stat_progress_basebackup` every 20 ms, and the first poll that
+/// finds the backup's command ended notes its own `clock_timestamp()`: after the stop,
+/// late by the server's wait for the archive and a poll. `None` if the session fails or
+/// never saw the backup run.
+fn watch_stop(
+    dbname: Option<&str>,
+    application_name: &str,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Option<jiff::Timestamp>> {
+    let mut cmd = super::child("psql");
+    cmd.args(["-X", "-A", "-t", "-q"]);
+    if let Some(db) = dbname {
+        cmd.arg("--dbname").arg(db);
+    }
+    let query = format!(
+        "select coalesce((select p.phase from pg_stat_progress_basebackup p join pg_stat_activity a using (pid) \
+         where a.application_name = '{application_name}' limit 1), 'none') || '|' || \
+         extract(epoch from clock_timestamp())::numeric(20,6);\n"
+    );
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().ok()?;
+        let mut stdin = child.stdin.take()?;
+        let mut lines = std::io::BufReader::new(child.stdout.take()?).lines();
+        let mut running = false;
+        let mut stopped = None;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            if stdin.write_all(query.as_bytes()).and_then(|_| stdin.flush()).is_err() {
+                break;
+            }
+            let Some(Ok(line)) = lines.next() else { break };
+            let Some((phase, epoch)) = line.split_once('|') else { break };
+            match phase {
+                "none" if !running => {}
+                // The phase turns to "waiting for wal archiving to finish" just before the
+                // stop record is written, so only the end of the command (or the WAL
+                // transfer that follows the stop) says the stop has happened.
+                "none" | "transferring wal files" => {
+                    stopped = parse_epoch(epoch);
+                    break;
+                }
+                _ => running = true,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(stdin);
+        let _ = child.kill();
+        let _ = child.wait();
+        stopped
+    })
+}
+
+/// `1764650000.123456` (seconds since the epoch) → a timestamp.
+fn parse_epoch(text: &str) -> Option<jiff::Timestamp> {
+    let (secs, micros) = text.trim().split_once('.').unwrap_or((text.trim(), "0"));
+    let micros: i64 = format!("{micros:0<6}").get(..6)?.parse().ok()?;
+    jiff::Timestamp::from_microsecond(secs.parse::<i64>().ok()? * 1_000_000 + micros).ok()
 }
 
 /// Bytes read from pg_basebackup, and when the last arrived.
@@ -568,8 +625,10 @@ pub async fn backup_base(
     if let Err(e) = super::child("pg_basebackup").arg("--version").stdout(Stdio::null()).status() {
         return Err(spawn_error("pg_basebackup", e));
     }
+    let application_name = format!("cairn-{}", hex::encode(crate::crypto::random_bytes::<6>()));
     let mut cmd = super::child("pg_basebackup");
     cmd.args(["-D", "-", "--format=tar", "--wal-method=none", "--no-manifest", "--checkpoint=fast"]);
+    cmd.env("PGAPPNAME", &application_name);
     if let Some(db) = dbname {
         cmd.arg("--dbname").arg(db);
     }
@@ -588,6 +647,8 @@ pub async fn backup_base(
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| spawn_error("pg_basebackup", e))?;
+        let watch_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_watch = watch_stop(dbname, &application_name, watch_done.clone());
         let mut stderr = child.stderr.take().expect("piped");
         let errors = std::thread::spawn(move || {
             let mut text = String::new();
@@ -645,7 +706,9 @@ pub async fn backup_base(
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
         finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        watch_done.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = watchdog.join();
+        let watched_stop = stop_watch.join().ok().flatten();
         let errors = errors.join().unwrap_or_default();
         if timed_out.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::source(format!(
@@ -662,8 +725,10 @@ pub async fn backup_base(
             )));
         }
         let imported = imported?;
-        // Every commit before the stop LSN happened before now: a stop time that can only
-        // be late, never early, so a target inside the backup's last second never picks it.
+        // Every commit before the stop LSN happened before now, before the next second after
+        // the label's STOP TIME, and before the watcher saw the backup stop: the earliest of
+        // these is a stop time that can only be late (by a poll at most), never early, so a
+        // target inside the backup's last second never picks a base not consistent there.
         let finished_at = server_now(dbname)?;
         let label = imported.captured.get("backup_label").ok_or_else(|| {
             Error::source("pg_basebackup's archive has no backup_label; no snapshot was written")
@@ -724,10 +789,13 @@ pub async fn backup_base(
         // The history file's STOP TIME is whole seconds: the real stop is before the
         // next second, and before `finished_at`.
         let label_stop = stop.get("STOP TIME").and_then(|t| label_time(t));
-        let stop_time = match label_stop {
-            Some(t) => finished_at.min(t + jiff::SignedDuration::from_secs(1)),
-            None => finished_at,
-        };
+        let mut stop_time = finished_at;
+        if let Some(t) = label_stop {
+            stop_time = stop_time.min(t + jiff::SignedDuration::from_secs(1));
+        }
+        if let Some(t) = watched_stop.filter(|t| label_stop.is_none_or(|l| *t >= l)) {
+            stop_time = stop_time.min(t);
+        }
         learned.insert("stop_time".into(), stop_time.to_string().into());
         if let Some(t) = stop.get("STOP TIME") {
             learned.insert("stop_time_text".into(), t.clone().into());

@@ -71,8 +71,9 @@ pub struct PitrOptions {
     pub base: Option<String>,
     /// The restore_command the restored server runs (calls `cairn wal fetch`).
     pub restore_command: String,
-    /// A command that opens the repository as restore_command will, and reads the
-    /// source's record: run as the server's user before anything is restored.
+    /// A command that opens the repository as restore_command will and reads the source's
+    /// record and the segment named after it (`wal fetch --probe`): run as the server's
+    /// user with the base's first segment before anything is restored.
     pub probe_command: Option<String>,
     pub port: Option<u16>,
     pub start: bool,
@@ -306,7 +307,7 @@ pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progr
 
     // Paths and privileges: the server runs restore_command as the data directory's owner.
     if let Some(probe) = &options.probe_command {
-        probe_as_server(probe)?;
+        probe_as_server(&format!("{probe} {first_name}"))?;
     }
 
     // Restore the data directory; on failure, remove what was restored.
@@ -469,7 +470,12 @@ fn probe_as_server(probe: &str) -> Result<()> {
         return Ok(());
     }
     let said = String::from_utf8_lossy(&out.stderr);
-    let said = said.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("no message").trim();
+    let said = said
+        .lines()
+        .find(|l| l.contains("error:"))
+        .or_else(|| said.lines().rfind(|l| !l.trim().is_empty()))
+        .unwrap_or("no message")
+        .trim();
     let who = match user {
         Some(_) => "the server's user (postgres)",
         None => "this user",

@@ -689,16 +689,18 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
 /// server stops recovery instead of promoting without the WAL.
 #[test]
 fn pitr_from_s3_retries_transient_faults_and_stops_on_persistent_ones() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
     let server = crate::s3server::S3Server::start();
     server.create_bucket("pgarchive");
-    let broken = Arc::new(AtomicBool::new(false));
+    // The segment whose reads keep failing, once set (the base's first one reads fine,
+    // so pitr's check as the server's user passes and recovery itself meets the fault).
+    let broken: Arc<Mutex<Option<String>>> = Default::default();
     let failed_once: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
     let (b, f) = (broken.clone(), failed_once.clone());
     let proxy = crate::s3server::FaultProxy::start(server.port, move |method, path, _| {
         let wal_read = method == "GET" && path.contains("/wal/main/0");
-        if wal_read && (b.load(Ordering::SeqCst) || f.lock().unwrap().insert(path.to_string())) {
+        let persistent = b.lock().unwrap().as_ref().is_some_and(|name| path.ends_with(name.as_str()));
+        if wal_read && (persistent || f.lock().unwrap().insert(path.to_string())) {
             crate::s3server::Fault::ServerError
         } else {
             crate::s3server::Fault::Pass
@@ -723,7 +725,7 @@ fn pitr_from_s3_retries_transient_faults_and_stops_on_persistent_ones() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(env.count_and_stop("by-time", port), "100", "recovered to a time from S3");
 
-    broken.store(true, Ordering::SeqCst);
+    *broken.lock().unwrap() = Some(last.clone());
     let (out, _) = env.pitr("persistent", &["--latest"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!env.path("persistent/postmaster.pid").exists(), "the server stopped instead of promoting");

@@ -203,6 +203,7 @@ fn wal_segment(n: u64) -> (String, Vec<u8>) {
     let mut bytes = noise(1 << 20, 5000 + n);
     bytes[0..2].copy_from_slice(&0xD113u16.to_le_bytes()); // xlp_magic of PostgreSQL 15
     bytes[2..4].copy_from_slice(&0x0002u16.to_le_bytes()); // XLP_LONG_HEADER
+    bytes[8..16].copy_from_slice(&((n + 1) << 20).to_le_bytes()); // xlp_pageaddr: where segment n + 1 starts
     bytes[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
     bytes[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
     bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());

@@ -341,10 +341,16 @@ fn a_target_inside_a_backups_last_second_picks_a_base_consistent_there() {
         serde_json::from_slice(&env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap().stdout).unwrap();
     let second = snaps.as_array().unwrap().iter().find(|s| s["id"] == b2.as_str()).unwrap();
     let stop_time = second["meta"]["stop_time"].as_str().unwrap();
-    assert!(stop_time.contains('.'), "sub-second: {stop_time}");
     let label = second["meta"]["stop_time_text"].as_str().unwrap();
     let (civil, zone) = label.rsplit_once(' ').unwrap();
     assert_eq!(zone, "UTC", "the test cluster logs in UTC: {label}");
+    let second_start = format!("{}Z", civil.replace(' ', "T"));
+    let (recorded, whole): (jiff::Timestamp, jiff::Timestamp) =
+        (stop_time.parse().unwrap(), second_start.parse().unwrap());
+    assert!(
+        recorded >= whole && recorded <= whole + jiff::SignedDuration::from_secs(1),
+        "{stop_time} within {label}'s second"
+    );
     let target = format!("{}.001Z", civil.replace(' ', "T"));
     let (out, port) = pitr(&env, "inside", &["--target-time", &target]);
     assert!(out.status.success(), "{}", text(&out));
@@ -459,4 +465,61 @@ fn roles_are_backed_up_with_a_dump_and_restored_before_it() {
     bare.stop();
     fresh.stop();
     main.stop();
+}
+
+/// Two ways an archive can hold every name and still end recovery early. A segment
+/// stored under another's name is refused by fetch (its first page says where it
+/// starts), and by push. A segment zeroed after its first 256 KiB ends replay in its middle,
+/// which PostgreSQL takes for the end of the WAL and promotes: pitr's check after replay
+/// stops the server and fails instead of reporting success.
+#[test]
+fn segments_that_end_replay_early_are_caught() {
+    let env = PgEnv::new();
+    let mut main = base_backed_up(&env);
+    insert(&main, 1, 100);
+    let a = main.switch_wal();
+    insert(&main, 101, 20000);
+    let b = main.switch_wal();
+    insert(&main, 20001, 20100);
+    let c = main.switch_wal();
+    main.wait_archived(&c);
+    main.stop();
+    let stored = |name: &str| env.path("repo/wal/main").join(name);
+
+    // b's object under c's name.
+    let original_c = std::fs::read(stored(&c)).unwrap();
+    std::fs::copy(stored(&b), stored(&c)).unwrap();
+    let dest = env.path("fetched");
+    let out = env.cairn_cmd().args(["wal", "fetch", &c]).arg(&dest).args(["--source", "main"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(text(&out).contains("wrong name"), "{}", text(&out));
+    std::fs::write(stored(&c), &original_c).unwrap();
+    // And push of a file whose name is not its place.
+    let out = env.cairn_cmd().args(["wal", "fetch", &a]).arg(&dest).args(["--source", "main"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let misnamed = env.path("misnamed");
+    std::fs::create_dir_all(&misnamed).unwrap();
+    std::fs::copy(&dest, misnamed.join(&b)).unwrap();
+    let out =
+        env.cairn_cmd().args(["wal", "push"]).arg(misnamed.join(&b)).args(["--source", "other"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("wrong name"), "{}", text(&out));
+
+    // b pushed again with its second half zeroed.
+    let out = env.cairn_cmd().args(["wal", "fetch", &b]).arg(&dest).args(["--source", "main"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut bytes = std::fs::read(&dest).unwrap();
+    bytes[256 << 10..].fill(0);
+    let truncated = env.path("truncated");
+    std::fs::create_dir_all(&truncated).unwrap();
+    std::fs::write(truncated.join(&b), &bytes).unwrap();
+    std::fs::remove_file(stored(&b)).unwrap();
+    let out =
+        env.cairn_cmd().args(["wal", "push"]).arg(truncated.join(&b)).args(["--source", "main"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    chown_postgres(&env.path("repo"));
+    let (out, _) = pitr(&env, "short", &["--latest"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&format!("before the last archived segment {c}")), "{}", text(&out));
+    assert!(!env.path("short/postmaster.pid").exists(), "the short server was stopped");
 }
