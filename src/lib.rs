@@ -24,6 +24,7 @@ pub mod index;
 pub mod object;
 pub mod ops;
 pub mod pack;
+pub mod prefetch;
 pub mod progress;
 pub mod repo;
 pub mod secrets;

@@ -276,11 +276,10 @@ pub fn segment_of(timeline: u32, lsn: u64, segment_size: u32) -> String {
     segment_name(timeline, lsn / u64::from(segment_size), segment_size)
 }
 
-/// Restore one archived file to `dest`: written to a temporary file beside it, synced,
-/// then renamed, so `dest` is never partial. `Ok(None)` means the archive authoritatively
-/// does not have it (the storage answered "no such object"); every other failure is an
-/// error, which recovery must not take for the end of the WAL.
-pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<Option<u64>> {
+/// One archived file's bytes, checked: `Ok(None)` means the archive authoritatively does
+/// not have it (the storage answered "no such object"); every other failure is an error,
+/// which recovery must not take for the end of the WAL.
+pub async fn fetch_bytes(backend: &Backend, key: &MasterKey, source: &str, name: &str) -> Result<Option<Vec<u8>>> {
     check_source(source)?;
     classify(name)?;
     let object = object_key(source, name);
@@ -291,20 +290,34 @@ pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str,
     };
     let data = open(key, &object, &sealed)?;
     check_segment_place(name, &data).map_err(|e| Error::corrupt(format!("{object}: {}", e.message())))?;
+    Ok(Some(data))
+}
+
+/// Write `data` to `dest` through a temporary file beside it and a rename, so `dest` is
+/// never partial. Not synced: PostgreSQL needs a restored file only while it replays it,
+/// and after a crash recovery asks for it again (pgBackRest's archive-get does not sync
+/// either); an fsync per segment was a fifth of a fetch.
+pub fn write_whole(dest: &Path, name: &str, data: &[u8]) -> Result<()> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.cairn-{}", name, hex::encode(crate::crypto::random_bytes::<4>())));
     let write = || -> std::io::Result<()> {
         use std::io::Write;
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(&data)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
-        std::fs::File::open(dir)?.sync_all()
+        file.write_all(data)?;
+        std::fs::rename(&tmp, dest)
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io("write restored WAL file", dest, e));
     }
+    Ok(())
+}
+
+/// Restore one archived file to `dest` ([`fetch_bytes`], then [`write_whole`]).
+/// `Ok(None)`: not archived.
+pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<Option<u64>> {
+    let Some(data) = fetch_bytes(backend, key, source, name).await? else { return Ok(None) };
+    write_whole(dest, name, &data)?;
     Ok(Some(data.len() as u64))
 }
 

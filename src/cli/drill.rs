@@ -160,7 +160,8 @@ async fn drill_one(
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             cairn::ops::pg::lend_to_server(scratch)?;
             let pgdata = scratch.join("pgdata");
-            let (restore_command, probe) = super::pitr::restore_command(ctx, &wal_source)?;
+            let spool = cairn::ops::pitr::spool_beside(&pgdata);
+            let (restore_command, probe) = super::pitr::restore_command(ctx, &wal_source, Some((8, &spool)))?;
             let options = cairn::ops::pitr::PitrOptions {
                 pgdata: pgdata.clone(),
                 source: wal_source.clone(),
@@ -172,6 +173,7 @@ async fn drill_one(
                 base: Some(id.to_hex()),
                 restore_command,
                 probe_command: Some(probe),
+                spool: Some(spool),
                 port: Some(port),
                 start: true,
             };

@@ -60,12 +60,21 @@ pub struct PitrArgs {
     /// The restored server's port
     #[arg(long)]
     port: Option<u16>,
+    /// Fetch this many WAL segments ahead of replay into a spool beside --pgdata
+    /// (`.NAME.cairn-spool`, removed after --start), so replay does not wait for each
+    /// fetch; 0 fetches one at a time
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    prefetch: u64,
 }
 
 /// The restore_command for the restored server: this cairn, this repository, this secret,
 /// every path absolute (the server runs it from its data directory); and the probe that
 /// runs the same way before anything is restored (`wal fetch --probe`).
-pub fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<(String, String)> {
+pub fn restore_command(
+    ctx: &Context,
+    source: &str,
+    prefetch: Option<(u64, &std::path::Path)>,
+) -> anyhow::Result<(String, String)> {
     let exe = std::env::current_exe()?;
     let (url, is_default) = ctx.repo_url();
     let url = match url.contains("://") {
@@ -92,6 +101,9 @@ pub fn restore_command(ctx: &Context, source: &str) -> anyhow::Result<(String, S
     }
     let probe = format!("{cmd} wal fetch --probe --source {}", quote(source));
     cmd.push_str(&format!(" wal fetch %f %p --source {}", quote(source)));
+    if let Some((n, spool)) = prefetch.filter(|(n, _)| *n > 0) {
+        cmd.push_str(&format!(" --prefetch {n} --spool {}", quote(&std::path::absolute(spool)?.display().to_string())));
+    }
     Ok((cmd, probe))
 }
 
@@ -115,9 +127,12 @@ pub async fn run(ctx: &Context, args: PitrArgs) -> Outcome {
     if args.target_exclusive && !matches!(target, Target::Time(_) | Target::Xid(_) | Target::Lsn(_)) {
         return Err(usage("--target-exclusive applies to --target-time, --target-xid and --target-lsn"));
     }
-    let (restore_command, probe) = restore_command(ctx, &args.source)?;
+    let pgdata = std::path::absolute(&args.pgdata)?;
+    let spool = cairn::ops::pitr::spool_beside(&pgdata);
+    let (restore_command, probe) = restore_command(ctx, &args.source, Some((args.prefetch, &spool)))?;
     let options = PitrOptions {
-        pgdata: std::path::absolute(&args.pgdata)?,
+        spool: (args.prefetch > 0).then_some(spool),
+        pgdata,
         restore_command,
         probe_command: Some(probe),
         source: args.source,

@@ -46,6 +46,16 @@ pub struct FetchArgs {
     /// server's user first)
     #[arg(long, conflicts_with = "dest")]
     probe: bool,
+    /// Keep this many segments after the one asked for fetched ahead in --spool, by a
+    /// background process, so replay does not wait for each fetch (0: off)
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "spool")]
+    prefetch: u64,
+    /// The read-ahead spool: a directory outside the data directory, one per recovery
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// (internal) Be the background process that fills --spool
+    #[arg(long, hide = true, requires = "spool")]
+    ahead: bool,
 }
 
 #[derive(Args)]
@@ -57,6 +67,30 @@ pub struct ListArgs {
     /// what it would remove
     #[arg(long, value_name = "DURATION")]
     keep_wal_within: Option<String>,
+}
+
+fn is_segment(name: &str) -> bool {
+    matches!(wal::classify(name), Ok(wal::WalKind::Segment { .. }))
+}
+
+/// Start the background process that fills the spool, unless one is running: this very
+/// command line with `--ahead`, in its own process group (the server's signals to its
+/// startup process do not reach it), detached from every stream.
+fn keep_ahead(spool: &cairn::prefetch::Spool) -> anyhow::Result<()> {
+    if spool.is_served()? {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .arg("--ahead")
+        .process_group(0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("cannot start the WAL prefetcher: {e}"))?;
+    Ok(())
 }
 
 async fn unlock(ctx: &Context) -> anyhow::Result<(cairn::backend::Backend, cairn::crypto::MasterKey)> {
@@ -93,11 +127,33 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
             }
             Ok(0)
         }
+        WalCommand::Fetch(args) if args.ahead => {
+            let (backend, key) = unlock(ctx).await?;
+            let dir = args.spool.as_deref().expect("required");
+            cairn::prefetch::run_ahead(&backend, &key, &args.source, dir, args.prefetch).await?;
+            Ok(0)
+        }
         WalCommand::Fetch(args) => {
-            let (name, dest) = (args.name.unwrap_or_default(), args.dest.unwrap_or_default());
+            let (name, dest) = (args.name.clone().unwrap_or_default(), args.dest.clone().unwrap_or_default());
             let result = async {
+                let spool = match &args.spool {
+                    Some(dir) if args.prefetch > 0 && is_segment(&name) => Some(cairn::prefetch::Spool::open(dir)?),
+                    _ => None,
+                };
+                if let Some(spool) = &spool {
+                    if spool.take(&name, &dest)? {
+                        spool.want(&name)?;
+                        keep_ahead(spool)?;
+                        return Ok(Some(0));
+                    }
+                }
                 let (backend, key) = unlock(ctx).await?;
-                Ok::<_, anyhow::Error>(wal::fetch(&backend, &key, &args.source, &name, &dest).await?)
+                let fetched = wal::fetch(&backend, &key, &args.source, &name, &dest).await?;
+                if let (Some(spool), Some(_)) = (&spool, fetched) {
+                    spool.want(&name)?;
+                    keep_ahead(spool)?;
+                }
+                Ok::<_, anyhow::Error>(fetched)
             }
             .await;
             match result {

@@ -77,6 +77,15 @@ pub struct PitrOptions {
     pub probe_command: Option<String>,
     pub port: Option<u16>,
     pub start: bool,
+    /// restore_command's read-ahead spool (`wal fetch --spool`): created empty for the
+    /// server's user before the server starts, removed once recovery has ended.
+    pub spool: Option<std::path::PathBuf>,
+}
+
+/// The read-ahead spool of a recovery into `pgdata`: beside it, never inside.
+pub fn spool_beside(pgdata: &Path) -> std::path::PathBuf {
+    let name = pgdata.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "pgdata".into());
+    pgdata.with_file_name(format!(".{name}.cairn-spool"))
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -341,8 +350,20 @@ pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progr
         reached_time: None,
         server_state: None,
     };
+    if let Some(spool) = &options.spool {
+        // Fresh for this recovery: a spool left by another could feed it the wrong WAL.
+        let _ = std::fs::remove_dir_all(spool);
+        crate::prefetch::Spool::open(spool)?;
+        if is_root() {
+            std::os::unix::fs::chown(spool, Some(owner), None).map_err(|e| Error::io("chown", spool, e))?;
+        }
+    }
     if options.start {
-        run_recovery(pgdata, owner, options, &mut report)?;
+        let ran = run_recovery(pgdata, owner, options, &mut report);
+        if let Some(spool) = &options.spool {
+            let _ = std::fs::remove_dir_all(spool);
+        }
+        ran?;
         // The server must have replayed what it was meant to: for --latest, into the last
         // archived segment; for an immediate target, to the base's end.
         let reached = report.reached_lsn.as_deref().and_then(parse_lsn);

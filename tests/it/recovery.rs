@@ -523,3 +523,75 @@ fn segments_that_end_replay_early_are_caught() {
     assert!(text(&out).contains(&format!("before the last archived segment {c}")), "{}", text(&out));
     assert!(!env.path("short/postmaster.pid").exists(), "the short server was stopped");
 }
+
+/// `wal fetch --prefetch 4 --spool DIR`: the first fetch starts a background process that
+/// fills the spool with the next four segments; a later fetch is served from it even with
+/// the repository's copy gone; a name the archive lacks is still "not archived" (exit 1)
+/// from the storage itself; what replay has passed leaves the spool.
+#[test]
+fn prefetch_serves_replay_from_the_spool_and_never_invents_an_end() {
+    let env = PgEnv::new();
+    let mut main = base_backed_up(&env);
+    let mut segments = Vec::new();
+    for i in 0..6 {
+        insert(&main, i * 100 + 1, i * 100 + 100);
+        segments.push(main.switch_wal());
+    }
+    main.wait_archived(segments.last().unwrap());
+    main.stop();
+    let spool = env.path("spool");
+    let dest = env.path("RECOVERYXLOG");
+    let fetch = |name: &str| {
+        env.cairn_cmd()
+            .args(["wal", "fetch", name])
+            .arg(&dest)
+            .args(["--source", "main", "--prefetch", "4", "--spool"])
+            .arg(&spool)
+            .output()
+            .unwrap()
+    };
+    let out = fetch(&segments[0]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !segments[1..5].iter().all(|s| spool.join(s).exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "the spool was not filled: {:?}",
+            std::fs::read_dir(&spool).unwrap().count()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!spool.join(&segments[5]).exists(), "no more than four ahead");
+    let stored = env.path("repo/wal/main").join(&segments[1]);
+    std::fs::rename(&stored, env.path("moved")).unwrap();
+    let out = fetch(&segments[1]);
+    assert!(out.status.success(), "served from the spool: {}", text(&out));
+    let archived = std::fs::read(env.path("moved")).unwrap();
+    assert!(!archived.is_empty());
+    std::fs::rename(env.path("moved"), &stored).unwrap();
+    // The window moves on, and what was passed is dropped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !spool.join(&segments[5]).exists() || spool.join(&segments[1]).exists() {
+        assert!(Instant::now() < deadline, "the window did not move");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = fetch("0000000100000000000000FF");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // Every segment replays byte for byte through the spool.
+    for s in &segments[2..] {
+        let out = fetch(s);
+        assert!(out.status.success(), "{}", text(&out));
+        let direct = env
+            .cairn_cmd()
+            .args(["wal", "fetch", s])
+            .arg(env.path("direct"))
+            .args(["--source", "main"])
+            .output()
+            .unwrap();
+        assert!(direct.status.success());
+        assert!(std::fs::read(&dest).unwrap() == std::fs::read(env.path("direct")).unwrap(), "{s}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777, 0o700);
+    std::fs::remove_dir_all(&spool).unwrap();
+}
