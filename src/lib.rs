@@ -10,6 +10,7 @@
 //!
 //! The `cairn` binary (src/cli) is the only place that prints or picks exit codes.
 
+pub mod asyncpush;
 pub mod backend;
 pub mod beneath;
 pub mod buffers;

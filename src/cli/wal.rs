@@ -29,6 +29,19 @@ pub struct PushArgs {
     /// The WAL source: one name per cluster
     #[arg(long)]
     source: String,
+    /// Archive through a background pusher that pushes every ready file of pg_wal
+    /// several at a time; this command still exits 0 only once its file is archived
+    #[arg(long = "async", requires = "spool")]
+    asynchronous: bool,
+    /// With --async: the pusher's spool (its verdicts; no WAL is copied there)
+    #[arg(long, value_name = "DIR")]
+    spool: Option<PathBuf>,
+    /// With --async: how long to wait for the pusher's verdict on this file
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    wait: u64,
+    /// (internal) Be the background pusher
+    #[arg(long, hide = true, requires = "spool")]
+    pusher: bool,
 }
 
 #[derive(Args)]
@@ -80,17 +93,38 @@ fn keep_ahead(spool: &cairn::prefetch::Spool) -> anyhow::Result<()> {
     if spool.is_served()? {
         return Ok(());
     }
+    start_background("--ahead")
+}
+
+/// This very command line plus `flag`, in its own process group (the server's signals
+/// to its archiver or startup process do not reach it), detached from every stream.
+fn start_background(flag: &str) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     std::process::Command::new(std::env::current_exe()?)
         .args(std::env::args_os().skip(1))
-        .arg("--ahead")
+        .arg(flag)
         .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start the WAL prefetcher: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot start cairn's background process: {e}"))?;
     Ok(())
+}
+
+/// The pusher's verdict on `name`, waiting up to `wait` (a verdict already taken counts).
+fn spool_outcome(
+    spool: &cairn::asyncpush::PushSpool,
+    name: &str,
+    wait: std::time::Duration,
+) -> anyhow::Result<cairn::asyncpush::Outcome> {
+    spool.wait(name, wait).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the background pusher did not archive {name} within {} s: PostgreSQL will retry; \
+             if this repeats, run the same archive_command without --async to see the reason",
+            wait.as_secs()
+        )
+    })
 }
 
 async fn unlock(ctx: &Context) -> anyhow::Result<(cairn::backend::Backend, cairn::crypto::MasterKey)> {
@@ -102,6 +136,34 @@ async fn unlock(ctx: &Context) -> anyhow::Result<(cairn::backend::Backend, cairn
 
 pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
     match command {
+        WalCommand::Push(args) if args.pusher => {
+            let (backend, key) = unlock(ctx).await?;
+            let pg_wal =
+                std::path::absolute(&args.path)?.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
+            let dir = args.spool.as_deref().expect("required");
+            cairn::asyncpush::run_pusher(&backend, &key, &args.source, &pg_wal, dir).await?;
+            Ok(0)
+        }
+        WalCommand::Push(args) if args.asynchronous => {
+            let spool = cairn::asyncpush::PushSpool::open(args.spool.as_deref().expect("required"))?;
+            let name = args.path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            wal::classify(&name)?;
+            // Usually the pusher has archived this file already; else start it (once) and
+            // wait for its verdict.
+            let outcome = match spool.take(&name) {
+                Some(outcome) => outcome,
+                None => {
+                    if !spool.is_served()? {
+                        start_background("--pusher")?;
+                    }
+                    spool_outcome(&spool, &name, std::time::Duration::from_secs(args.wait))?
+                }
+            };
+            match outcome {
+                cairn::asyncpush::Outcome::Archived => Ok(0),
+                cairn::asyncpush::Outcome::Failed(why) => Err(anyhow::anyhow!("{why}")),
+            }
+        }
         WalCommand::Push(args) => {
             let (backend, key) = unlock(ctx).await?;
             match wal::push(&backend, &key, &args.source, &args.path).await? {

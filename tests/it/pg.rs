@@ -231,10 +231,32 @@ pub(crate) fn text(out: &Output) -> String {
 /// missing, and each fetched segment is byte-identical to the server's.
 #[test]
 fn wal_push_under_pgbench_loses_no_segment() {
+    pgbench_archive_is_complete(false);
+}
+
+/// The same through `wal push --async`: the background pusher archives ahead of the
+/// archiver, and still every segment arrives, byte for byte.
+#[test]
+fn async_wal_push_under_pgbench_loses_no_segment() {
+    pgbench_archive_is_complete(true);
+}
+
+fn pgbench_archive_is_complete(asynchronous: bool) {
     let env = PgEnv::new();
-    let mut main = env.cluster("main", &env.archiving("main"));
+    let mut conf = env.archiving("main");
+    if asynchronous {
+        std::fs::create_dir_all(env.path("spool")).unwrap();
+        chown_postgres(&env.path("spool"));
+        conf =
+            conf.replace("--source main'", &format!("--source main --async --spool {}'", env.path("spool").display()));
+        assert!(conf.contains("--async"), "{conf}");
+    }
+    let mut main = env.cluster("main", &conf);
     main.start();
     main.pgbench(&["-i", "-s", "4", "-q"]);
+    if asynchronous {
+        assert!(env.path("spool/.lock").exists(), "the background pusher ran");
+    }
     main.pgbench(&["-c", "4", "-j", "2", "-t", "500"]);
     // A few more segments whatever the machine's speed: each switch completes one.
     main.sql("create table marks (at timestamptz)");

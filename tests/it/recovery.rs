@@ -595,3 +595,45 @@ fn prefetch_serves_replay_from_the_spool_and_never_invents_an_end() {
     assert_eq!(std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777, 0o700);
     std::fs::remove_dir_all(&spool).unwrap();
 }
+
+/// `wal push --async`: the pusher's failure on a file reaches the archive_command that
+/// waits for it, with the reason (PostgreSQL retries), and a file it archived is
+/// reported archived even when asked for after the pusher finished.
+#[test]
+fn async_push_reports_the_pushers_verdict() {
+    let env = PgEnv::new();
+    let cluster = env.cluster("c", "");
+    let pg_wal = env.path("pg_wal");
+    std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+    let good = "000000010000000000000001";
+    std::fs::copy(cluster.data.join("pg_wal").join(good), pg_wal.join(good)).unwrap();
+    let bad = "000000010000000000000002";
+    std::fs::write(pg_wal.join(bad), vec![0u8; 16 << 20]).unwrap();
+    for name in [good, bad] {
+        std::fs::write(pg_wal.join("archive_status").join(format!("{name}.ready")), "").unwrap();
+    }
+    let push = |name: &str| {
+        env.cairn_cmd()
+            .args(["wal", "push"])
+            .arg(pg_wal.join(name))
+            .args(["--source", "db", "--async", "--wait", "30", "--spool"])
+            .arg(env.path("spool"))
+            .output()
+            .unwrap()
+    };
+    let out = push(bad);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("long WAL page header"), "{}", text(&out));
+    // The good one was pushed alongside; its verdict waits for its archive_command.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.path("spool/ok").join(good).exists() {
+        assert!(Instant::now() < deadline, "the pusher did not archive {good}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = push(good);
+    assert!(out.status.success(), "{}", text(&out));
+    let out =
+        env.cairn_cmd().args(["wal", "fetch", good]).arg(env.path("back")).args(["--source", "db"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::read(env.path("back")).unwrap() == std::fs::read(pg_wal.join(good)).unwrap());
+}
