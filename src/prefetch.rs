@@ -162,17 +162,20 @@ pub async fn run_ahead(backend: &Backend, key: &MasterKey, source: &str, dir: &P
             }
             continue;
         }
-        let fetched: Vec<(String, Result<Option<Vec<u8>>>)> = futures::stream::iter(todo)
-            .map(|name| async move {
-                let got = wal::fetch_bytes(backend, key, source, &name).await;
-                (name, got)
+        let fetched: Vec<(String, Result<Option<u64>>)> = futures::stream::iter(todo)
+            .map(|name| {
+                let dest = spool.path(&name);
+                async move {
+                    let got = wal::fetch(backend, key, source, &name, &dest).await;
+                    (name, got)
+                }
             })
             .buffered(PARALLEL)
             .collect()
             .await;
         for (name, got) in fetched {
             match got {
-                Ok(Some(data)) => wal::write_whole(&spool.path(&name), &name, &data)?,
+                Ok(Some(_)) => {}
                 // The end of the archive, for now; the foreground fetches directly.
                 Ok(None) => {
                     absent = Some(name);

@@ -96,11 +96,16 @@ fn source_key(source: &str) -> String {
 
 /// Read the long page header at the start of a segment.
 pub fn segment_info(name: &str, data: &[u8]) -> Result<SourceInfo> {
+    segment_info_of(name, data, data.len() as u64)
+}
+
+/// [`segment_info`] from a segment's first bytes and its length.
+fn segment_info_of(name: &str, data: &[u8], len: u64) -> Result<SourceInfo> {
     // XLogLongPageHeaderData: xlp_magic u16, xlp_info u16, xlp_tli u32, xlp_pageaddr u64,
     // xlp_rem_len u32, (padding to 24), xlp_sysid u64, xlp_seg_size u32, xlp_xlog_blcksz u32.
     const XLP_LONG_HEADER: u16 = 0x0002;
-    if data.len() < 40 {
-        return Err(Error::invalid(format!("{name} is {} bytes: too short for a WAL segment", data.len())));
+    if data.len() < 40 || len < 40 {
+        return Err(Error::invalid(format!("{name} is {len} bytes: too short for a WAL segment")));
     }
     let u16_at = |o: usize| u16::from_le_bytes(data[o..o + 2].try_into().unwrap());
     let u32_at = |o: usize| u32::from_le_bytes(data[o..o + 4].try_into().unwrap());
@@ -116,10 +121,9 @@ pub fn segment_info(name: &str, data: &[u8]) -> Result<SourceInfo> {
         segment_size: u32_at(32),
         block_size: u32_at(36),
     };
-    if !info.segment_size.is_power_of_two() || data.len() != info.segment_size as usize {
+    if !info.segment_size.is_power_of_two() || len != u64::from(info.segment_size) {
         return Err(Error::invalid(format!(
-            "{name} is {} bytes but its header says segments are {} bytes",
-            data.len(),
+            "{name} is {len} bytes but its header says segments are {} bytes",
             info.segment_size
         )));
     }
@@ -131,8 +135,13 @@ pub fn segment_info(name: &str, data: &[u8]) -> Result<SourceInfo> {
 /// or pushed with the wrong %p) would otherwise be replayed as this one, and PostgreSQL
 /// takes the mismatch for the end of the WAL.
 pub fn check_segment_place(name: &str, data: &[u8]) -> Result<()> {
+    check_place(name, data, data.len() as u64)
+}
+
+/// [`check_segment_place`] on the first 40 bytes of a file of `len` bytes.
+fn check_place(name: &str, data: &[u8], len: u64) -> Result<()> {
     let WalKind::Segment { log, seg, .. } = classify(name)? else { return Ok(()) };
-    let info = segment_info(name, data)?;
+    let info = segment_info_of(name, data, len)?;
     let per_log = 0x1_0000_0000u64 / u64::from(info.segment_size);
     let start = (u64::from(log) * per_log + u64::from(seg)) * u64::from(info.segment_size);
     let page_addr = u64::from_le_bytes(data[8..16].try_into().unwrap());
@@ -276,23 +285,6 @@ pub fn segment_of(timeline: u32, lsn: u64, segment_size: u32) -> String {
     segment_name(timeline, lsn / u64::from(segment_size), segment_size)
 }
 
-/// One archived file's bytes, checked: `Ok(None)` means the archive authoritatively does
-/// not have it (the storage answered "no such object"); every other failure is an error,
-/// which recovery must not take for the end of the WAL.
-pub async fn fetch_bytes(backend: &Backend, key: &MasterKey, source: &str, name: &str) -> Result<Option<Vec<u8>>> {
-    check_source(source)?;
-    classify(name)?;
-    let object = object_key(source, name);
-    let sealed = match backend.get(&object).await {
-        Ok(sealed) => sealed,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let data = open(key, &object, &sealed)?;
-    check_segment_place(name, &data).map_err(|e| Error::corrupt(format!("{object}: {}", e.message())))?;
-    Ok(Some(data))
-}
-
 /// Write `data` to `dest` through a temporary file beside it and a rename, so `dest` is
 /// never partial. Not synced: PostgreSQL needs a restored file only while it replays it,
 /// and after a crash recovery asks for it again (pgBackRest's archive-get does not sync
@@ -313,12 +305,123 @@ pub fn write_whole(dest: &Path, name: &str, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Restore one archived file to `dest` ([`fetch_bytes`], then [`write_whole`]).
-/// `Ok(None)`: not archived.
+/// Restore one archived file to `dest` through a temporary file and a rename, decoding
+/// straight into the file: each zstd frame of the segment on its own thread, through a
+/// 1 MiB buffer, written at its offset. (Decoding to a 16 MiB buffer first cost 4,096
+/// fresh pages per segment, and one core.) `Ok(None)`: not archived.
 pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str, dest: &Path) -> Result<Option<u64>> {
-    let Some(data) = fetch_bytes(backend, key, source, name).await? else { return Ok(None) };
-    write_whole(dest, name, &data)?;
-    Ok(Some(data.len() as u64))
+    check_source(source)?;
+    classify(name)?;
+    let object = object_key(source, name);
+    let sealed = match backend.get(&object).await {
+        Ok(sealed) => sealed,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let plain = object::open(key, WAL_MAGIC, &object, &sealed)?;
+    drop(sealed);
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.cairn-{}", name, hex::encode(crate::crypto::random_bytes::<4>())));
+    let written = (|| -> Result<u64> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| Error::io("write restored WAL file", &tmp, e))?;
+        let len = decode_into_file(&object, &plain, &file)?;
+        if let Ok(WalKind::Segment { .. }) = classify(name) {
+            let mut head = [0u8; 40];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)
+                .map_err(|e| Error::io("read back", &tmp, e))?;
+            check_place(name, &head, len).map_err(|e| Error::corrupt(format!("{object}: {}", e.message())))?;
+        }
+        std::fs::rename(&tmp, dest).map_err(|e| Error::io("write restored WAL file", dest, e))?;
+        Ok(len)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map(Some)
+}
+
+/// Write a WAL object's plaintext (length, compression flag, data) decoded into `file`;
+/// returns the length, which must be the one recorded.
+fn decode_into_file(object: &str, plain: &[u8], file: &std::fs::File) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let bad = |why: String| Error::corrupt(format!("{object}: {why}"));
+    if plain.len() < 9 {
+        return Err(bad("too short".into()));
+    }
+    let len = u64::from_le_bytes(plain[..8].try_into().unwrap());
+    let data = &plain[9..];
+    let write_err = |e: std::io::Error| Error::io("write restored WAL file", Path::new(object), e);
+    match plain[8] {
+        0 if data.len() as u64 == len => {
+            file.write_all_at(data, 0).map_err(write_err)?;
+            return Ok(len);
+        }
+        1 => {}
+        flag => return Err(bad(format!("compression flag {flag} with {} bytes for {len}", data.len()))),
+    }
+    // The frames and where each one's output goes.
+    let mut frames = Vec::new();
+    let (mut at, mut offset) = (0usize, 0u64);
+    while at < data.len() {
+        let size = zstd::zstd_safe::find_frame_compressed_size(&data[at..])
+            .map_err(|_| bad(format!("no whole zstd frame at byte {at}")))?;
+        let frame = &data[at..at + size];
+        let content = zstd::zstd_safe::get_frame_content_size(frame).ok().flatten();
+        frames.push((frame, offset, content));
+        at += size;
+        match content {
+            Some(n) => offset += n,
+            None => break,
+        }
+    }
+    let known = frames.iter().all(|f| f.2.is_some()) && at == data.len() && offset == len;
+    let decode = |frame: &[u8], start: u64, expect: Option<u64>| -> Result<u64> {
+        let mut decoder = zstd::stream::read::Decoder::with_buffer(frame).map_err(|e| bad(e.to_string()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            let n =
+                std::io::Read::read(&mut decoder, &mut buf).map_err(|e| bad(format!("does not decompress: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            if expect.is_some_and(|e| done + n as u64 > e) || start + done + n as u64 > len {
+                return Err(bad(format!("decompresses to more than its recorded {len} bytes")));
+            }
+            file.write_all_at(&buf[..n], start + done).map_err(write_err)?;
+            done += n as u64;
+        }
+        Ok(done)
+    };
+    let total = if known {
+        let results: Vec<Result<u64>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = frames
+                .iter()
+                .map(|&(frame, start, content)| scope.spawn(move || decode(frame, start, content)))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(bad("decoder panicked".into())))).collect()
+        });
+        let mut total = 0;
+        for (result, (_, _, content)) in results.into_iter().zip(&frames) {
+            let n = result?;
+            if Some(n) != *content {
+                return Err(bad(format!("a frame decompressed to {n} bytes, not the {content:?} it declares")));
+            }
+            total += n;
+        }
+        total
+    } else {
+        decode(data, 0, None)?
+    };
+    if total != len {
+        return Err(bad(format!("decompresses to {total} bytes, not the recorded {len}")));
+    }
+    Ok(len)
 }
 
 /// One archived file, as listed.
