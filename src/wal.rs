@@ -161,7 +161,7 @@ fn seal(key: &MasterKey, data: &[u8]) -> Vec<u8> {
     // Compress on every core: a push is latency the server waits for.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     plain.extend_from_slice(&crate::compress::encode_parallel(data, LEVEL, cores));
-    object::seal(key, WAL_MAGIC, &plain)
+    object::seal_precompressed(key, WAL_MAGIC, &plain)
 }
 
 fn open(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
