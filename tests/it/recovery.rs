@@ -329,7 +329,13 @@ fn a_target_inside_a_backups_last_second_picks_a_base_consistent_there() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // Some commits land before the second base starts (so before any target below);
+    // under load the writer's first psql can take longer than the backup's first second.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while main.sql("select count(*) from t").parse::<u64>().unwrap() < 5 {
+        assert!(Instant::now() < deadline, "the writer commits nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let b2 = snapshot_id(&base_backup(&env, &main, &[]));
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::SeqCst);
