@@ -11,6 +11,7 @@
 use crate::backend::Backend;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
+use crate::prefetch::SpoolLock;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -62,24 +63,9 @@ impl PushSpool {
             .map_err(|e| Error::io("write", &dir.join(name), e))
     }
 
-    fn lock_file(&self) -> Result<std::fs::File> {
-        let path = self.dir.join(".lock");
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))
-    }
-
     /// Is a pusher holding the spool?
     pub fn is_served(&self) -> Result<bool> {
-        let file = self.lock_file()?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(false),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
-            Err(e) => Err(Error::io("lock", &self.dir.join(".lock"), e.into())),
-        }
+        Ok(SpoolLock::take(&self.dir)?.is_none())
     }
 
     /// Wait for the verdict on `name`, up to `timeout`.
@@ -119,10 +105,7 @@ fn ready(pg_wal: &Path) -> Vec<String> {
 pub async fn run_pusher(backend: &Backend, key: &MasterKey, source: &str, pg_wal: &Path, dir: &Path) -> Result<()> {
     use futures::StreamExt;
     let spool = PushSpool::open(dir)?;
-    let lock = spool.lock_file()?;
-    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Ok(());
-    }
+    let Some(_lock) = SpoolLock::take(dir)? else { return Ok(()) }; // another one serves it
     let mut idle_since = Instant::now();
     loop {
         let todo: Vec<String> = ready(pg_wal)

@@ -71,23 +71,32 @@ impl Spool {
         matches!(wal::classify(text.trim()), Ok(WalKind::Segment { .. })).then(|| text.trim().to_string())
     }
 
-    fn lock_file(&self) -> Result<std::fs::File> {
-        let path = self.dir.join(".lock");
-        std::fs::OpenOptions::new()
+    /// Is a background process holding the spool?
+    pub fn is_served(&self) -> Result<bool> {
+        Ok(SpoolLock::take(&self.dir)?.is_none())
+    }
+}
+
+/// The lock a spool's one background process holds (`DIR/.lock`, flock): shared by the
+/// prefetcher and the async pusher, which each run once per spool.
+pub struct SpoolLock {
+    _file: std::fs::File,
+}
+
+impl SpoolLock {
+    /// The lock, or `None` if another process holds it. Released when dropped.
+    pub fn take(dir: &Path) -> Result<Option<SpoolLock>> {
+        let path = dir.join(".lock");
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&path)
-            .map_err(|e| Error::io("open", &path, e))
-    }
-
-    /// Is a background process holding the spool?
-    pub fn is_served(&self) -> Result<bool> {
-        let file = self.lock_file()?;
+            .map_err(|e| Error::io("open", &path, e))?;
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(false),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(true),
-            Err(e) => Err(Error::io("lock", &self.dir.join(".lock"), e.into())),
+            Ok(()) => Ok(Some(SpoolLock { _file: file })),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::io("lock", &path, e.into())),
         }
     }
 }
@@ -104,10 +113,7 @@ fn after(name: &str, n: u64, segment_size: u32) -> Option<String> {
 pub async fn run_ahead(backend: &Backend, key: &MasterKey, source: &str, dir: &Path, count: u64) -> Result<()> {
     use futures::StreamExt;
     let spool = Spool { dir: dir.to_path_buf() };
-    let lock = spool.lock_file()?;
-    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-        return Ok(()); // another one serves this spool
-    }
+    let Some(_lock) = SpoolLock::take(dir)? else { return Ok(()) }; // another one serves it
     let segment_size = wal::source_info(backend, key, source).await?.map_or(16 << 20, |c| c.segment_size);
     let mut last_want = None;
     let mut idle_since = Instant::now();
