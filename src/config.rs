@@ -96,6 +96,8 @@ pub struct SourceConfig {
     pub format: Option<String>,
     /// pg-base: the WAL source its archive_command pushes to (default: the name).
     pub wal_source: Option<String>,
+    /// pg-base: read this data directory directly instead of through pg_basebackup.
+    pub pgdata: Option<PathBuf>,
     /// pg-base: seconds to wait for the server to archive WAL (default 300).
     pub wal_timeout: Option<u64>,
     /// pg: also back up roles and tablespaces (`pg_dumpall --globals-only`).

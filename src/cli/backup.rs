@@ -83,6 +83,11 @@ pub struct PgBaseArgs {
     /// The WAL source this cluster's archive_command pushes to
     #[arg(long)]
     source: String,
+    /// Read the server's data directory here directly, between pg_backup_start and
+    /// pg_backup_stop, instead of through pg_basebackup (the server must run on this host
+    /// and cairn must be able to read the directory)
+    #[arg(long, value_name = "DIR")]
+    pgdata: Option<PathBuf>,
     /// How long to wait for the server to archive WAL (a first backup's forced segment
     /// switch, pg_basebackup's wait at the end, the backup's last segment) before failing
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
@@ -237,7 +242,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
             if let cairn::repo::CacheMode::Dir(dir) = ctx.cache_mode() {
                 skip.push(dir);
             }
-            let files = FilesOptions { paths: absolute, excludes: args.excludes, skip };
+            let files = FilesOptions { paths: absolute, excludes: args.excludes, skip, vanished_ok: false };
             backup::backup_files(&repo, &files, &options, &ctx.cancel, progress.as_ref()).await?
         }
         BackupCommand::Pg(args) => {
@@ -265,6 +270,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 &repo,
                 args.dbname.as_deref(),
                 &args.source,
+                args.pgdata.as_deref(),
                 std::time::Duration::from_secs(args.wal_timeout),
                 &options,
                 &ctx.cancel,

@@ -153,8 +153,18 @@ async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> any
             let wal_source = source.wal_source.as_deref().unwrap_or(&source.name);
             let timeout =
                 std::time::Duration::from_secs(source.wal_timeout.unwrap_or(cairn::ops::pg::WAL_WAIT.as_secs()));
-            cairn::ops::pg::backup_base(repo, source.dbname.as_deref(), wal_source, timeout, &options, cancel, &Silent)
-                .await?
+            let pgdata = source.pgdata.as_deref();
+            cairn::ops::pg::backup_base(
+                repo,
+                source.dbname.as_deref(),
+                wal_source,
+                pgdata,
+                timeout,
+                &options,
+                cancel,
+                &Silent,
+            )
+            .await?
         }
         SourceKind::Sqlite => {
             let level = cairn::ops::sqlite::CheckLevel::parse(source.sqlite_check.as_deref().unwrap_or("quick"))?;
@@ -170,7 +180,12 @@ async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> any
             if let cairn::repo::CacheMode::Dir(dir) = ctx.cache_mode() {
                 skip.push(dir);
             }
-            let files = cairn::source::files::FilesOptions { paths, excludes: source.exclude.clone(), skip };
+            let files = cairn::source::files::FilesOptions {
+                paths,
+                excludes: source.exclude.clone(),
+                skip,
+                vanished_ok: false,
+            };
             backup::backup_files(repo, &files, &options, cancel, &Silent).await?
         }
         SourceKind::Tar => match (&source.path, &source.command) {

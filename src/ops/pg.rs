@@ -600,10 +600,12 @@ impl<R: std::io::Read> std::io::Read for Watched<R> {
 /// `source`. The snapshot records start/stop LSN, timeline, system identifier and times
 /// (the stop time to the microsecond, never before the real stop). Every wait for the
 /// archive, pg_basebackup's included, ends after `wal_timeout` with a message.
+#[allow(clippy::too_many_arguments)]
 pub async fn backup_base(
     repo: &Repository,
     dbname: Option<&str>,
     source: &str,
+    pgdata: Option<&std::path::Path>,
     wal_timeout: std::time::Duration,
     options: &BackupOptions,
     cancel: &Cancel,
@@ -621,6 +623,27 @@ pub async fn backup_base(
             "WAL source {source:?} archives the cluster {}, but this server is {system_identifier}: pick the source its archive_command uses",
             cluster.system_identifier
         )));
+    }
+    if let Some(dir) = pgdata {
+        let mut meta = options.meta.clone();
+        meta.insert("server_version".into(), version.into());
+        meta.insert("database".into(), database.into());
+        meta.insert("system_identifier".into(), system_identifier.into());
+        meta.insert("source".into(), source.into());
+        meta.insert("method".into(), "direct".into());
+        let options = BackupOptions { meta, kind: "pg-base".into(), ..options.clone() };
+        return backup_base_direct(
+            repo,
+            dbname,
+            source,
+            dir,
+            cluster.segment_size,
+            wal_timeout,
+            &options,
+            cancel,
+            progress,
+        )
+        .await;
     }
     if let Err(e) = super::child("pg_basebackup").arg("--version").stdout(Stdio::null()).status() {
         return Err(spawn_error("pg_basebackup", e));
@@ -730,82 +753,325 @@ pub async fn backup_base(
         // these is a stop time that can only be late (by a poll at most), never early, so a
         // target inside the backup's last second never picks a base not consistent there.
         let finished_at = server_now(dbname)?;
-        let label = imported.captured.get("backup_label").ok_or_else(|| {
-            Error::source("pg_basebackup's archive has no backup_label; no snapshot was written")
-        })?;
-        let fields = label_fields(&String::from_utf8_lossy(label));
-        let start_lsn = label_lsn(&fields, "START WAL LOCATION")?;
-        let timeline: u32 = fields.get("START TIMELINE").and_then(|t| t.parse().ok()).unwrap_or(1);
-        // The server archives a backup history file naming the stop point; wait for it and
-        // for the segment holding the stop LSN.
-        let seg = cluster.segment_size;
-        let history = format!(
-            "{}.{:08X}.backup",
-            crate::wal::segment_of(timeline, start_lsn, seg),
-            start_lsn % u64::from(seg)
-        );
-        let mut history_text = String::new();
-        let archived = wait_for(wal_timeout, cancel, || {
-            match handle.block_on(crate::wal::read(repo.backend(), repo.key(), source, &history)) {
-                Ok(bytes) => {
-                    history_text = String::from_utf8_lossy(&bytes).into_owned();
-                    Ok(true)
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
-                Err(e) => Err(e),
-            }
-        })?;
-        if !archived {
-            return Err(Error::source(format!(
-                "the server did not archive {history} within {} s: check archive_command and the server log ({}); no snapshot was written",
-                wal_timeout.as_secs(),
-                archiver_state(dbname)
-            )));
-        }
-        let stop = label_fields(&history_text);
-        let stop_lsn = label_lsn(&stop, "STOP WAL LOCATION")?;
-        let stop_timeline: u32 = stop.get("STOP TIMELINE").and_then(|t| t.parse().ok()).unwrap_or(timeline);
-        let last_segment = crate::wal::segment_of(stop_timeline, stop_lsn.saturating_sub(1), seg);
-        let key = crate::wal::object_key(source, &last_segment);
-        if !wait_for(wal_timeout, cancel, || Ok(handle.block_on(repo.backend().head(&key))?.is_some()))? {
-            return Err(Error::source(format!(
-                "WAL segment {last_segment} (holding the stop LSN {}) was not archived within {} s: check archive_command \
-                 and the server log ({}); no snapshot was written",
-                crate::wal::format_lsn(stop_lsn),
-                wal_timeout.as_secs(),
-                archiver_state(dbname)
-            )));
-        }
-        let mut learned = BTreeMap::new();
-        learned.insert("start_lsn".into(), crate::wal::format_lsn(start_lsn).into());
-        learned.insert("stop_lsn".into(), crate::wal::format_lsn(stop_lsn).into());
-        learned.insert("timeline".into(), timeline.into());
-        learned.insert("start_wal".into(), crate::wal::segment_of(timeline, start_lsn, seg).into());
-        learned.insert("stop_wal".into(), last_segment.into());
-        learned.insert("backup_history".into(), history.into());
-        if let Some(t) = stop.get("START TIME") {
-            learned.insert("start_time_text".into(), t.clone().into());
-        }
-        // The history file's STOP TIME is whole seconds: the real stop is before the
-        // next second, and before `finished_at`.
-        let label_stop = stop.get("STOP TIME").and_then(|t| label_time(t));
-        let mut stop_time = finished_at;
-        if let Some(t) = label_stop {
-            stop_time = stop_time.min(t + jiff::SignedDuration::from_secs(1));
-        }
-        if let Some(t) = watched_stop.filter(|t| label_stop.is_none_or(|l| *t >= l)) {
-            stop_time = stop_time.min(t);
-        }
-        learned.insert("stop_time".into(), stop_time.to_string().into());
-        if let Some(t) = stop.get("STOP TIME") {
-            learned.insert("stop_time_text".into(), t.clone().into());
-        }
-        if let Some(start) = stop.get("START TIME").and_then(|t| label_time(t)) {
-            learned.insert("start_time".into(), start.to_string().into());
-        }
+        let label = imported
+            .captured
+            .get("backup_label")
+            .ok_or_else(|| Error::source("pg_basebackup's archive has no backup_label; no snapshot was written"))?;
+        let label = String::from_utf8_lossy(label).into_owned();
+        let stop_bounds = [Some(finished_at), watched_stop];
+        let learned =
+            stop_facts(repo, &handle, source, dbname, cluster.segment_size, &label, &stop_bounds, wal_timeout, cancel)?;
         Ok(backup::Root::TreeWithMeta(imported.root, Vec::new(), learned))
     })
     .await
+}
+
+/// A psql session that holds a non-exclusive backup open between `pg_backup_start` and
+/// `pg_backup_stop` (PostgreSQL aborts the backup if the session ends first).
+struct BackupSession {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    errors: std::thread::JoinHandle<String>,
+}
+
+impl BackupSession {
+    fn open(dbname: Option<&str>) -> Result<Self> {
+        let mut cmd = super::child("psql");
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"]);
+        if let Some(db) = dbname {
+            cmd.arg("--dbname").arg(db);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| spawn_error("psql", e))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(std::io::Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        Ok(BackupSession { child, stdin, lines, errors })
+    }
+
+    /// Run one statement that prints one line; wait for it up to `timeout`.
+    fn one_line(&mut self, sql: &str, timeout: std::time::Duration) -> Result<String> {
+        use std::io::Write;
+        let sent = self.stdin.write_all(format!("{sql}\n").as_bytes()).and_then(|_| self.stdin.flush());
+        match sent.ok().and_then(|_| self.lines.recv_timeout(timeout).ok()) {
+            Some(line) => Ok(line),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let errors = std::mem::replace(&mut self.errors, std::thread::spawn(String::new));
+                let said = errors.join().unwrap_or_default();
+                let said = said.split_whitespace().collect::<Vec<_>>().join(" ");
+                Err(Error::source(if said.is_empty() {
+                    format!("{sql}: no answer within {} s; no snapshot was written", timeout.as_secs())
+                } else {
+                    format!("{sql}: {said}; no snapshot was written")
+                }))
+            }
+        }
+    }
+}
+
+impl Drop for BackupSession {
+    fn drop(&mut self) {
+        // Ending the session aborts a backup that was not stopped.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a direct base backup leaves out of the data directory, as pg_basebackup does:
+/// WAL (the archive has it), server runtime state, and temporary files.
+fn direct_excludes(dir: &std::path::Path) -> Vec<String> {
+    let d = dir.display().to_string();
+    let mut out: Vec<String> = [
+        "pg_wal",
+        "pg_replslot",
+        "pg_dynshmem",
+        "pg_notify",
+        "pg_serial",
+        "pg_snapshots",
+        "pg_stat_tmp",
+        "pg_subtrans",
+    ]
+    .iter()
+    .map(|sub| format!("{d}/{sub}/*"))
+    .collect();
+    for file in [
+        "postmaster.pid",
+        "postmaster.opts",
+        "backup_label",
+        "tablespace_map",
+        "backup_manifest",
+        "postgresql.auto.conf.tmp",
+        "current_logfiles.tmp",
+    ] {
+        out.push(format!("{d}/{file}"));
+    }
+    out.extend(["pg_internal.init".to_string(), "pgsql_tmp*".to_string()]);
+    out
+}
+
+/// A base backup that reads the data directory itself, between `pg_backup_start` and
+/// `pg_backup_stop`, instead of taking pg_basebackup's stream through a pipe (which was
+/// half of a base backup's time: docs/PERFORMANCE.md). The server must run on this host
+/// with `dir` as its data directory; the label the stop returns is stored as
+/// `backup_label` (and `tablespace_map`), exactly where pg_basebackup puts them.
+#[allow(clippy::too_many_arguments)]
+async fn backup_base_direct(
+    repo: &Repository,
+    dbname: Option<&str>,
+    source: &str,
+    dir: &std::path::Path,
+    segment_size: u32,
+    wal_timeout: std::time::Duration,
+    options: &BackupOptions,
+    cancel: &Cancel,
+    progress: &dyn Progress,
+) -> Result<BackupResult> {
+    let dir = std::fs::canonicalize(dir).map_err(|e| Error::io("open the data directory", dir, e))?;
+    let served = query_one(dbname, "show data_directory")?;
+    if std::fs::canonicalize(&served).ok().as_deref() != Some(dir.as_path()) {
+        return Err(Error::invalid(format!(
+            "--pgdata {} is not this server's data directory (it says {served}): give that one, or leave --pgdata out \
+             to back up through pg_basebackup",
+            dir.display()
+        )));
+    }
+    if dir.display().to_string().contains(['*', '?', '[']) {
+        return Err(Error::invalid(format!(
+            "--pgdata {}: a path with *, ? or [ cannot be read directly; leave --pgdata out to use pg_basebackup",
+            dir.display()
+        )));
+    }
+    let tablespaces = std::fs::read_dir(dir.join("pg_tblspc")).map(|d| d.count()).unwrap_or(0);
+    if tablespaces > 0 {
+        return Err(Error::invalid(format!(
+            "{} has {tablespaces} tablespaces (pg_tblspc): base backups cover the main data directory only",
+            dir.display()
+        )));
+    }
+    let owner = std::fs::metadata(dir.join("PG_VERSION")).map_err(|e| Error::io("read", &dir.join("PG_VERSION"), e))?;
+    let handle = tokio::runtime::Handle::current();
+    let params = repo.config().chunker;
+    let files = crate::source::files::FilesOptions {
+        paths: vec![dir.clone()],
+        excludes: direct_excludes(&dir),
+        skip: Vec::new(),
+        vanished_ok: true,
+    };
+    backup::run(repo, options, None, |saver, stats, warnings| {
+        let mut session = BackupSession::open(dbname)?;
+        // A fast checkpoint: the wait is the server's, bounded like every other.
+        session.one_line("select pg_backup_start('cairn', true);", wal_timeout)?;
+        let mut stopped = None;
+        let root = {
+            let mut walker =
+                crate::source::files::Walker::new(repo, saver, &handle, &files, cancel, progress, stats, warnings);
+            walker.run_dir(&dir, |saver| {
+                // Stop without waiting for the archive (cairn waits for it below, with its
+                // own timeout and messages), and read the clock in the same statement: a
+                // stop time late by a query's latency, never early.
+                let line = session.one_line(
+                    "select lsn::text || '|' || encode(convert_to(labelfile, 'UTF8'), 'hex') || '|' || \
+                     coalesce(encode(convert_to(spcmapfile, 'UTF8'), 'hex'), '') || '|' || \
+                     extract(epoch from clock_timestamp())::numeric(20,6) from pg_backup_stop(false);",
+                    wal_timeout,
+                )?;
+                let fields: Vec<&str> = line.split('|').collect();
+                let text = |hex_text: &str| -> Result<String> {
+                    let bytes = hex::decode(hex_text)
+                        .map_err(|_| Error::source(format!("pg_backup_stop returned {line:?}: not a label")))?;
+                    Ok(String::from_utf8_lossy(&bytes).into_owned())
+                };
+                if fields.len() != 4 {
+                    return Err(Error::source(format!("pg_backup_stop returned {line:?}: not a label")));
+                }
+                let (label, map) = (text(fields[1])?, text(fields[2])?);
+                stopped = Some((label.clone(), parse_epoch(fields[3])));
+                let mut nodes = Vec::new();
+                for (name, body) in [("backup_label", label), ("tablespace_map", map)] {
+                    if name == "tablespace_map" && body.is_empty() {
+                        continue;
+                    }
+                    let content = crate::source::stream::store_stream(
+                        saver,
+                        body.as_bytes(),
+                        params,
+                        cancel,
+                        &crate::progress::Silent,
+                    )?;
+                    use std::os::unix::fs::MetadataExt;
+                    nodes.push(crate::snapshot::Node {
+                        name: name.into(),
+                        name_raw: None,
+                        kind: crate::snapshot::NodeKind::File,
+                        mode: 0o600,
+                        uid: owner.uid(),
+                        gid: owner.gid(),
+                        mtime: jiff::Timestamp::now().as_nanosecond() as i64,
+                        ctime: 0,
+                        inode: 0,
+                        size: content.size,
+                        content: Some(content),
+                        subtree: None,
+                        tree: None,
+                        target: None,
+                        target_raw: None,
+                        rdev: None,
+                    });
+                }
+                Ok(nodes)
+            })?
+        };
+        drop(session);
+        let (label, stop_clock) =
+            stopped.ok_or_else(|| Error::source("the backup was not stopped; no snapshot was written"))?;
+        let learned =
+            stop_facts(repo, &handle, source, dbname, segment_size, &label, &[stop_clock], wal_timeout, cancel)?;
+        Ok(backup::Root::TreeWithMeta(root, Vec::new(), learned))
+    })
+    .await
+}
+
+/// After the stop: wait until the archive holds the backup history file and the segment
+/// with the stop LSN (each up to `wal_timeout`), and return what the snapshot records.
+/// `bounds` are clocks read after the stop; the stop time is the earliest of them and the
+/// second after the history file's STOP TIME, so it is never early.
+#[allow(clippy::too_many_arguments)]
+fn stop_facts(
+    repo: &Repository,
+    handle: &tokio::runtime::Handle,
+    source: &str,
+    dbname: Option<&str>,
+    seg: u32,
+    label: &str,
+    bounds: &[Option<jiff::Timestamp>],
+    wal_timeout: std::time::Duration,
+    cancel: &Cancel,
+) -> Result<BTreeMap<String, serde_json::Value>> {
+    let fields = label_fields(label);
+    let start_lsn = label_lsn(&fields, "START WAL LOCATION")?;
+    let timeline: u32 = fields.get("START TIMELINE").and_then(|t| t.parse().ok()).unwrap_or(1);
+    // The server archives a backup history file naming the stop point; wait for it and
+    // for the segment holding the stop LSN.
+    let history =
+        format!("{}.{:08X}.backup", crate::wal::segment_of(timeline, start_lsn, seg), start_lsn % u64::from(seg));
+    let mut history_text = String::new();
+    let archived = wait_for(wal_timeout, cancel, || {
+        match handle.block_on(crate::wal::read(repo.backend(), repo.key(), source, &history)) {
+            Ok(bytes) => {
+                history_text = String::from_utf8_lossy(&bytes).into_owned();
+                Ok(true)
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    })?;
+    if !archived {
+        return Err(Error::source(format!(
+            "the server did not archive {history} within {} s: check archive_command and the server log ({}); no snapshot was written",
+            wal_timeout.as_secs(),
+            archiver_state(dbname)
+        )));
+    }
+    let stop = label_fields(&history_text);
+    let stop_lsn = label_lsn(&stop, "STOP WAL LOCATION")?;
+    let stop_timeline: u32 = stop.get("STOP TIMELINE").and_then(|t| t.parse().ok()).unwrap_or(timeline);
+    let last_segment = crate::wal::segment_of(stop_timeline, stop_lsn.saturating_sub(1), seg);
+    let key = crate::wal::object_key(source, &last_segment);
+    if !wait_for(wal_timeout, cancel, || Ok(handle.block_on(repo.backend().head(&key))?.is_some()))? {
+        return Err(Error::source(format!(
+            "WAL segment {last_segment} (holding the stop LSN {}) was not archived within {} s: check archive_command \
+             and the server log ({}); no snapshot was written",
+            crate::wal::format_lsn(stop_lsn),
+            wal_timeout.as_secs(),
+            archiver_state(dbname)
+        )));
+    }
+    let mut learned = BTreeMap::new();
+    learned.insert("start_lsn".into(), crate::wal::format_lsn(start_lsn).into());
+    learned.insert("stop_lsn".into(), crate::wal::format_lsn(stop_lsn).into());
+    learned.insert("timeline".into(), timeline.into());
+    learned.insert("start_wal".into(), crate::wal::segment_of(timeline, start_lsn, seg).into());
+    learned.insert("stop_wal".into(), last_segment.into());
+    learned.insert("backup_history".into(), history.into());
+    if let Some(t) = stop.get("START TIME") {
+        learned.insert("start_time_text".into(), t.clone().into());
+    }
+    // The history file's STOP TIME is whole seconds: the real stop is before the
+    // next second, and before `finished_at`.
+    let label_stop = stop.get("STOP TIME").and_then(|t| label_time(t));
+    let mut stop_time = label_stop.map(|t| t + jiff::SignedDuration::from_secs(1));
+    for t in bounds.iter().flatten().filter(|t| label_stop.is_none_or(|l| **t >= l)) {
+        stop_time = Some(stop_time.map_or(*t, |s| s.min(*t)));
+    }
+    let stop_time = stop_time.unwrap_or_else(jiff::Timestamp::now);
+    learned.insert("stop_time".into(), stop_time.to_string().into());
+    if let Some(t) = stop.get("STOP TIME") {
+        learned.insert("stop_time_text".into(), t.clone().into());
+    }
+    if let Some(start) = stop.get("START TIME").and_then(|t| label_time(t)) {
+        learned.insert("start_time".into(), start.to_string().into());
+    }
+    Ok(learned)
 }
 
 /// One value from the server.

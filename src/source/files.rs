@@ -29,6 +29,9 @@ pub struct FilesOptions {
     pub excludes: Vec<String>,
     /// Paths never backed up (the local repository and the cache themselves).
     pub skip: Vec<PathBuf>,
+    /// A file or directory that is gone by the time it is read is left out without a
+    /// warning (a live PostgreSQL data directory drops files all the time).
+    pub vanished_ok: bool,
 }
 
 /// A directory on the way to a backed-up path, filled in from the real directory.
@@ -60,6 +63,8 @@ pub struct Walker<'a> {
     warnings: &'a mut Vec<String>,
     /// The chunker of the last file read, kept for its buffer.
     spare: Option<Chunker<std::io::Empty>>,
+    /// Keep the walked directory's own tree in its node, unsaved ([`Walker::run_dir`]).
+    top_unsaved: bool,
 }
 
 impl<'a> Walker<'a> {
@@ -75,7 +80,19 @@ impl<'a> Walker<'a> {
         warnings: &'a mut Vec<String>,
     ) -> Self {
         let excludes = options.excludes.iter().map(|p| Glob::new(p)).collect();
-        Walker { repo, saver, handle, options, excludes, cancel, progress, stats, warnings, spare: None }
+        Walker {
+            repo,
+            saver,
+            handle,
+            options,
+            excludes,
+            cancel,
+            progress,
+            stats,
+            warnings,
+            spare: None,
+            top_unsaved: false,
+        }
     }
 
     /// Walk every path; returns the root tree.
@@ -140,6 +157,31 @@ impl<'a> Walker<'a> {
         self.handle.block_on(self.repo.dir_tree(&mut node, &name)).ok()
     }
 
+    /// Gone, and allowed to be ([`FilesOptions::vanished_ok`]).
+    fn vanished(&self, path: &Path) -> bool {
+        self.options.vanished_ok
+            && std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// Walk one directory and return its tree as a root of its own, with the files
+    /// `extra` makes once the walk is done added to it (a base backup's label, which is
+    /// not in the data directory and is known only when the backup stops).
+    pub fn run_dir(&mut self, dir: &Path, extra: impl FnOnce(&Saver) -> Result<Vec<Node>>) -> Result<BlobId> {
+        self.top_unsaved = true;
+        let walked = self.walk_one(dir, None);
+        self.top_unsaved = false;
+        let mut tree = walked?
+            .filter(|n| n.kind == NodeKind::Dir)
+            .and_then(|mut n| n.tree.take())
+            .ok_or_else(|| Error::source(format!("{} is not a directory", dir.display())))?;
+        for node in extra(self.saver)? {
+            tree.nodes.retain(|n| n.name_bytes() != node.name_bytes());
+            tree.nodes.push(node);
+        }
+        tree.nodes.sort_by_key(Node::name_bytes);
+        self.saver.save_meta(tree.encode())
+    }
+
     fn excluded(&self, path: &Path) -> bool {
         let bytes = path.as_os_str().as_bytes();
         self.options.skip.iter().any(|s| s == path) || self.excludes.iter().any(|g| g.matches(bytes))
@@ -156,7 +198,9 @@ impl<'a> Walker<'a> {
                 Ok(e) => e,
                 Err(err) => {
                     let path = err.path().unwrap_or(top).to_path_buf();
-                    self.warn(&path, err);
+                    if !self.vanished(&path) {
+                        self.warn(&path, err);
+                    }
                     continue;
                 }
             };
@@ -171,7 +215,9 @@ impl<'a> Walker<'a> {
             let meta = match entry.metadata() {
                 Ok(m) => m,
                 Err(err) => {
-                    self.warn(entry.path(), err);
+                    if !self.vanished(entry.path()) {
+                        self.warn(entry.path(), err);
+                    }
                     if is_dir {
                         entries.skip_current_dir();
                     }
@@ -196,7 +242,9 @@ impl<'a> Walker<'a> {
                         node.content = Some(content);
                     }
                     Err(e) if matches!(e.kind(), ErrorKind::Source | ErrorKind::Io | ErrorKind::NotFound) => {
-                        self.warnings.push(e.to_string());
+                        if !self.vanished(entry.path()) {
+                            self.warnings.push(e.to_string());
+                        }
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -225,7 +273,11 @@ impl<'a> Walker<'a> {
         while stack.len() > depth {
             let mut frame = stack.pop().unwrap();
             frame.nodes.sort_by_key(Node::name_bytes);
-            frame.node.set_tree(Tree { nodes: frame.nodes }, self.saver)?;
+            if stack.is_empty() && self.top_unsaved {
+                frame.node.tree = Some(Tree { nodes: frame.nodes });
+            } else {
+                frame.node.set_tree(Tree { nodes: frame.nodes }, self.saver)?;
+            }
             self.stats.dirs += 1;
             place(stack, frame.node, result);
         }

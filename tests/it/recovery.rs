@@ -643,3 +643,99 @@ fn async_push_reports_the_pushers_verdict() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(std::fs::read(env.path("back")).unwrap() == std::fs::read(pg_wal.join(good)).unwrap());
 }
+
+/// `backup pg-base --pgdata`: the data directory read directly between pg_backup_start
+/// and pg_backup_stop, while pgbench writes; recovery to the latest WAL gives exactly the
+/// primary's data. The label is stored as backup_label; WAL, postmaster.pid and runtime
+/// state are left out; another directory than the server's is refused.
+#[test]
+fn a_direct_base_backup_under_load_recovers_exactly() {
+    let env = PgEnv::new();
+    let mut main = env.cluster("main", &env.archiving("main"));
+    main.start();
+    main.pgbench(&["-i", "-s", "2", "-q"]);
+    let first = main.switch_wal();
+    main.wait_archived(&first);
+    let out = env
+        .cairn_cmd()
+        .args([
+            "backup",
+            "pg-base",
+            "--name",
+            "base",
+            "--source",
+            "main",
+            "--pgdata",
+            env.path("elsewhere").to_str().unwrap(),
+        ])
+        .args(["--dbname", &main.conninfo("postgres")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = env
+        .cairn_cmd()
+        .args(["backup", "pg-base", "--name", "base", "--source", "main", "--pgdata"])
+        .arg(env.path("main"))
+        .args(["--dbname", &main.conninfo("postgres")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "not the data directory: {}", text(&out));
+    assert!(text(&out).contains("is not this server's data directory"), "{}", text(&out));
+
+    let load = {
+        let conninfo = main.conninfo("postgres");
+        let bindir = crate::pg::bindir();
+        std::thread::spawn(move || {
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bindir.join("pgbench"))
+                .args(["-T", "4", "-c", "2", &conninfo])
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let out = base_backup(&env, &main, &["--pgdata", main.data.to_str().unwrap()]);
+    let id = snapshot_id(&out);
+    let pgbench = load.join().unwrap();
+    assert!(pgbench.status.success(), "{}", text(&pgbench));
+    let expected = main.sql("select sum(delta), count(*) from pgbench_history");
+    let last = main.switch_wal();
+    main.wait_archived(&last);
+    main.stop();
+
+    let snaps: serde_json::Value =
+        serde_json::from_slice(&env.cairn_cmd().args(["--json", "snapshots"]).output().unwrap().stdout).unwrap();
+    let snap = snaps.as_array().unwrap().iter().find(|s| s["id"] == id.as_str()).unwrap();
+    assert_eq!(snap["meta"]["method"], "direct", "{snap}");
+    let out = env.cairn_cmd().args(["restore", &id, "--to"]).arg(env.path("look")).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let label = std::fs::read_to_string(env.path("look/backup_label")).unwrap();
+    assert!(label.contains("START WAL LOCATION") && label.contains("BACKUP METHOD: streamed"), "{label}");
+    assert!(!env.path("look/postmaster.pid").exists());
+    assert_eq!(std::fs::read_dir(env.path("look/pg_wal")).unwrap().count(), 0, "no WAL in the backup");
+
+    let (out, port) = pitr(&env, "direct", &["--latest"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains(&id[..8]), "{}", text(&out));
+    let data = env.path("direct");
+    let got = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            data.to_str().unwrap(),
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args(["-c", "select sum(delta), count(*) from pgbench_history"])
+        .output()
+        .unwrap();
+    crate::pg::as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), expected, "exactly the primary's data");
+}
