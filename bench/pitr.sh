@@ -4,9 +4,10 @@
 # the same run, into local repositories.
 #
 # The cluster (pgbench -i -s $BENCH_SCALE, about 1.7 GB at 110) archives into both tools
-# at once (archive_command runs cairn wal push, then pgbackrest archive-push). Each tool
-# takes a full base backup; pgbench then writes $BENCH_TX transactions; each tool
-# recovers to the latest WAL, and the time is taken until the server is promoted and
+# at once (archive_command runs cairn wal push into two repositories, then pgbackrest
+# archive-push). cairn takes a full base backup through pg_basebackup into one and with
+# --pgdata into the other, pgBackRest one; pgbench then writes $BENCH_TX transactions;
+# cairn (from the --pgdata base) and pgBackRest recover to the latest WAL, and the time is taken until the server is promoted and
 # answers a query (cairn: `pitr --latest --start`; pgBackRest: `restore --type=default`,
 # `pg_ctl start`, then polling `select pg_is_in_recovery()` until false).
 #
@@ -38,7 +39,9 @@ chown -R postgres:postgres "$WORK"
 PORT=$(free_port)
 
 as_pg "$WORK/cairn" --repo "$WORK/cairn-repo" --key-file "$WORK/cairn.key" init >/dev/null 2>&1
+as_pg "$WORK/cairn" --repo "$WORK/cairn-direct" --key-file "$WORK/cairn-direct.key" init >/dev/null 2>&1
 CAIRN_OPTS="--repo $WORK/cairn-repo --key-file $WORK/cairn.key --cache-dir $WORK/cache"
+DIRECT_OPTS="--repo $WORK/cairn-direct --key-file $WORK/cairn-direct.key --cache-dir $WORK/cache"
 cat > "$WORK/pgbackrest.conf" <<EOF
 [global]
 repo1-path=$WORK/pgbr
@@ -65,7 +68,7 @@ listen_addresses = ''
 unix_socket_directories = '$WORK/sock'
 wal_level = replica
 archive_mode = on
-archive_command = '$WORK/cairn $CAIRN_OPTS wal push %p --source bench && $PGBR archive-push %p'
+archive_command = '$WORK/cairn $CAIRN_OPTS wal push %p --source bench && $WORK/cairn $DIRECT_OPTS wal push %p --source bench && $PGBR archive-push %p'
 max_wal_size = 4GB
 EOF
 as_pg "$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/server.log" -w start >/dev/null
@@ -77,6 +80,7 @@ SIZE=$(du -sb "$WORK/data" | cut -f1)
 echo "cluster: $SIZE bytes" >&2
 
 t=$(now); as_pg "$WORK/cairn" $CAIRN_OPTS backup pg-base --name base --source bench --dbname "host=$WORK/sock port=$PORT" >/dev/null; CAIRN_BACKUP=$(since "$t")
+t=$(now); as_pg "$WORK/cairn" $DIRECT_OPTS backup pg-base --name base --source bench --pgdata "$WORK/data" --dbname "host=$WORK/sock port=$PORT" >/dev/null; DIRECT_BACKUP=$(since "$t")
 t=$(now); as_pg $PGBR backup --type=full >/dev/null; PGBR_BACKUP=$(since "$t")
 
 as_pg "$BIN/pgbench" -h "$WORK/sock" -p "$PORT" -U postgres -c 2 -j 2 -t "$((TX / 2))" postgres >/dev/null 2>&1
@@ -89,7 +93,7 @@ as_pg "$BIN/pg_ctl" -D "$WORK/data" -m fast -w stop >/dev/null
 # cairn: restore, recover to the latest archived WAL, promoted and queryable.
 CPORT=$(free_port)
 t=$(now)
-as_pg "$WORK/cairn" $CAIRN_OPTS pitr --source bench --latest --start --archive-mode off --port "$CPORT" --pgdata "$WORK/cairn-restore" >/dev/null 2>&1
+as_pg "$WORK/cairn" $DIRECT_OPTS pitr --source bench --latest --start --archive-mode off --port "$CPORT" --pgdata "$WORK/cairn-restore" >/dev/null 2>&1
 CAIRN_PITR=$(since "$t")
 CAIRN_SUM=$(as_pg "$BIN/psql" -h "$WORK/cairn-restore" -p "$CPORT" -U postgres -Atc 'select sum(abalance) from pgbench_accounts' postgres)
 as_pg "$BIN/pg_ctl" -D "$WORK/cairn-restore" -m fast -w stop >/dev/null
@@ -111,9 +115,10 @@ as_pg "$BIN/pg_ctl" -D "$WORK/pgbr-restore" -m fast -w stop >/dev/null
   echo
   echo "| | cairn | pgBackRest 2.45 (zst 1, process-max 2) |"
   echo "| --- | ---: | ---: |"
-  echo "| full base backup (s) | $CAIRN_BACKUP | $PGBR_BACKUP |"
+  echo "| full base backup, through pg_basebackup (s) | $CAIRN_BACKUP | |"
+  echo "| full base backup, reading PGDATA (\`--pgdata\`) (s) | $DIRECT_BACKUP | $PGBR_BACKUP |"
   echo "| recovery to the latest WAL, until promoted and queryable (s) | $CAIRN_PITR | $PGBR_PITR |"
   echo
   echo "sum(abalance): primary $EXPECTED; cairn $CAIRN_SUM; pgBackRest $PGBR_SUM"
-  echo "stored: cairn $(du -sb "$WORK/cairn-repo" | cut -f1) bytes; pgBackRest $(du -sb "$WORK/pgbr" | cut -f1) bytes"
+  echo "stored: cairn $(du -sb "$WORK/cairn-repo" | cut -f1) bytes (--pgdata: $(du -sb "$WORK/cairn-direct" | cut -f1)); pgBackRest $(du -sb "$WORK/pgbr" | cut -f1) bytes"
 } | tee "$WORK/results.md"
