@@ -352,8 +352,15 @@ pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progr
     };
     if let Some(spool) = &options.spool {
         // Fresh for this recovery: a spool left by another could feed it the wrong WAL.
+        // Created here, not found: a link or directory someone else put in its place is
+        // removed first (remove_dir_all does not follow links), and a new one planted
+        // between the two makes the creation fail instead of being used.
         let _ = std::fs::remove_dir_all(spool);
-        crate::prefetch::Spool::open(spool)?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(spool)
+            .map_err(|e| Error::io("create the WAL spool", spool, e))?;
         if is_root() {
             std::os::unix::fs::chown(spool, Some(owner), None).map_err(|e| Error::io("chown", spool, e))?;
         }

@@ -329,13 +329,16 @@ fn a_target_inside_a_backups_last_second_picks_a_base_consistent_there() {
             }
         })
     };
-    // Some commits land before the second base starts (so before any target below);
-    // under load the writer's first psql can take longer than the backup's first second.
+    // Some commits land more than a second before the second base starts, so before the
+    // target below (the second its label names, which can begin after a short backup
+    // started: under the suite's load the first commits once fell after it, and the
+    // recovery rightly had none of them).
     let deadline = Instant::now() + Duration::from_secs(60);
     while main.sql("select count(*) from t").parse::<u64>().unwrap() < 5 {
         assert!(Instant::now() < deadline, "the writer commits nothing");
         std::thread::sleep(Duration::from_millis(50));
     }
+    std::thread::sleep(Duration::from_millis(1100));
     let b2 = snapshot_id(&base_backup(&env, &main, &[]));
     std::thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::SeqCst);
@@ -362,7 +365,7 @@ fn a_target_inside_a_backups_last_second_picks_a_base_consistent_there() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&b1[..8]), "the earlier base was chosen: {}", text(&out));
     let rows: u64 = env.count_and_stop("inside", port).parse().unwrap();
-    assert!(rows > 0, "commits before the target were replayed");
+    assert!(rows > 0, "commits before the target {target} were replayed: {}", text(&out));
     main.stop();
 }
 
