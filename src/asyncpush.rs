@@ -43,11 +43,18 @@ impl PushSpool {
         Ok(PushSpool { dir: dir.to_path_buf() })
     }
 
-    /// The pusher's verdict on `name`, taken (the marker is removed).
-    pub fn take(&self, name: &str) -> Option<Outcome> {
+    /// The pusher's verdict on the file `path` of `source`, taken (the marker is
+    /// removed). An "archived" verdict counts only if it names this source and this very
+    /// file (size and modification time): a marker left by another source, another file
+    /// of that name, or by hand is dropped, and the file is pushed again.
+    pub fn take(&self, source: &str, path: &Path) -> Option<Outcome> {
+        let name = path.file_name()?.to_str()?;
         let ok = self.dir.join("ok").join(name);
-        if std::fs::remove_file(&ok).is_ok() {
-            return Some(Outcome::Archived);
+        if let Ok(said) = std::fs::read_to_string(&ok) {
+            let _ = std::fs::remove_file(&ok);
+            if Some(said) == stamp(source, path) {
+                return Some(Outcome::Archived);
+            }
         }
         let error = self.dir.join("error").join(name);
         let message = std::fs::read_to_string(&error).ok()?;
@@ -68,11 +75,11 @@ impl PushSpool {
         Ok(SpoolLock::take(&self.dir)?.is_none())
     }
 
-    /// Wait for the verdict on `name`, up to `timeout`.
-    pub fn wait(&self, name: &str, timeout: Duration) -> Option<Outcome> {
+    /// Wait for the verdict on `path`, up to `timeout`.
+    pub fn wait(&self, source: &str, path: &Path, timeout: Duration) -> Option<Outcome> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(outcome) = self.take(name) {
+            if let Some(outcome) = self.take(source, path) {
                 return Some(outcome);
             }
             if Instant::now() >= deadline {
@@ -81,6 +88,13 @@ impl PushSpool {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// What an "archived" verdict says: the source and the file it was for.
+fn stamp(source: &str, path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    use std::os::unix::fs::MetadataExt;
+    Some(format!("{source}\n{}\n{}.{}\n", meta.len(), meta.mtime(), meta.mtime_nsec()))
 }
 
 /// The files PostgreSQL has marked ready to archive, oldest first.
@@ -139,9 +153,10 @@ pub async fn run_pusher(backend: &Backend, key: &MasterKey, source: &str, pg_wal
             .collect()
             .await;
         for (name, result) in pushed {
-            match result {
-                Ok(_) => spool.mark("ok", &name, "")?,
-                Err(e) => spool.mark("error", &name, e.message())?,
+            match (result, stamp(source, &pg_wal.join(&name))) {
+                (Ok(_), Some(stamp)) => spool.mark("ok", &name, &stamp)?,
+                (Ok(_), None) => {} // gone meanwhile: PostgreSQL will not ask for it
+                (Err(e), _) => spool.mark("error", &name, e.message())?,
             }
         }
     }

@@ -28,21 +28,57 @@ pub struct Spool {
 }
 
 impl Spool {
-    pub fn open(dir: &Path) -> Result<Self> {
+    /// The spool of `owner` (the repository and source it holds WAL of) in `dir`;
+    /// `None` if `dir` belongs to another repository or source (its files are then never
+    /// served: fetches go to the archive).
+    pub fn open(dir: &Path, owner: &str) -> Result<Option<Self>> {
         use std::os::unix::fs::DirBuilderExt;
-        match std::fs::DirBuilder::new().mode(0o700).recursive(true).create(dir) {
-            Ok(()) => Ok(Spool { dir: dir.to_path_buf() }),
-            Err(e) => Err(Error::io("create the WAL spool", dir, e)),
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)
+            .map_err(|e| Error::io("create the WAL spool", dir, e))?;
+        let mark = dir.join(".owner");
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&mark) {
+            Ok(mut file) => {
+                std::io::Write::write_all(&mut file, owner.as_bytes()).map_err(|e| Error::io("write", &mark, e))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io("write", &mark, e)),
         }
+        let recorded = std::fs::read_to_string(&mark).map_err(|e| Error::io("read", &mark, e))?;
+        Ok((recorded == owner).then(|| Spool { dir: dir.to_path_buf() }))
+    }
+
+    /// Whose WAL a spool holds: the repository's location and the source.
+    pub fn owner(repository: &str, source: &str) -> String {
+        format!("{repository}\n{source}\n")
     }
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    /// Move a prefetched file to `dest`; `false` if the spool does not have it.
+    /// Move a prefetched file to `dest`; `false` if the spool does not have it, or has
+    /// something that is not that segment (its first page and length are checked again,
+    /// and a file that fails is removed).
     pub fn take(&self, name: &str, dest: &Path) -> Result<bool> {
         let path = self.path(name);
+        let looks_right = (|| -> std::io::Result<bool> {
+            let file = std::fs::File::open(&path)?;
+            let len = file.metadata()?.len();
+            let mut head = [0u8; 40];
+            std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0)?;
+            Ok(wal::check_place(name, &head, len).is_ok())
+        })();
+        match looks_right {
+            Ok(true) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                return Ok(false);
+            }
+        }
         match std::fs::rename(&path, dest) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
@@ -112,7 +148,7 @@ fn after(name: &str, n: u64, segment_size: u32) -> Option<String> {
 /// the wanted one in it, until nothing has been wanted for a while or the spool is gone.
 pub async fn run_ahead(backend: &Backend, key: &MasterKey, source: &str, dir: &Path, count: u64) -> Result<()> {
     use futures::StreamExt;
-    let spool = Spool { dir: dir.to_path_buf() };
+    let Some(spool) = Spool::open(dir, &Spool::owner(backend.location(), source))? else { return Ok(()) };
     let Some(_lock) = SpoolLock::take(dir)? else { return Ok(()) }; // another one serves it
     let segment_size = wal::source_info(backend, key, source).await?.map_or(16 << 20, |c| c.segment_size);
     let mut last_want = None;

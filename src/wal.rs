@@ -14,7 +14,11 @@ use crate::object;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The `SOURCE` record, and WAL objects written before their plaintext named them.
 pub const WAL_MAGIC: &[u8; 8] = b"CAIRNwl1";
+/// WAL objects whose authenticated plaintext starts with their own object key, so that
+/// one copied or moved to another name or source is refused instead of replayed.
+pub const WAL_MAGIC_BOUND: &[u8; 8] = b"CAIRNwl2";
 /// zstd level for WAL: fast, and WAL compresses well at any level.
 const LEVEL: i32 = 1;
 
@@ -139,7 +143,7 @@ pub fn check_segment_place(name: &str, data: &[u8]) -> Result<()> {
 }
 
 /// [`check_segment_place`] on the first 40 bytes of a file of `len` bytes.
-fn check_place(name: &str, data: &[u8], len: u64) -> Result<()> {
+pub fn check_place(name: &str, data: &[u8], len: u64) -> Result<()> {
     let WalKind::Segment { log, seg, .. } = classify(name)? else { return Ok(()) };
     let info = segment_info_of(name, data, len)?;
     let per_log = 0x1_0000_0000u64 / u64::from(info.segment_size);
@@ -156,21 +160,45 @@ fn check_place(name: &str, data: &[u8], len: u64) -> Result<()> {
     Ok(())
 }
 
-fn seal(key: &MasterKey, data: &[u8]) -> Vec<u8> {
-    let mut plain = (data.len() as u64).to_le_bytes().to_vec();
+fn seal(key: &MasterKey, object: &str, data: &[u8]) -> Vec<u8> {
+    let mut plain = (object.len() as u16).to_le_bytes().to_vec();
+    plain.extend_from_slice(object.as_bytes());
+    plain.extend_from_slice(&(data.len() as u64).to_le_bytes());
     // Compress on every core: a push is latency the server waits for.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     plain.extend_from_slice(&crate::compress::encode_parallel(data, LEVEL, cores));
-    object::seal_precompressed(key, WAL_MAGIC, &plain)
+    object::seal_precompressed(key, WAL_MAGIC_BOUND, &plain)
 }
 
-fn open(key: &MasterKey, name: &str, sealed: &[u8]) -> Result<Vec<u8>> {
-    let plain = object::open(key, WAL_MAGIC, name, sealed)?;
+/// A WAL object's payload (length and blob plaintext), after checking that the object
+/// is the one stored under `object`: a bound object (`CAIRNwl2`) names its own key in
+/// its authenticated plaintext; an older one (`CAIRNwl1`) cannot say.
+fn open_payload(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    if !sealed.starts_with(WAL_MAGIC_BOUND) {
+        return object::open(key, WAL_MAGIC, object, sealed);
+    }
+    let plain = object::open(key, WAL_MAGIC_BOUND, object, sealed)?;
+    let bound_len = plain.get(..2).map_or(usize::MAX, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let Some(bound) = plain.get(2..2usize.saturating_add(bound_len)) else {
+        return Err(Error::corrupt(format!("{object} is too short")));
+    };
+    if bound != object.as_bytes() {
+        return Err(Error::corrupt(format!(
+            "{object} holds the file archived as {}: it was stored under the wrong name (copied or moved in the \
+             repository); put the right file back, or remove it",
+            String::from_utf8_lossy(bound)
+        )));
+    }
+    Ok(plain[2 + bound_len..].to_vec())
+}
+
+fn open(key: &MasterKey, object: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+    let plain = open_payload(key, object, sealed)?;
     if plain.len() < 8 {
-        return Err(Error::corrupt(format!("{name} is too short")));
+        return Err(Error::corrupt(format!("{object} is too short")));
     }
     let len = u64::from_le_bytes(plain[..8].try_into().unwrap()) as usize;
-    crate::compress::decode(plain[8..].to_vec(), len).map_err(|e| e.context(name))
+    crate::compress::decode(plain[8..].to_vec(), len).map_err(|e| e.context(object))
 }
 
 /// The source's recorded cluster, if any file was pushed.
@@ -241,7 +269,7 @@ pub async fn push(backend: &Backend, key: &MasterKey, source: &str, path: &Path)
         claim_source(backend, key, source, &segment_info(name, &data)?).await?;
     }
     let object = object_key(source, name);
-    let sealed = seal(key, &data);
+    let sealed = seal(key, &object, &data);
     match backend.put(&object, sealed.into(), WriteMode::Create).await {
         Ok(()) => Ok(Pushed::Stored),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => {
@@ -315,10 +343,20 @@ pub async fn fetch(backend: &Backend, key: &MasterKey, source: &str, name: &str,
     let object = object_key(source, name);
     let sealed = match backend.get(&object).await {
         Ok(sealed) => sealed,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        // The end of the archive, if this is an archive at all: a source with nothing in
+        // it (a misspelt --source) must not read to PostgreSQL as the end of the WAL.
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return match source_info(backend, key, source).await? {
+                Some(_) => Ok(None),
+                None => Err(Error::not_found(format!(
+                    "WAL source {source:?} has nothing archived in {} (no SOURCE record): check --source",
+                    backend.location()
+                ))),
+            };
+        }
         Err(e) => return Err(e),
     };
-    let plain = object::open(key, WAL_MAGIC, &object, &sealed)?;
+    let plain = open_payload(key, &object, &sealed)?;
     drop(sealed);
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".{}.cairn-{}", name, hex::encode(crate::crypto::random_bytes::<4>())));
@@ -549,10 +587,12 @@ mod tests {
     fn sealed_wal_opens_and_detects_tampering() {
         let key = MasterKey::random();
         let data: Vec<u8> = (0..100_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
-        let mut sealed = seal(&key, &data);
-        assert_eq!(open(&key, "w", &sealed).unwrap(), data);
+        let mut sealed = seal(&key, "wal/s/w", &data);
+        assert_eq!(open(&key, "wal/s/w", &sealed).unwrap(), data);
+        let moved = open(&key, "wal/t/w", &sealed).unwrap_err();
+        assert!(moved.message().contains("holds the file archived as wal/s/w"), "{}", moved.message());
         let last = sealed.len() - 1;
         sealed[last] ^= 1;
-        assert!(open(&key, "w", &sealed).is_err());
+        assert!(open(&key, "wal/s/w", &sealed).is_err());
     }
 }

@@ -115,10 +115,12 @@ fn start_background(flag: &str) -> anyhow::Result<()> {
 /// The pusher's verdict on `name`, waiting up to `wait` (a verdict already taken counts).
 fn spool_outcome(
     spool: &cairn::asyncpush::PushSpool,
-    name: &str,
+    source: &str,
+    path: &std::path::Path,
     wait: std::time::Duration,
 ) -> anyhow::Result<cairn::asyncpush::Outcome> {
-    spool.wait(name, wait).ok_or_else(|| {
+    let name = path.display();
+    spool.wait(source, path, wait).ok_or_else(|| {
         anyhow::anyhow!(
             "the background pusher did not archive {name} within {} s: PostgreSQL will retry; \
              if this repeats, run the same archive_command without --async to see the reason",
@@ -150,13 +152,13 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
             wal::classify(&name)?;
             // Usually the pusher has archived this file already; else start it (once) and
             // wait for its verdict.
-            let outcome = match spool.take(&name) {
+            let outcome = match spool.take(&args.source, &args.path) {
                 Some(outcome) => outcome,
                 None => {
                     if !spool.is_served()? {
                         start_background("--pusher")?;
                     }
-                    spool_outcome(&spool, &name, std::time::Duration::from_secs(args.wait))?
+                    spool_outcome(&spool, &args.source, &args.path, std::time::Duration::from_secs(args.wait))?
                 }
             };
             match outcome {
@@ -199,7 +201,11 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
             let (name, dest) = (args.name.clone().unwrap_or_default(), args.dest.clone().unwrap_or_default());
             let result = async {
                 let spool = match &args.spool {
-                    Some(dir) if args.prefetch > 0 && is_segment(&name) => Some(cairn::prefetch::Spool::open(dir)?),
+                    Some(dir) if args.prefetch > 0 && is_segment(&name) => {
+                        let backend = ctx.backend(&ctx.repo_url().0, false)?;
+                        let owner = cairn::prefetch::Spool::owner(backend.location(), &args.source);
+                        cairn::prefetch::Spool::open(dir, &owner)?
+                    }
                     _ => None,
                 };
                 if let Some(spool) = &spool {

@@ -503,6 +503,26 @@ fn segments_that_end_replay_early_are_caught() {
     assert_eq!(out.status.code(), Some(126), "{}", text(&out));
     assert!(text(&out).contains("wrong name"), "{}", text(&out));
     std::fs::write(stored(&c), &original_c).unwrap();
+    // The same object under timeline 2's name for that place, or a history file's name,
+    // or in another source: each object names its own key, authenticated.
+    let other_timeline = format!("00000002{}", &c[8..]);
+    let moved_to = |object: &std::path::Path, name: &str, source: &str| {
+        let dir = env.path("repo/wal").join(source);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(object, dir.join(name)).unwrap();
+        chown_postgres(&env.path("repo"));
+        env.cairn_cmd().args(["wal", "fetch", name]).arg(&dest).args(["--source", source]).output().unwrap()
+    };
+    for (name, source) in [(other_timeline.as_str(), "main"), ("00000002.history", "main")] {
+        let out = moved_to(&stored(&c), name, source);
+        assert_eq!(out.status.code(), Some(126), "{name}: {}", text(&out));
+        assert!(text(&out).contains("holds the file archived as wal/main/"), "{}", text(&out));
+        std::fs::remove_file(env.path("repo/wal").join(source).join(name)).unwrap();
+    }
+    // A source with nothing archived (a misspelt --source) is not the end of the archive.
+    let out = env.cairn_cmd().args(["wal", "fetch", &c]).arg(&dest).args(["--source", "mian"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
+    assert!(text(&out).contains("has nothing archived"), "{}", text(&out));
     // And push of a file whose name is not its place.
     let out = env.cairn_cmd().args(["wal", "fetch", &a]).arg(&dest).args(["--source", "main"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -586,6 +606,33 @@ fn prefetch_serves_replay_from_the_spool_and_never_invents_an_end() {
     }
     let out = fetch("0000000100000000000000FF");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    // A file planted in the spool that is not the segment is never served.
+    let planted = &segments[2];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !spool.join(planted).exists() {
+        assert!(Instant::now() < deadline, "{planted} was not prefetched");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(spool.join(planted), b"garbage").unwrap();
+    let out = fetch(planted);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20, "the archive's copy, not the planted one");
+    // A spool that holds another source's WAL is not used for this one.
+    let other = env.path("other-spool");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join(".owner"), "somewhere else\nmain\n").unwrap();
+    std::fs::write(other.join(&segments[3]), b"not this").unwrap();
+    let out = env
+        .cairn_cmd()
+        .args(["wal", "fetch", &segments[3]])
+        .arg(&dest)
+        .args(["--source", "main", "--prefetch", "4", "--spool"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::metadata(&dest).unwrap().len(), 16 << 20, "fetched from the archive");
+    assert!(other.join(&segments[3]).exists(), "another owner's spool is left alone");
     // Every segment replays byte for byte through the spool.
     for s in &segments[2..] {
         let out = fetch(s);
@@ -630,6 +677,10 @@ fn async_push_reports_the_pushers_verdict() {
             .output()
             .unwrap()
     };
+    // A verdict left by hand (or by another source, or for another file of that name)
+    // is not taken for this file's: it is pushed for real.
+    std::fs::create_dir_all(env.path("spool/ok")).unwrap();
+    std::fs::write(env.path("spool/ok").join(bad), "").unwrap();
     let out = push(bad);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("long WAL page header"), "{}", text(&out));
