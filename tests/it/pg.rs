@@ -223,6 +223,17 @@ impl Drop for Cluster {
     }
 }
 
+/// One statement in a restored server whose socket is in its data directory `data`.
+pub(crate) fn psql_at(data: &Path, port: u16, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args(["-X", "-A", "-t", "-h", data.to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{sql}: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub(crate) fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -684,14 +695,7 @@ fn pitr_to_time_xid_lsn_name_and_latest() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let promoted = env.path("promoted");
-    let psql = |sql: &str| {
-        let out = Command::new("psql")
-            .args(["-X", "-A", "-t", "-h", promoted.to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "-c", sql])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let psql = |sql: &str| psql_at(&promoted, port, sql);
     let deadline = Instant::now() + Duration::from_secs(60);
     while psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") != "00000002.history" {
         assert!(Instant::now() < deadline, "the new timeline's history file was not archived");

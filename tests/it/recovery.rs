@@ -207,15 +207,7 @@ fn a_branch_in_the_same_source_never_breaks_recovery_of_another_timeline() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let clone = env.path("clone");
-    let psql = |sql: &str| {
-        let out = Command::new("psql")
-            .args(["-X", "-A", "-t", "-h", clone.to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
-            .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{sql}: {}", text(&out));
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let psql = |sql: &str| crate::pg::psql_at(&clone, port, sql);
     psql("insert into t select generate_series(1001, 2000)");
     let clone_lsn = psql("select pg_current_wal_lsn()");
     let clone_segment = psql("select pg_walfile_name(pg_switch_wal())");
@@ -773,23 +765,7 @@ fn a_direct_base_backup_under_load_recovers_exactly() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains(&id[..8]), "{}", text(&out));
     let data = env.path("direct");
-    let got = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            data.to_str().unwrap(),
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args(["-c", "select sum(delta), count(*) from pgbench_history"])
-        .output()
-        .unwrap();
+    let got = crate::pg::psql_at(&data, port, "select sum(delta), count(*) from pgbench_history");
     crate::pg::as_postgres("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), expected, "exactly the primary's data");
+    assert_eq!(got, expected, "exactly the primary's data");
 }
