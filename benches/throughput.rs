@@ -148,7 +148,7 @@ fn main() {
         .unwrap();
         let backup =
             cairn::ops::backup::BackupOptions { name: "bench".into(), kind: "stdin".into(), ..Default::default() };
-        let cancel = cairn::ops::Cancel::new();
+        let cancel = cairn::progress::Cancel::new();
         let t = Instant::now();
         cairn::ops::backup::backup_stream(&repo, &input[..], &backup, &cancel, &cairn::progress::Silent).await.unwrap();
         report("pipeline: first backup (memory)", input.len(), t.elapsed().as_secs_f64());

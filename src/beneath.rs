@@ -253,9 +253,44 @@ pub fn split(rel: &[u8]) -> (&[u8], &[u8]) {
     }
 }
 
+/// Whether a symlink at `rel` (a path inside the target, slash-separated) pointing at
+/// `target` would lead outside the target directory.
+pub fn link_escapes(rel: &[u8], target: &[u8]) -> bool {
+    if target.starts_with(b"/") {
+        return true;
+    }
+    // The link's own directory, as a depth below the target.
+    let mut depth = rel.split(|b| *b == b'/').filter(|p| !p.is_empty()).count() as i64 - 1;
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn links_that_leave_the_target_are_recognised() {
+        assert!(link_escapes(b"a", b"/etc/passwd"));
+        assert!(link_escapes(b"a", b"../x"));
+        assert!(link_escapes(b"d/a", b"../../x"));
+        assert!(link_escapes(b"d/a", b"x/../../../y"));
+        assert!(!link_escapes(b"d/a", b"../x"));
+        assert!(!link_escapes(b"d/a", b"b"));
+        assert!(!link_escapes(b"d/e/a", b"../../x"));
+        assert!(!link_escapes(b"a", b"./b/../c"));
+    }
 
     #[test]
     fn nothing_below_the_root_is_followed() {

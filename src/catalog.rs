@@ -8,14 +8,12 @@
 //! it knows has disappeared or its schema version differs, and deleting it loses nothing.
 //! `check` never trusts it: it builds a fresh one from the repository.
 
-use crate::backend::{keys, Backend};
-use crate::crypto::{MasterKey, SALT_LEN};
+use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::index::IndexFile;
 use crate::pack::{BlobKind, PackEntry};
 use crate::snapshot::SnapshotFile;
-use futures::{StreamExt, TryStreamExt};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -86,8 +84,6 @@ pub struct Catalog {
     /// Lookups served inside the read transaction `reader` keeps open; 0 when none is.
     /// Changed only with `conn` locked.
     reads_in_transaction: AtomicU32,
-    /// Packs a pending removal may delete (see `repo::gc`): their blobs are not reused.
-    excluded: std::sync::RwLock<HashSet<PackId>>,
     /// Index files and snapshots the last refresh could not read (their key and why),
     /// left out so that one damaged object does not hide every other one.
     damaged: Mutex<Vec<(String, String)>>,
@@ -139,7 +135,6 @@ impl Catalog {
         Ok(Catalog {
             conn: Mutex::new(conn),
             reads_in_transaction: AtomicU32::new(0),
-            excluded: Default::default(),
             damaged: Default::default(),
         })
     }
@@ -186,85 +181,67 @@ impl Catalog {
         conn
     }
 
-    /// Bring the catalog up to date; returns whether the index changed.
-    pub async fn refresh(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
-        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        let changed = self.refresh_index(backend, key).await?;
-        self.refresh_snapshots(backend, key).await?;
-        Ok(changed)
-    }
-
     /// The objects the last refresh left out because they could not be read (damaged):
     /// `(key, what is wrong)`. Removal refuses to run while there are any.
     pub fn damaged(&self) -> Vec<(String, String)> {
         self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Leave a damaged object out of the catalog, noting it.
-    fn skip_damaged(&self, object: String, e: &Error) {
+    /// Note an object a refresh left out because it could not be read (damaged).
+    pub fn note_damaged(&self, object: String, why: &str) {
         let mut damaged = self.damaged.lock().unwrap_or_else(|p| p.into_inner());
         if !damaged.iter().any(|(o, _)| *o == object) {
-            damaged.push((object, e.message().to_string()));
+            damaged.push((object, why.to_string()));
         }
     }
 
-    /// A removal may rewrite index files while we read them: an index file that vanished
-    /// between the listing and the read means the listing is stale, so list again.
-    async fn refresh_index(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
-        let mut attempt = 0;
-        loop {
-            match self.refresh_index_once(backend, key).await {
-                Err(e) if e.kind() == crate::error::ErrorKind::NotFound && attempt < 5 => attempt += 1,
-                other => return other,
-            }
-        }
+    /// Forget the damaged objects noted (a refresh begins).
+    pub fn clear_damaged(&self) {
+        self.damaged.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    async fn refresh_index_once(&self, backend: &Backend, key: &MasterKey) -> Result<bool> {
-        let listed = listed_ids(backend, keys::INDEX, IndexId::from_hex).await?;
-        let mut known = self.known_ids::<IndexId>("SELECT id FROM index_files")?;
-        if !known.is_subset(&listed) {
-            // An index file went away (a prune elsewhere rewrote it): start over.
-            let conn = self.conn();
-            conn.execute_batch(DROP_INDEX_TABLES)?;
-            conn.execute_batch(INDEX_SCHEMA)?;
-            known.clear();
-        }
-        self.discard_partial_loads()?;
-        let missing: Vec<IndexId> = listed.difference(&known).copied().collect();
-        let mut loaded = futures::stream::iter(missing)
-            .map(|id| async move {
-                match crate::repo::read_index(backend, key, &id).await {
-                    Ok(file) => Ok(Some((id, file))),
-                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
-                        self.skip_damaged(keys::index(&id), &e);
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(4);
-        // Staged file by file, then merged into `blobs` in key order in one go.
-        let mut staged = Vec::new();
-        while let Some(found) = loaded.try_next().await? {
-            let Some((id, file)) = found else { continue };
-            let mut conn = self.conn();
-            let tx = conn.transaction()?;
-            stage_index(&tx, &id, &file)?;
-            tx.commit()?;
-            staged.push(id);
-        }
+    /// The index files the catalog holds.
+    pub fn known_index_files(&self) -> Result<HashSet<IndexId>> {
+        self.known_ids("SELECT id FROM index_files")
+    }
+
+    /// The snapshots the catalog holds.
+    pub fn known_snapshots(&self) -> Result<HashSet<SnapshotId>> {
+        self.known_ids("SELECT id FROM snapshots")
+    }
+
+    /// Drop every index row: an index file the catalog knows went away (a removal
+    /// elsewhere rewrote it), so the index is read again from scratch.
+    pub fn clear_index(&self) -> Result<()> {
+        let conn = self.conn();
+        conn.execute_batch(DROP_INDEX_TABLES)?;
+        conn.execute_batch(INDEX_SCHEMA)?;
+        Ok(())
+    }
+
+    /// Stage an index file's rows, to be merged by [`Catalog::merge_staged`]: loading many
+    /// files stages them one by one, then merges them in key order in one go.
+    pub fn stage_index(&self, id: &IndexId, file: &IndexFile) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        merge_staged(&tx, &staged)?;
+        stage_index(&tx, id, file)?;
         tx.commit()?;
-        Ok(!staged.is_empty())
+        Ok(())
+    }
+
+    /// Merge what was staged and record the index files it came from.
+    pub fn merge_staged(&self, files: &[IndexId]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        merge_staged(&tx, files)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// A refresh that failed half-way (an index file vanished mid-read) left staged rows and
     /// pack rows of files it never recorded: drop them, so no pack is listed by a file the
     /// catalog does not know.
-    fn discard_partial_loads(&self) -> Result<()> {
+    pub fn discard_partial_loads(&self) -> Result<()> {
         Ok(self.conn().execute_batch(
             "DELETE FROM staged_blobs;
              DELETE FROM pack_files WHERE file NOT IN (SELECT id FROM index_files);
@@ -292,32 +269,8 @@ impl Catalog {
         Ok(())
     }
 
-    async fn refresh_snapshots(&self, backend: &Backend, key: &MasterKey) -> Result<()> {
-        let listed = listed_ids(backend, keys::SNAPSHOTS, SnapshotId::from_hex).await?;
-        let known = self.known_ids::<SnapshotId>("SELECT id FROM snapshots")?;
-        for gone in known.difference(&listed) {
-            self.conn().execute("DELETE FROM snapshots WHERE id = ?1", [&gone.0[..]])?;
-        }
-        let missing: Vec<SnapshotId> = listed.difference(&known).copied().collect();
-        let mut loaded = futures::stream::iter(missing)
-            .map(|id| async move {
-                match crate::repo::read_snapshot(backend, key, &id).await {
-                    Ok(snapshot) => Ok(Some((id, snapshot))),
-                    // Forgotten between the listing and the read.
-                    Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(None),
-                    Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
-                        self.skip_damaged(keys::snapshot(&id), &e);
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                }
-            })
-            .buffer_unordered(8);
-        while let Some(found) = loaded.try_next().await? {
-            if let Some((id, snapshot)) = found {
-                self.add_snapshot(&id, &snapshot)?;
-            }
-        }
+    pub fn remove_snapshot(&self, id: &SnapshotId) -> Result<()> {
+        self.conn().execute("DELETE FROM snapshots WHERE id = ?1", [&id.0[..]])?;
         Ok(())
     }
 
@@ -344,13 +297,12 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Where to read a blob: of its copies, the newest outside packs a removal may delete.
+    /// Where to read a blob: the newest of its copies.
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         Ok(self.locations(id)?.into_iter().next())
     }
 
-    /// Every copy of a blob, best first: copies outside packs a removal may delete, then
-    /// the newest (highest catalog row) first.
+    /// Every copy of a blob, the newest (highest catalog row) first.
     pub fn locations(&self, id: &BlobId) -> Result<Vec<BlobLocation>> {
         let rows = {
             let conn = self.reader();
@@ -387,29 +339,7 @@ impl Catalog {
                 },
             });
         }
-        if out.len() > 1 {
-            let excluded = self.excluded.read().unwrap_or_else(|p| p.into_inner());
-            if !excluded.is_empty() {
-                // Stable: the newest first within each group.
-                out.sort_by_key(|l| excluded.contains(&l.pack));
-            }
-        }
         Ok(out)
-    }
-
-    /// Do not let new snapshots reuse blobs stored in these packs.
-    pub fn exclude_packs(&self, packs: impl IntoIterator<Item = PackId>) {
-        self.excluded.write().unwrap_or_else(|p| p.into_inner()).extend(packs);
-    }
-
-    /// Whether any pack is excluded from reuse.
-    pub fn has_exclusions(&self) -> bool {
-        !self.excluded.read().unwrap_or_else(|p| p.into_inner()).is_empty()
-    }
-
-    /// Whether a removal may delete the pack (see [`Catalog::exclude_packs`]).
-    pub fn is_excluded(&self, pack: &PackId) -> bool {
-        self.excluded.read().unwrap_or_else(|p| p.into_inner()).contains(pack)
     }
 
     /// Remember that writing session `session` relies on `ids`, on disk (a temporary
@@ -445,22 +375,6 @@ impl Catalog {
     pub fn forget_reused(&self, session: u64) -> Result<()> {
         self.conn().execute("DELETE FROM temp.session_reused WHERE session = ?1", params![session as i64])?;
         Ok(())
-    }
-
-    /// Whether a blob is indexed in a pack that new snapshots may rely on.
-    pub fn contains_reusable(&self, id: &BlobId) -> Result<bool> {
-        let excluded = self.excluded.read().unwrap_or_else(|p| p.into_inner());
-        if excluded.is_empty() {
-            return self.contains(id);
-        }
-        let copies = self.copies(id)?;
-        if copies.iter().any(|p| !excluded.contains(p)) {
-            return Ok(true);
-        }
-        if !copies.is_empty() {
-            crate::repo::gc::count_excluded(1);
-        }
-        Ok(false)
     }
 
     /// Every pack the index places a copy of the blob in.
@@ -518,7 +432,7 @@ impl Catalog {
     }
 
     /// Run `f` on the catalog's connection: for a removal run's temporary tables
-    /// (`repo::gcsets`). Do not call other catalog methods from inside `f`.
+    /// (`repo::gc::sets`). Do not call other catalog methods from inside `f`.
     pub(crate) fn with_conn<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
         f(&self.conn())
     }
@@ -729,15 +643,6 @@ impl FromSlice for SnapshotId {
     }
 }
 
-/// The ids of the objects listed under `prefix` (names that are not ids are ignored).
-async fn listed_ids<T: Eq + std::hash::Hash>(
-    backend: &Backend,
-    prefix: &str,
-    parse: fn(&str) -> Result<T>,
-) -> Result<HashSet<T>> {
-    Ok(backend.list(prefix).await?.iter().filter_map(|o| parse(keys::name(&o.key)).ok()).collect())
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -758,7 +663,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn every_copy_is_recorded_and_lookups_prefer_copies_a_removal_keeps() {
+    fn every_copy_is_recorded_and_lookups_prefer_the_newest() {
         let catalog = Catalog::open(None).unwrap();
         let (shared, only_a) = (BlobId::random(), BlobId::random());
         let a = pack(&[(shared, 10), (only_a, 20)]);
@@ -771,12 +676,6 @@ pub(crate) mod tests {
         expected.sort();
         assert_eq!(copies, expected, "both copies are recorded");
         assert_eq!(catalog.lookup(&shared).unwrap().unwrap().pack, b.id, "the copy recorded last wins");
-        catalog.exclude_packs([b.id]);
-        assert_eq!(catalog.lookup(&shared).unwrap().unwrap().pack, a.id, "a copy outside marked packs wins");
-        assert!(catalog.contains_reusable(&shared).unwrap());
-        catalog.exclude_packs([a.id]);
-        assert!(!catalog.contains_reusable(&shared).unwrap(), "every copy is in a marked pack");
-        assert!(!catalog.contains_reusable(&only_a).unwrap());
         assert_eq!(catalog.totals().unwrap().0, 2, "stats count distinct blobs");
         assert_eq!(catalog.entry_count().unwrap(), 3, "index entries count every copy");
     }

@@ -16,7 +16,9 @@ macro_rules! id_type {
         impl $name {
             /// A fresh random id.
             pub fn random() -> Self {
-                $name(crate::crypto::random_bytes())
+                let mut bytes = [0u8; 32];
+                getrandom::getrandom(&mut bytes).expect("the operating system's random source failed");
+                $name(bytes)
             }
             pub fn as_bytes(&self) -> &[u8; 32] {
                 &self.0

@@ -25,7 +25,7 @@ use crate::id::{KeyId, SnapshotId};
 use crate::object;
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
 use crate::ops::restore::{consume_stream, includes, selected, ChannelReader, RestoreStats};
-use crate::ops::Cancel;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
 use crate::repo::Repository;
@@ -484,7 +484,7 @@ pub async fn restore_secrets(
                 tar::EntryType::Symlink => {
                     let link = entry.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default();
                     let path = beneath.display(&rel);
-                    if crate::ops::archive::link_escapes(&rel, &link) {
+                    if crate::beneath::link_escapes(&rel, &link) {
                         stats.warnings.push(format!(
                             "{}: symlink to {:?} points outside {}; not created",
                             path.display(),

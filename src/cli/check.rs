@@ -71,7 +71,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
     let mut report = report?;
     if read_data != ReadData::None {
         // The secrets' inner layer needs the catalog (their content is read like a restore).
-        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        repo.refresh().await?;
         // A secrets password given to a repository without a compartment opens nothing:
         // there is nothing to check with it.
         let secrets = match cairn::secrets::exists(&repo).await? {
@@ -81,7 +81,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         check::check_secrets(&repo, secrets.as_ref(), &mut report).await?;
     }
     if let Some(path) = &args.metrics_file {
-        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        repo.refresh().await?;
         let coverage = cairn::ops::coverage::Coverage::load(repo.backend(), repo.key()).await?;
         let packs: Vec<_> = repo.catalog().packs()?.iter().map(|p| p.id).collect();
         let mut m = super::run::Metrics::default();

@@ -8,7 +8,7 @@
 
 use anyhow::{anyhow, Context as _};
 use cairn::backend::Backend;
-use cairn::ops::Cancel;
+use cairn::progress::Cancel;
 use cairn::repo::{CacheMode, InitOptions, Repository, Secret};
 use clap::Args;
 use std::io::IsTerminal;
@@ -222,7 +222,7 @@ impl Context {
     /// Open the repository.
     pub async fn open(&self) -> anyhow::Result<Repository> {
         let repo = self.open_unrefreshed().await?;
-        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        repo.refresh().await?;
         warn_damaged(&repo);
         Ok(repo)
     }
@@ -233,7 +233,7 @@ impl Context {
         let repo = self.open_unrefreshed().await?;
         let session = repo.begin_reading().await.ok();
         if session.is_none() {
-            repo.catalog().refresh(repo.backend(), repo.key()).await?;
+            repo.refresh().await?;
         }
         warn_damaged(&repo);
         Ok((repo, session))
@@ -246,7 +246,7 @@ impl Context {
         if is_default && !Path::new(&url).join("config").exists() {
             let secret = self.secret_or_default(is_default)?;
             let repo = self.create_default(&url, &secret).await?;
-            repo.catalog().refresh(repo.backend(), repo.key()).await?;
+            repo.refresh().await?;
             return Ok(repo);
         }
         self.open().await

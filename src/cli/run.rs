@@ -226,7 +226,7 @@ fn policy(r: &cairn::config::Retention) -> anyhow::Result<Policy> {
 /// snapshots forgotten and WAL files removed.
 async fn retain(repo: &Repository, source: &SourceConfig) -> anyhow::Result<(u64, u64)> {
     let Some(retention) = &source.retention else { return Ok((0, 0)) };
-    repo.catalog().refresh(repo.backend(), repo.key()).await?;
+    repo.refresh().await?;
     let policy = policy(retention)?;
     let mine: Vec<_> = repo
         .catalog()
@@ -253,7 +253,7 @@ async fn retain(repo: &Repository, source: &SourceConfig) -> anyhow::Result<(u64
     }
     let mut wal_removed = 0;
     if let (Some(within), SourceKind::PgBase) = (&retention.keep_wal_within, source.kind) {
-        repo.catalog().refresh(repo.backend(), repo.key()).await?;
+        repo.refresh().await?;
         let remaining = repo.catalog().snapshots()?;
         let wal_source = source.wal_source.as_deref().unwrap_or(&source.name);
         let within = cairn::ops::forget::parse_within(within)?;
@@ -377,7 +377,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
     let damage = check.detail.get("errors").and_then(|e| e.as_array()).is_some_and(|e| !e.is_empty())
         || prune.error.as_deref().is_some_and(|e| e.contains("prune deletes nothing"));
 
-    repo.catalog().refresh(repo.backend(), repo.key()).await?;
+    repo.refresh().await?;
     let stats = cairn::ops::stats::stats(&repo)?;
     let failed = sources.iter().any(|s| s.status == "failed")
         || prune.status == "failed"

@@ -6,7 +6,7 @@
 //! interrupts), the saver is still finished so the data that did land is indexed and the
 //! next run reuses it, but no snapshot is written.
 
-use super::Cancel;
+use crate::progress::Cancel;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::progress::Progress;

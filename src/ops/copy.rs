@@ -14,7 +14,7 @@
 //! its name, and the new snapshot is walked in the destination: every blob it references
 //! must be indexed there.
 
-use super::Cancel;
+use crate::progress::Cancel;
 use crate::backend::keys;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
@@ -58,7 +58,7 @@ pub async fn adopt_orphans(repo: &Repository, dry_run: bool) -> Result<u64> {
     for object in repo.backend().list(keys::DATA).await? {
         let Ok(id) = PackId::from_hex(keys::name(&object.key)) else { continue };
         // Packs a removal marked are left to it.
-        if indexed.contains(&id) || repo.catalog().is_excluded(&id) {
+        if indexed.contains(&id) || repo.exclusions().contains(&id) {
             continue;
         }
         let Ok(bytes) = repo.backend().get(&object.key).await else { continue };
@@ -157,7 +157,7 @@ async fn copy_one(
     copy.parent = None;
     copy.meta.insert("copied_from".into(), serde_json::Value::String(from));
     let mut needed = HashSet::new();
-    crate::repo::gc::referenced_blobs(dst, &copy, &mut needed).await?;
+    crate::repo::walk::referenced_blobs(dst, &copy, &mut needed).await?;
     if let Some(missing) = needed.iter().find(|b| !dst.catalog().contains(b).unwrap_or(false)) {
         return Err(Error::corrupt(format!(
             "copy of snapshot {} is incomplete: blob {missing} is not in {}; nothing was committed",

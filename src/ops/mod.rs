@@ -15,34 +15,7 @@ pub mod sqlite;
 pub mod stats;
 pub mod walexpiry;
 
-use crate::error::{Error, Result};
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-/// A cancellation flag, set from a signal handler and polled by long operations.
-#[derive(Clone, Default, Debug)]
-pub struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
-    }
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-    /// `Err(Cancelled)` once the flag is set.
-    pub fn check(&self) -> Result<()> {
-        if self.is_set() {
-            Err(Error::cancelled())
-        } else {
-            Ok(())
-        }
-    }
-}
 
 /// A command for a program cairn runs (a producer, `pg_dump`, `psql`, a password
 /// command), with none of cairn's secrets in its environment: every `CAIRN_*` variable

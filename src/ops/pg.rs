@@ -8,7 +8,7 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::backup::{self, BackupOptions, BackupResult};
-use crate::ops::Cancel;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::Repository;
 use crate::snapshot::SnapshotFile;

@@ -66,7 +66,7 @@ async fn repair_in_session(repo: &Repository, dry_run: bool) -> Result<RepairInd
     let mut added = Vec::new();
     for id in catalog.files_listing(&missing)? {
         let file = crate::repo::read_index(backend, key, &id).await?;
-        if file.packs.iter().any(|p| catalog.is_excluded(&p.id)) {
+        if file.packs.iter().any(|p| repo.exclusions().contains(&p.id)) {
             report.skipped_files.push(id);
             continue;
         }

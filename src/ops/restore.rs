@@ -1181,7 +1181,7 @@ fn symlink_allowed(
     confine: bool,
     stats: &mut RestoreStats,
 ) -> bool {
-    if confine && super::archive::link_escapes(rel, link) {
+    if confine && crate::beneath::link_escapes(rel, link) {
         stats.warnings.push(format!(
             "{}: symlink to {:?} points outside {}; not created",
             path.display(),

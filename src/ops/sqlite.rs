@@ -11,7 +11,7 @@
 //! new file into place.
 
 use super::backup::{self, BackupOptions, BackupResult, Root};
-use super::Cancel;
+use crate::progress::Cancel;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;

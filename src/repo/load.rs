@@ -27,13 +27,17 @@ const MAX_GROUP_PLAIN: u64 = 2 << 20;
 impl Repository {
     /// Where a blob is, or a `Corrupt` error naming it.
     pub fn locate(&self, id: &BlobId) -> Result<BlobLocation> {
-        self.catalog().lookup(id)?.ok_or_else(|| not_indexed(id))
+        let mut locations = self.catalog().locations(id)?;
+        self.exclusions().prefer_kept(&mut locations);
+        locations.into_iter().next().ok_or_else(|| not_indexed(id))
     }
 
     /// Fetch, decrypt and verify one blob. Metadata packs are fetched whole on first use
     /// and kept in a bounded cache: a walk over thousands of trees costs a few reads.
     pub async fn load_blob(&self, id: &BlobId) -> Result<Vec<u8>> {
-        let mut locations = self.catalog().locations(id)?.into_iter().peekable();
+        let mut locations = self.catalog().locations(id)?;
+        self.exclusions().prefer_kept(&mut locations);
+        let mut locations = locations.into_iter().peekable();
         // A copy's pack may have been removed since the catalog was read: try the next.
         while let Some(location) = locations.next() {
             match self.load_located(location).await {

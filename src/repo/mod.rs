@@ -7,9 +7,11 @@
 //! and [`load::ContentReader`].
 
 pub mod gc;
-pub mod gcsets;
 pub mod keys;
 pub mod load;
+pub mod refresh;
+pub mod reuse;
+pub mod walk;
 pub mod saver;
 
 use crate::backend::{keys as objkeys, Backend, WriteMode};
@@ -93,6 +95,8 @@ pub struct Repository {
     key: MasterKey,
     config: RepoConfig,
     catalog: Arc<Catalog>,
+    /// Packs of pending removals this process saw: not reused, not read first.
+    exclusions: Arc<reuse::Exclusions>,
     /// The key slot that opened the repository, if a password did.
     key_slot: Option<KeyId>,
     meta_cache: load::MetaCache,
@@ -279,7 +283,7 @@ impl Repository {
     /// Open an existing repository and refresh its catalog.
     pub async fn open(backend: Backend, secret: &Secret, cache: &CacheMode) -> Result<Self> {
         let repo = Self::open_unrefreshed(backend, secret, cache).await?;
-        repo.catalog.refresh(&repo.backend, &repo.key).await?;
+        repo.refresh().await?;
         Ok(repo)
     }
 
@@ -360,6 +364,7 @@ impl Repository {
             key,
             config,
             catalog,
+            exclusions: Default::default(),
             key_slot,
             meta_cache: Default::default(),
             gc_check_interval: GC_CHECK_INTERVAL,
@@ -388,9 +393,9 @@ impl Repository {
             false => gc::Session::begin(&self.backend, &self.key).await?,
         };
         for name in &session.start().pending {
-            self.catalog.exclude_packs(gc::read_candidates(&self.backend, &self.key, name).await?.packs);
+            self.exclusions.exclude(gc::read_candidates(&self.backend, &self.key, name).await?.packs);
         }
-        self.catalog.refresh(&self.backend, &self.key).await?;
+        self.refresh().await?;
         Ok(session)
     }
 
@@ -424,6 +429,16 @@ impl Repository {
     }
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// Packs of pending removals this process saw (see [`reuse`]).
+    pub fn exclusions(&self) -> &Arc<reuse::Exclusions> {
+        &self.exclusions
+    }
+
+    /// Bring the catalog up to date with the repository; returns whether the index changed.
+    pub async fn refresh(&self) -> Result<bool> {
+        refresh::refresh(&self.catalog, &self.backend, &self.key).await
     }
     pub fn key_slot(&self) -> Option<KeyId> {
         self.key_slot

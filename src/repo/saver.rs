@@ -70,6 +70,7 @@ struct Shared {
     /// entry, so filling a pack never reallocates (and never doubles) its buffer.
     pack_capacity: usize,
     catalog: Arc<Catalog>,
+    exclusions: Arc<super::reuse::Exclusions>,
     /// Blobs claimed this session and not yet in the catalog. The uploader removes ids
     /// once their index file is recorded in the catalog, so this stays bounded.
     seen: Arc<Mutex<HashSet<BlobId>>>,
@@ -170,6 +171,7 @@ impl Saver {
             pack_size: repo.config().pack_size as usize,
             pack_capacity: (repo.config().pack_size + repo.config().chunker.max_size) as usize + (256 << 10),
             catalog: repo.catalog().clone(),
+            exclusions: repo.exclusions().clone(),
             seen: Arc::new(Mutex::new(HashSet::new())),
             data_pack: Mutex::new(None),
             spare_buffers: Arc::new(SpareBuffers::new(SPARE_PACKS)),
@@ -227,7 +229,7 @@ impl Saver {
         if seen.contains(id) {
             return Ok(false);
         }
-        if self.shared.catalog.contains_reusable(id)? {
+        if self.shared.exclusions.reusable(&self.shared.catalog, id)? {
             drop(seen);
             self.note_reused([*id])?;
             return Ok(false);
@@ -244,12 +246,12 @@ impl Saver {
     pub fn reuse(&self, ids: &[BlobId], depth: u8) -> Result<bool> {
         self.watch_removals()?;
         let _gate = self.shared.watch.gate.read().unwrap_or_else(|p| p.into_inner());
-        if self.shared.catalog.has_exclusions() {
+        if self.shared.exclusions.any() {
             if depth > 0 {
                 return Ok(false);
             }
             for id in ids {
-                if !self.shared.catalog.contains_reusable(id)? {
+                if !self.shared.exclusions.reusable(&self.shared.catalog, id)? {
                     return Ok(false);
                 }
             }
@@ -288,11 +290,11 @@ impl Saver {
             (state.generation, state.known_sets.clone())
         };
         let key = &self.shared.key;
-        let view = watch.runtime.block_on(super::gc::read_view(&watch.backend, key))?;
+        let view = watch.runtime.block_on(super::gc::state::read_view(&watch.backend, key))?;
         if view.generation == generation {
             return Ok(());
         }
-        let sets = watch.runtime.block_on(super::gc::sets_since(
+        let sets = watch.runtime.block_on(super::gc::writer::sets_since(
             &watch.backend,
             key,
             watch.session.start(),
@@ -302,7 +304,7 @@ impl Saver {
             let doomed: HashSet<BlobId> = set.doomed.iter().copied().collect();
             let (mut reused, stashed): (Vec<BlobId>, bool) = {
                 let _gate = watch.gate.write().unwrap_or_else(|p| p.into_inner());
-                self.shared.catalog.exclude_packs(set.packs.iter().copied());
+                self.shared.exclusions.exclude(set.packs.iter().copied());
                 let state = watch.state.lock().unwrap_or_else(|p| p.into_inner());
                 (state.reused.iter().filter(|b| doomed.contains(b)).copied().collect(), state.stashed)
             };
@@ -315,10 +317,11 @@ impl Saver {
                 let mine = watch.my_packs.lock().unwrap_or_else(|p| p.into_inner());
                 set.packs.iter().filter(|p| mine.contains(p)).copied().collect()
             };
-            let copies = watch.runtime.block_on(super::gc::salvage(
+            let copies = watch.runtime.block_on(super::gc::writer::salvage(
                 &watch.backend,
                 key,
                 &self.shared.catalog,
+                &self.shared.exclusions,
                 &doomed,
                 &reused,
                 &own,
@@ -443,7 +446,7 @@ impl Saver {
 
     /// Store a blob even if this session stored it already (its pack is being removed).
     fn store_copy(&self, kind: BlobKind, id: BlobId, bytes: Vec<u8>) -> Result<()> {
-        super::gc::count_copied(1);
+        super::reuse::count_copied(1);
         self.store_claimed(kind, id, bytes)
     }
 

@@ -11,7 +11,7 @@ use super::glob::Glob;
 use crate::chunker::Chunker;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
-use crate::ops::Cancel;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::repo::Repository;

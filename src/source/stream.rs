@@ -2,7 +2,7 @@
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
-use crate::ops::Cancel;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::snapshot::{Content, ContentBuilder};

@@ -6,7 +6,7 @@ use super::sparse::Sparse;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
-use crate::ops::Cancel;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};

@@ -6,7 +6,7 @@ use cairn::crypto::KdfParams;
 use cairn::ops::backup::{backup_stream, BackupOptions};
 use cairn::ops::check::{check, ReadData};
 use cairn::ops::restore::restore_stream;
-use cairn::ops::Cancel;
+use cairn::progress::Cancel;
 use cairn::progress::Silent;
 use cairn::repo::{CacheMode, InitOptions, Repository, Secret};
 use object_store::memory::InMemory;

@@ -9,6 +9,7 @@ mod faults;
 mod forget;
 mod harness;
 mod inputs;
+mod layers;
 mod model;
 mod pg;
 mod races;

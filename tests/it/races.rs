@@ -10,7 +10,7 @@ use cairn::error::ErrorKind;
 use cairn::ops::backup::{backup_stream, BackupOptions};
 use cairn::ops::check::{check, ReadData};
 use cairn::ops::restore::restore_stream;
-use cairn::ops::Cancel;
+use cairn::progress::Cancel;
 use cairn::progress::Silent;
 use cairn::repo::gc;
 use cairn::repo::{CacheMode, InitOptions, Repository, Secret};
@@ -79,7 +79,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
     // with a fixed 16, then 24, some loaded runs saw none at all (the race went
     // unexercised, not lost: every safety check passed).
     for round in 0..64u64 {
-        let exercised = rescued_packs + gc::copied_blobs() + gc::excluded_hits() + failed_cleanly > 0;
+        let exercised = rescued_packs + cairn::repo::reuse::copied_blobs() + cairn::repo::reuse::excluded_hits() + failed_cleanly > 0;
         if round >= 24 && exercised {
             break;
         }
@@ -181,7 +181,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
         restore_stream(&repo, snapshot.content.as_ref().unwrap(), &mut out, &Silent).await.unwrap();
         assert!(out == committed[&id.to_hex()], "snapshot {id} restores byte-exact");
     }
-    let (copied, excluded) = (gc::copied_blobs(), gc::excluded_hits());
+    let (copied, excluded) = (cairn::repo::reuse::copied_blobs(), cairn::repo::reuse::excluded_hits());
     eprintln!(
         "{collects} collects: {deleted_packs} packs deleted, {rescued_packs} rescued, {copied} blobs copied by writers, \
          {excluded} marked blobs stored afresh, \
@@ -371,10 +371,10 @@ async fn a_sweep_waits_until_every_live_writer_acknowledged_the_mark() {
         assert_eq!(again.deleted_packs, 0, "still waiting: {again:?}");
         assert!(again.waiting_packs >= 3, "{again:?}");
     }
-    let before = gc::copied_blobs();
+    let before = cairn::repo::reuse::copied_blobs();
     go.send(()).unwrap();
     task.await.unwrap().unwrap();
-    assert!(gc::copied_blobs() > before, "the writer copied what it relied on out of the marked packs");
+    assert!(cairn::repo::reuse::copied_blobs() > before, "the writer copied what it relied on out of the marked packs");
     let swept = collect(&store).await;
     assert!(swept.deleted_packs >= 3, "acknowledged, then swept: {swept:?}");
     restores(&store, &whole).await;

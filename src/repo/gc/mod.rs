@@ -23,7 +23,9 @@
 //! are never marked; an error that means another remover got there first is `Locked`
 //! (exit 11), damage is `Corrupt` (exit 13) and stops the run before any delete.
 
-use super::gcsets::{walk_all, BlobSink, NeededSink, Sets};
+use sets::{walk_all, NeededSink, Sets};
+use crate::repo::walk::referenced_blobs;
+use state::{advance, write_sealed, CANDIDATES};
 use super::Repository;
 use crate::backend::{keys, Backend, WriteMode};
 use crate::crypto::MasterKey;
@@ -31,173 +33,23 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::index::IndexFile;
 use crate::object;
-use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
-use serde::{Deserialize, Serialize};
+use crate::snapshot::SnapshotFile;
+use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+mod commit;
 mod repack;
 pub mod session;
-mod writer;
+pub mod sets;
+pub mod state;
+pub mod writer;
 use repack::{consolidate, repack, repack_candidates};
 pub use session::Session;
-pub use writer::{confirm, guard, salvage, sets_since};
+pub use state::{read_candidates, read_view, CandidateSet, GcView, GC_MAGIC};
+pub use commit::{confirm, guard};
+pub use writer::{salvage, sets_since};
 
-pub const GC_MAGIC: &[u8; 8] = b"CAIRNgc1";
-const GENERATIONS: &str = "gc/gen/";
-const CANDIDATES: &str = "gc/cand/";
-
-/// Blobs writers in this process copied out of packs a removal had marked.
-static COPIED_BLOBS: AtomicU64 = AtomicU64::new(0);
-/// Blobs writers in this process stored again rather than reuse them from marked packs.
-static EXCLUDED_HITS: AtomicU64 = AtomicU64::new(0);
-
-pub fn copied_blobs() -> u64 {
-    COPIED_BLOBS.load(Ordering::Relaxed)
-}
-
-pub fn excluded_hits() -> u64 {
-    EXCLUDED_HITS.load(Ordering::Relaxed)
-}
-
-pub(crate) fn count_copied(n: u64) {
-    COPIED_BLOBS.fetch_add(n, Ordering::Relaxed);
-}
-
-pub(crate) fn count_excluded(n: u64) {
-    EXCLUDED_HITS.fetch_add(n, Ordering::Relaxed);
-}
-
-/// One GC generation: `gc/gen/<20-digit n>`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct GcView {
-    pub generation: u64,
-    /// Object names of candidate sets marked and not yet swept.
-    pub pending: Vec<String>,
-}
-
-/// A candidate set: `gc/cand/<20-digit generation>-<random>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CandidateSet {
-    pub generation: u64,
-    pub packs: Vec<PackId>,
-    /// Blobs every copy of which is in `packs`.
-    pub doomed: Vec<BlobId>,
-    /// Snapshots that existed when the set was marked.
-    pub snapshots: Vec<SnapshotId>,
-    /// Packs found unreferenced for the first time: the next mark may pick them if they
-    /// still are. A pack is marked only when two marks in a row find it unreferenced, so a
-    /// writer's fresh packs survive unless it spans three removal runs (liveness only:
-    /// safety does not depend on it).
-    #[serde(default)]
-    pub watch: Vec<PackId>,
-}
-
-fn generation_key(n: u64) -> String {
-    format!("{GENERATIONS}{n:020}")
-}
-
-fn generation_of(name: &str) -> Option<u64> {
-    keys::name(name).split('-').next()?.parse().ok()
-}
-
-/// The current generation (generation 0, nothing pending, before the first removal).
-pub async fn read_view(backend: &Backend, key: &MasterKey) -> Result<GcView> {
-    let newest = backend.list(GENERATIONS).await?.iter().filter_map(|o| generation_of(&o.key)).max();
-    let Some(n) = newest else { return Ok(GcView::default()) };
-    let name = generation_key(n);
-    let view: GcView = read_sealed(backend, key, &name).await?;
-    if view.generation != n {
-        return Err(Error::corrupt(format!("{name} claims generation {}", view.generation)));
-    }
-    Ok(view)
-}
-
-pub(super) async fn read_sealed<T: serde::de::DeserializeOwned>(
-    backend: &Backend,
-    key: &MasterKey,
-    name: &str,
-) -> Result<T> {
-    let bytes = backend.get(name).await?;
-    let plain = object::open(key, GC_MAGIC, name, &bytes)?;
-    serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not valid: {e}")))
-}
-
-pub(super) async fn write_sealed<T: Serialize>(
-    backend: &Backend,
-    key: &MasterKey,
-    name: &str,
-    value: &T,
-    mode: WriteMode,
-) -> Result<()> {
-    let sealed = object::seal(key, GC_MAGIC, &serde_json::to_vec(value).expect("gc objects serialize"));
-    backend.put(name, sealed.into(), mode).await
-}
-
-/// Create the generation after `from`; fails with `Locked` if another remover got there first.
-async fn advance(backend: &Backend, key: &MasterKey, from: &GcView, pending: Vec<String>) -> Result<GcView> {
-    let next = GcView { generation: from.generation + 1, pending };
-    match write_sealed(backend, key, &generation_key(next.generation), &next, WriteMode::Create).await {
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(Error::new(
-            ErrorKind::Locked,
-            format!(
-                "another removal moved {} to GC generation {} first; it is doing this work, so this run stops (run it again later)",
-                backend.location(),
-                next.generation
-            ),
-        )),
-        other => other.map(|_| next),
-    }
-}
-
-pub async fn read_candidates(backend: &Backend, key: &MasterKey, name: &str) -> Result<CandidateSet> {
-    read_sealed(backend, key, name).await
-}
-
-/// Every blob a snapshot references: its trees, stream nodes and data blobs. Metadata
-/// blobs the sink has seen before are not walked again (their children were recorded).
-pub async fn referenced_blobs<S: BlobSink + Send>(
-    repo: &Repository,
-    snapshot: &SnapshotFile,
-    out: &mut S,
-) -> Result<()> {
-    let mut trees: Vec<BlobId> = snapshot.tree.into_iter().collect();
-    let mut contents: Vec<Content> = snapshot.content.iter().cloned().collect();
-    loop {
-        // Each tree's file contents are walked before the next tree is read, so memory
-        // holds one directory's files and the pending subtrees, not a snapshot's files.
-        if let Some(content) = contents.pop() {
-            let mut stack = vec![(content.depth, content.entries)];
-            while let Some((depth, entries)) = stack.pop() {
-                for entry in entries {
-                    if depth == 0 {
-                        out.data(entry.0)?;
-                        continue;
-                    }
-                    if !out.node(entry.0)? {
-                        continue;
-                    }
-                    let (d, children) = decode_node(&repo.load_blob(&entry.0).await?)?;
-                    stack.push((d, children));
-                }
-            }
-        } else if let Some(id) = trees.pop() {
-            if !out.node(id)? {
-                continue;
-            }
-            let tree = Tree::decode(&repo.load_blob(&id).await?).map_err(|e| e.context(format!("tree {id}")))?;
-            let mut nodes = tree.nodes;
-            while let Some(node) = nodes.pop() {
-                trees.extend(node.subtree);
-                contents.extend(node.content);
-                nodes.extend(node.tree.into_iter().flat_map(|t| t.nodes));
-            }
-        } else {
-            return Ok(());
-        }
-    }
-}
 
 /// What a removal run did.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -390,7 +242,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
     // it was written, and every indexed pack was stored before its index file, so a blob
     // missing from what is read later is real damage, not a writer caught half-way.
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
-    catalog.refresh(backend, key).await?;
+    crate::repo::refresh::refresh(catalog, backend, key).await?;
     refuse_damage(catalog)?;
     let mut stored = list_packs(backend).await?;
     surveyed.writing = session::present(backend, key, own.map(|s| s.id())).await?;
@@ -445,7 +297,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
 
     // Step 6: repack, against the state after the sweep (in a dry run: as it would be,
     // the swept packs counted as gone), and the snapshots listed after the fence.
-    let index_changed = !dry_run && catalog.refresh(backend, key).await?;
+    let index_changed = !dry_run && crate::repo::refresh::refresh(catalog, backend, key).await?;
     if index_changed || !doomed_packs.is_empty() {
         sets.assign(&stored_size)?;
     }
@@ -457,7 +309,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
             let rows: HashSet<i64> = chosen.iter().filter_map(|p| sets.row_of(&p.id)).collect();
             sets.keep_homed(&rows)?;
             report.repack_added_bytes = repack(repo, own, &chosen, &sets).await?;
-            catalog.refresh(backend, key).await?;
+            crate::repo::refresh::refresh(catalog, backend, key).await?;
             stored = list_packs(backend).await?;
             stored_size = stored.iter().map(|(id, (size, _))| (*id, *size)).collect();
             sets.assign(&stored_size)?;
@@ -707,7 +559,7 @@ async fn sweep_again(
     let (surveyed, dead) = survey(repo, options, own.map(|s| s.id()), now_ms).await?;
     report.dead_sessions.extend(dead);
     let snapshots = list_snapshots(repo).await.map_err(damage)?;
-    catalog.refresh(backend, key).await?;
+    crate::repo::refresh::refresh(catalog, backend, key).await?;
     refuse_damage(catalog)?;
     let mut stored = list_packs(backend).await?;
     let (ready, waiting) = pending_sets(backend, key, &fence, &surveyed).await?;

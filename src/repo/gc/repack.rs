@@ -2,14 +2,14 @@
 //! (docs/format.md §17.2). Both write before they delete, so an interrupted run leaves
 //! every blob and every index entry in place.
 
-use super::Session;
+use super::session::Session;
 use crate::backend::{keys, Backend, WriteMode};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId};
 use crate::index::IndexFile;
 use crate::object;
-use crate::repo::gcsets::{PackStat, Sets};
+use super::sets::{PackStat, Sets};
 use crate::repo::Repository;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

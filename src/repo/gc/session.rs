@@ -21,7 +21,7 @@
 //! modification time and that of the remover's probe object), never between the clocks
 //! of two machines.
 
-use super::{read_sealed, write_sealed, GcView};
+use super::state::{read_sealed, write_sealed, GcView};
 use crate::backend::{Backend, WriteMode};
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
@@ -140,7 +140,7 @@ impl Session {
                 ))
             }
         };
-        let start = super::read_view(backend, key).await?;
+        let start = super::state::read_view(backend, key).await?;
         record.started_ms = Some(started_ms);
         record.acked = (!reader).then_some(start.generation);
         let inner = Arc::new(Inner {

@@ -8,7 +8,8 @@
 //! (a few dozen bytes for each 16 MiB pack) and SQLite's page caches (16 MiB each for
 //! the catalog and its temporary tables).
 
-use super::Repository;
+use crate::repo::walk::{referenced_blobs, BlobSink};
+use crate::repo::Repository;
 use crate::catalog::Catalog;
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
@@ -16,26 +17,6 @@ use crate::id::{BlobId, PackId};
 use crate::pack::PackEntry;
 use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet};
-
-/// Where a walk of snapshots records the blobs it finds.
-pub trait BlobSink {
-    /// A data blob.
-    fn data(&mut self, id: BlobId) -> Result<()>;
-    /// A metadata blob (a tree or a stream node); false if recorded before, in which case
-    /// its children were recorded too and the walk skips them.
-    fn node(&mut self, id: BlobId) -> Result<bool>;
-}
-
-impl BlobSink for HashSet<BlobId> {
-    fn data(&mut self, id: BlobId) -> Result<()> {
-        self.insert(id);
-        Ok(())
-    }
-
-    fn node(&mut self, id: BlobId) -> Result<bool> {
-        Ok(self.insert(id))
-    }
-}
 
 const TABLES: &str = "
 CREATE TEMP TABLE IF NOT EXISTS gc_staged (id BLOB NOT NULL);
@@ -406,7 +387,7 @@ pub async fn walk_all(
     sets: &mut Sets<'_>,
 ) -> Result<()> {
     for (id, snapshot) in snapshots {
-        super::gc::referenced_blobs(repo, snapshot, &mut sets.sink())
+        referenced_blobs(repo, snapshot, &mut sets.sink())
             .await
             .map_err(|e| e.context(format!("snapshot {} ({} {})", id.short(), snapshot.kind, snapshot.name)))?;
     }
