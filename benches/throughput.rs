@@ -9,8 +9,8 @@ use cairn::catalog::Catalog;
 use cairn::chunker::{Chunker, ChunkerParams};
 use cairn::crypto::{KdfParams, MasterKey};
 use cairn::id::{BlobId, IndexId, PackId};
-use cairn::index::{IndexFile, IndexPack};
-use cairn::pack::{BlobKind, PackEntry};
+use cairn::format::index::{IndexFile, IndexPack};
+use cairn::format::pack::{BlobKind, PackEntry};
 use std::time::Instant;
 
 fn data(len: usize) -> Vec<u8> {

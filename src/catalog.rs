@@ -11,9 +11,9 @@
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::IndexFile;
-use crate::pack::{BlobKind, PackEntry};
-use crate::snapshot::SnapshotFile;
+use crate::format::index::IndexFile;
+use crate::format::pack::{BlobKind, PackEntry};
+use crate::format::snapshot::SnapshotFile;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -646,7 +646,7 @@ impl FromSlice for SnapshotId {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::index::IndexPack;
+    use crate::format::index::IndexPack;
 
     /// A pack listing `blobs`, each `length` bytes, laid out one after another.
     pub(crate) fn pack(blobs: &[(BlobId, u32)]) -> IndexPack {

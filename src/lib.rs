@@ -10,7 +10,6 @@
 //!
 //! The `cairn` binary (src/cli) is the only place that prints or picks exit codes.
 
-pub mod asyncpush;
 pub mod backend;
 pub mod beneath;
 pub mod buffers;
@@ -20,19 +19,12 @@ pub mod compress;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod format;
 pub mod id;
-pub mod index;
-pub mod object;
 pub mod ops;
-pub mod pack;
-pub mod prefetch;
+pub mod pg;
 pub mod progress;
 pub mod repo;
-pub mod secrets;
-pub mod snapshot;
 pub mod source;
-pub mod timeline;
-pub mod wal;
-pub mod wire;
 
 pub use error::{Error, ErrorKind, Result};

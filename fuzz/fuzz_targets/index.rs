@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = cairn::index::IndexFile::decode(data);
+    let _ = cairn::format::index::IndexFile::decode(data);
 });

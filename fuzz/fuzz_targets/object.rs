@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let key = cairn::crypto::MasterKey::from_bytes(&[7u8; 64]).unwrap();
-    for magic in [cairn::object::CONFIG_MAGIC, cairn::object::INDEX_MAGIC, cairn::object::SNAPSHOT_MAGIC] {
-        let _ = cairn::object::open(&key, magic, "fuzz", data);
+    for magic in [cairn::format::object::CONFIG_MAGIC, cairn::format::object::INDEX_MAGIC, cairn::format::object::SNAPSHOT_MAGIC] {
+        let _ = cairn::format::object::open(&key, magic, "fuzz", data);
     }
 });

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = cairn::pack::decode_header(data);
+    let _ = cairn::format::pack::decode_header(data);
     let key = cairn::crypto::MasterKey::from_bytes(&[7u8; 64]).unwrap();
-    let _ = cairn::pack::read_header(&key, "fuzz", data);
+    let _ = cairn::format::pack::read_header(&key, "fuzz", data);
 });

@@ -4,6 +4,6 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let key = cairn::secrets::SecretsKey::from_bytes(&[7u8; 64]).unwrap();
-    let _ = cairn::secrets::unseal(&key, data);
+    let key = cairn::crypto::MasterKey::from_bytes(&[7u8; 64]).unwrap();
+    let _ = cairn::format::secrets::unseal(&key, data);
 });

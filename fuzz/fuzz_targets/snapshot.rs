@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = serde_json::from_slice::<cairn::snapshot::SnapshotFile>(data);
+    let _ = serde_json::from_slice::<cairn::format::snapshot::SnapshotFile>(data);
 });

@@ -3,11 +3,11 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(tree) = cairn::snapshot::Tree::decode(data) {
+    if let Ok(tree) = cairn::format::snapshot::Tree::decode(data) {
         for node in &tree.nodes {
             let _ = node.name_bytes();
             let _ = node.target_bytes();
         }
     }
-    let _ = cairn::snapshot::decode_node(data);
+    let _ = cairn::format::snapshot::decode_node(data);
 });

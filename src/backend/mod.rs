@@ -583,34 +583,6 @@ fn error_code(text: &str) -> Option<&str> {
 }
 
 /// Repository keys of each object type.
-pub mod keys {
-    use crate::id::{IndexId, KeyId, PackId, SnapshotId};
-
-    pub const CONFIG: &str = "config";
-    pub const KEYS: &str = "keys/";
-    pub const DATA: &str = "data/";
-    pub const INDEX: &str = "index/";
-    pub const SNAPSHOTS: &str = "snapshots/";
-
-    pub fn pack(id: &PackId) -> String {
-        let hex = id.to_hex();
-        format!("data/{}/{hex}", &hex[..2])
-    }
-    pub fn index(id: &IndexId) -> String {
-        format!("index/{id}")
-    }
-    pub fn snapshot(id: &SnapshotId) -> String {
-        format!("snapshots/{id}")
-    }
-    pub fn key(id: &KeyId) -> String {
-        format!("keys/{id}")
-    }
-    /// The last path component of a listed key.
-    pub fn name(key: &str) -> &str {
-        key.rsplit('/').next().unwrap_or(key)
-    }
-}
-
 /// The blocking part of [`Backend::remove_stale_staging`].
 fn remove_stale_staging(dir: &std::path::Path, age: std::time::Duration, dry_run: bool) -> Result<u64> {
     let mut removed = 0;

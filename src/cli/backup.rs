@@ -294,8 +294,8 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
         }
         BackupCommand::Secrets(args) => {
             let secrets = ctx.require_secrets(&repo).await?;
-            let options = args.common.options(args.name, cairn::secrets::KIND.into());
-            cairn::secrets::backup_secrets(&repo, &secrets, &args.paths, &options, &ctx.cancel, progress.as_ref())
+            let options = args.common.options(args.name, cairn::ops::secrets::KIND.into());
+            cairn::ops::secrets::backup_secrets(&repo, &secrets, &args.paths, &options, &ctx.cancel, progress.as_ref())
                 .await?
         }
         BackupCommand::Tar(args) => {

@@ -3,9 +3,9 @@
 use super::context::{usage, Context};
 use super::output::print_json;
 use super::Outcome;
-use cairn::backend::keys;
+use cairn::format::layout as keys;
 use cairn::id::{BlobId, IndexId, PackId};
-use cairn::pack;
+use cairn::format::pack;
 use cairn::repo::SnapshotFilter;
 use clap::{Args, ValueEnum};
 use serde_json::json;

@@ -74,7 +74,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         repo.refresh().await?;
         // A secrets password given to a repository without a compartment opens nothing:
         // there is nothing to check with it.
-        let secrets = match cairn::secrets::exists(&repo).await? {
+        let secrets = match cairn::ops::secrets::exists(&repo).await? {
             true => ctx.open_secrets(&repo).await?,
             false => None,
         };

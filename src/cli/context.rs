@@ -188,16 +188,16 @@ impl Context {
     }
 
     /// The unlocked secrets compartment, if its password was given.
-    pub async fn open_secrets(&self, repo: &Repository) -> anyhow::Result<Option<cairn::secrets::SecretsKey>> {
+    pub async fn open_secrets(&self, repo: &Repository) -> anyhow::Result<Option<cairn::ops::secrets::SecretsKey>> {
         match self.secrets_password()? {
-            Some(password) => Ok(Some(cairn::secrets::unlock(repo, &password).await?)),
+            Some(password) => Ok(Some(cairn::ops::secrets::unlock(repo, &password).await?)),
             None => Ok(None),
         }
     }
 
     /// The unlocked secrets compartment; an error (exit 12) naming the ways to give its
     /// password if none was given.
-    pub async fn require_secrets(&self, repo: &Repository) -> anyhow::Result<cairn::secrets::SecretsKey> {
+    pub async fn require_secrets(&self, repo: &Repository) -> anyhow::Result<cairn::ops::secrets::SecretsKey> {
         self.open_secrets(repo).await?.ok_or_else(|| {
             cairn::Error::new(
                 cairn::ErrorKind::WrongPassword,
@@ -376,7 +376,7 @@ pub fn parse_size(text: &str) -> Result<u32, String> {
 /// One warning per object the catalog's refresh had to leave out.
 fn warn_damaged(repo: &Repository) {
     for (object, why) in repo.catalog().damaged() {
-        let repair = match object.starts_with("index/") {
+        let repair = match object.starts_with(cairn::format::layout::INDEX) {
             true => "run `cairn check`, then `cairn repair index`",
             false => "run `cairn check`, and restore the object from a copy of the repository if there is one",
         };

@@ -15,7 +15,7 @@ use cairn::config::{SourceConfig, SourceKind};
 use cairn::ops::sqlite::Scratch;
 use cairn::progress::Silent;
 use cairn::repo::Repository;
-use cairn::snapshot::SnapshotFile;
+use cairn::format::snapshot::SnapshotFile;
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -97,9 +97,9 @@ async fn drill_one(
         SourceKind::Secrets => {
             let key = ctx.require_secrets(repo).await?;
             let stats =
-                cairn::secrets::restore_secrets(repo, id, snapshot, Some(&key), &target, &[], Default::default())
+                cairn::ops::secrets::restore_secrets(repo, id, snapshot, Some(&key), &target, &[], Default::default())
                     .await?;
-            let (files, bytes) = cairn::secrets::verify(repo, id, snapshot, &key).await?;
+            let (files, bytes) = cairn::ops::secrets::verify(repo, id, snapshot, &key).await?;
             if (stats.files, stats.bytes) != (files, bytes) {
                 anyhow::bail!(
                     "restored {} files ({} bytes) but the sealed archive holds {files} ({bytes} bytes)",

@@ -156,7 +156,7 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
     }
     let mut forgotten = Vec::new();
     for d in plans.iter().flat_map(|p| &p.snapshots).filter(|d| !d.keep) {
-        repo.backend().delete(&cairn::backend::keys::snapshot(&d.id)).await?;
+        repo.backend().delete(&cairn::format::layout::snapshot(&d.id)).await?;
         forgotten.push(d.id);
     }
     // Snapshots first, then WAL: a crash in between leaves WAL that the next run expires.

@@ -4,7 +4,7 @@ use super::context::{password_from_command, Context};
 use super::init::kdf_params;
 use super::Outcome;
 use anyhow::{anyhow, bail, Context as _};
-use cairn::backend::keys as objkeys;
+use cairn::format::layout as objkeys;
 use cairn::id::KeyId;
 use cairn::repo::keys::{add_slot, list_slots, list_slots_at, REPOSITORY_SLOTS, SECRETS_SLOTS};
 use clap::{Args, Subcommand};
@@ -77,7 +77,7 @@ impl NewPassword {
     async fn add_slot(&self, repo: &cairn::repo::Repository) -> anyhow::Result<KeyId> {
         let params = kdf_params(self.kdf_memory_mib, self.kdf_iterations);
         let password = self.read()?;
-        cairn::secrets::refuse_compartment_password(repo, &password).await?;
+        cairn::ops::secrets::refuse_compartment_password(repo, &password).await?;
         Ok(add_slot(repo.backend(), repo.key(), password.as_bytes(), params).await?)
     }
 
@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
                      --secrets-password-command"
                 )
             })?;
-            let slot = cairn::secrets::init(&repo, &password, kdf_params(kdf_memory_mib, kdf_iterations)).await?;
+            let slot = cairn::ops::secrets::init(&repo, &password, kdf_params(kdf_memory_mib, kdf_iterations)).await?;
             ctx.info(format!(
                 "created the secrets compartment (key slot {}); its password is needed to back up, restore \
                  and fully check secrets: losing it loses them",
@@ -148,14 +148,14 @@ pub async fn run(ctx: &Context, command: KeyCommand) -> Outcome {
         KeyCommand::Add { new, secrets: true } => {
             let key = ctx.require_secrets(&repo).await?;
             let params = kdf_params(new.kdf_memory_mib, new.kdf_iterations);
-            let id = cairn::secrets::add_password(&repo, &key, &new.read()?, params).await?;
+            let id = cairn::ops::secrets::add_password(&repo, &key, &new.read()?, params).await?;
             ctx.info(format!("added secrets key slot {}", id.short()));
         }
         KeyCommand::Passwd { new, secrets: true } => {
             let key = ctx.require_secrets(&repo).await?;
             let old = key.slot.expect("a password opened the compartment");
             let params = kdf_params(new.kdf_memory_mib, new.kdf_iterations);
-            let id = cairn::secrets::add_password(&repo, &key, &new.read()?, params).await?;
+            let id = cairn::ops::secrets::add_password(&repo, &key, &new.read()?, params).await?;
             backend.delete(&format!("{}{old}", SECRETS_SLOTS.prefix)).await?;
             ctx.info(format!("changed the secrets password: key slot {} replaces {}", id.short(), old.short()));
         }

@@ -112,7 +112,7 @@ pub async fn run(ctx: &Context, args: PitrArgs) -> Outcome {
         Target::Time(t)
     } else if let Some(l) = &args.target_lsn {
         Target::Lsn(
-            cairn::wal::parse_lsn(l)
+            cairn::pg::wal::parse_lsn(l)
                 .ok_or_else(|| usage(format!("--target-lsn {l:?} is not an LSN like 0/3000060")))?,
         )
     } else if let Some(x) = &args.target_xid {

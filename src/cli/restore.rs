@@ -146,7 +146,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         }
         return Ok(0);
     }
-    if snapshot.kind == cairn::secrets::KIND {
+    if snapshot.kind == cairn::ops::secrets::KIND {
         let Some(dir) = &args.to else {
             return Err(usage(format!(
                 "snapshot {} is in the secrets compartment: restore it with --to DIR",
@@ -156,7 +156,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         // Without the compartment's password nothing is read: exit 12 before any output.
         let secrets = ctx.open_secrets(repo).await?;
         let stats =
-            cairn::secrets::restore_secrets(repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes, in_the_way)
+            cairn::ops::secrets::restore_secrets(repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes, in_the_way)
                 .await?;
         for warning in &stats.warnings {
             eprintln!("cairn: warning: {warning}");

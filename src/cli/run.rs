@@ -198,7 +198,7 @@ async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> any
         },
         SourceKind::Secrets => {
             let key = ctx.require_secrets(repo).await?;
-            cairn::secrets::backup_secrets(repo, &key, &source.paths, &options, cancel, &Silent).await?
+            cairn::ops::secrets::backup_secrets(repo, &key, &source.paths, &options, cancel, &Silent).await?
         }
         SourceKind::Command => {
             let command = source.command.as_deref().expect("validated");
@@ -246,7 +246,7 @@ async fn retain(repo: &Repository, source: &SourceConfig) -> anyhow::Result<(u64
                 anyhow::bail!("the retention would forget every snapshot of {}; nothing forgotten", source.name);
             }
             for d in plan.snapshots.iter().filter(|d| !d.keep) {
-                repo.backend().delete(&cairn::backend::keys::snapshot(&d.id)).await?;
+                repo.backend().delete(&cairn::format::layout::snapshot(&d.id)).await?;
                 forgotten += 1;
             }
         }

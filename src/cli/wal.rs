@@ -4,7 +4,7 @@ use super::context::Context;
 use super::output::{bytes, print_json};
 use super::{Exit, Outcome};
 use cairn::repo::Repository;
-use cairn::wal;
+use cairn::pg::wal;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -89,7 +89,7 @@ fn is_segment(name: &str) -> bool {
 /// Start the background process that fills the spool, unless one is running: this very
 /// command line with `--ahead`, in its own process group (the server's signals to its
 /// startup process do not reach it), detached from every stream.
-fn keep_ahead(spool: &cairn::prefetch::Spool) -> anyhow::Result<()> {
+fn keep_ahead(spool: &cairn::pg::prefetch::Spool) -> anyhow::Result<()> {
     if spool.is_served()? {
         return Ok(());
     }
@@ -114,11 +114,11 @@ fn start_background(flag: &str) -> anyhow::Result<()> {
 
 /// The pusher's verdict on `name`, waiting up to `wait` (a verdict already taken counts).
 fn spool_outcome(
-    spool: &cairn::asyncpush::PushSpool,
+    spool: &cairn::pg::asyncpush::PushSpool,
     source: &str,
     path: &std::path::Path,
     wait: std::time::Duration,
-) -> anyhow::Result<cairn::asyncpush::Outcome> {
+) -> anyhow::Result<cairn::pg::asyncpush::Outcome> {
     let name = path.display();
     spool.wait(source, path, wait).ok_or_else(|| {
         anyhow::anyhow!(
@@ -143,11 +143,11 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
             let pg_wal =
                 std::path::absolute(&args.path)?.parent().map(std::path::Path::to_path_buf).unwrap_or_default();
             let dir = args.spool.as_deref().expect("required");
-            cairn::asyncpush::run_pusher(&backend, &key, &args.source, &pg_wal, dir).await?;
+            cairn::pg::asyncpush::run_pusher(&backend, &key, &args.source, &pg_wal, dir).await?;
             Ok(0)
         }
         WalCommand::Push(args) if args.asynchronous => {
-            let spool = cairn::asyncpush::PushSpool::open(args.spool.as_deref().expect("required"))?;
+            let spool = cairn::pg::asyncpush::PushSpool::open(args.spool.as_deref().expect("required"))?;
             let name = args.path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             wal::classify(&name)?;
             // Usually the pusher has archived this file already; else start it (once) and
@@ -162,8 +162,8 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
                 }
             };
             match outcome {
-                cairn::asyncpush::Outcome::Archived => Ok(0),
-                cairn::asyncpush::Outcome::Failed(why) => Err(anyhow::anyhow!("{why}")),
+                cairn::pg::asyncpush::Outcome::Archived => Ok(0),
+                cairn::pg::asyncpush::Outcome::Failed(why) => Err(anyhow::anyhow!("{why}")),
             }
         }
         WalCommand::Push(args) => {
@@ -194,7 +194,7 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
         WalCommand::Fetch(args) if args.ahead => {
             let (backend, key) = unlock(ctx).await?;
             let dir = args.spool.as_deref().expect("required");
-            cairn::prefetch::run_ahead(&backend, &key, &args.source, dir, args.prefetch).await?;
+            cairn::pg::prefetch::run_ahead(&backend, &key, &args.source, dir, args.prefetch).await?;
             Ok(0)
         }
         WalCommand::Fetch(args) => {
@@ -203,8 +203,8 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
                 let spool = match &args.spool {
                     Some(dir) if args.prefetch > 0 && is_segment(&name) => {
                         let backend = ctx.backend(&ctx.repo_url().0, false)?;
-                        let owner = cairn::prefetch::Spool::owner(backend.location(), &args.source);
-                        cairn::prefetch::Spool::open(dir, &owner)?
+                        let owner = cairn::pg::prefetch::Spool::owner(backend.location(), &args.source);
+                        cairn::pg::prefetch::Spool::open(dir, &owner)?
                     }
                     _ => None,
                 };
@@ -246,10 +246,10 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
                 Some(s) => vec![s],
                 None => {
                     let mut names: Vec<String> = backend
-                        .list("wal/")
+                        .list(cairn::format::layout::WAL)
                         .await?
                         .iter()
-                        .filter_map(|o| o.key.strip_prefix("wal/")?.split('/').next().map(str::to_string))
+                        .filter_map(|o| o.key.strip_prefix(cairn::format::layout::WAL)?.split('/').next().map(str::to_string))
                         .collect();
                     names.sort();
                     names.dedup();

@@ -11,7 +11,7 @@ use super::restore::{
 };
 use crate::error::{Error, Result};
 use crate::repo::Repository;
-use crate::snapshot::{Content, Node, NodeKind, SnapshotFile, Tree};
+use crate::format::snapshot::{Content, Node, NodeKind, SnapshotFile, Tree};
 use crate::source::tar::{normalise, MemberRecord};
 use std::collections::HashMap;
 use std::io::Write;

@@ -12,7 +12,7 @@ use crate::id::SnapshotId;
 use crate::progress::Progress;
 use crate::repo::saver::{Saver, SaverStats};
 use crate::repo::{Repository, SnapshotFilter};
-use crate::snapshot::{Content, SnapshotFile, SnapshotStats, SNAPSHOT_VERSION};
+use crate::format::snapshot::{Content, SnapshotFile, SnapshotStats, SNAPSHOT_VERSION};
 use crate::source::files::{self, FilesOptions};
 use crate::source::stream;
 use std::collections::BTreeMap;

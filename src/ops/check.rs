@@ -9,15 +9,16 @@
 //! decrypted, decompressed and re-hashed. Each problem names the snapshot, pack or blob
 //! affected; snapshots referencing a damaged blob are named too.
 
-use crate::backend::{keys, Backend};
+use crate::backend::Backend;
+use crate::format::layout as keys;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::pack::{self, BlobKind};
+use crate::format::pack::{self, BlobKind};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
+use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 
@@ -348,19 +349,19 @@ impl Walk<'_> {
 /// compartment is unlocked, or count it as skipped when it is not.
 pub async fn check_secrets(
     repo: &Repository,
-    secrets: Option<&crate::secrets::SecretsKey>,
+    secrets: Option<&crate::ops::secrets::SecretsKey>,
     report: &mut CheckReport,
 ) -> Result<()> {
     let backend = repo.backend();
     for object in backend.list(keys::SNAPSHOTS).await? {
         let Ok(id) = SnapshotId::from_hex(keys::name(&object.key)) else { continue };
         let Ok(snapshot) = crate::repo::read_snapshot(backend, repo.key(), &id).await else { continue };
-        if snapshot.kind != crate::secrets::KIND {
+        if snapshot.kind != crate::ops::secrets::KIND {
             continue;
         }
         match secrets {
             None => report.secrets_skipped += 1,
-            Some(key) => match crate::secrets::verify(repo, &id, &snapshot, key).await {
+            Some(key) => match crate::ops::secrets::verify(repo, &id, &snapshot, key).await {
                 Ok(_) => report.secrets_verified += 1,
                 Err(e) => report.errors.push(format!("snapshot {} (secrets {}): {e}", id.short(), snapshot.name)),
             },

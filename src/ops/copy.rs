@@ -15,14 +15,14 @@
 //! must be indexed there.
 
 use crate::progress::Cancel;
-use crate::backend::keys;
+use crate::format::layout as keys;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
-use crate::pack::BlobKind;
+use crate::format::pack::BlobKind;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::repo::Repository;
-use crate::snapshot::{decode_node, Content, ContentBuilder, MetaSink, SnapshotFile, Tree};
+use crate::format::snapshot::{decode_node, Content, ContentBuilder, MetaSink, SnapshotFile, Tree};
 use serde::Serialize;
 use std::collections::HashSet;
 
@@ -65,16 +65,16 @@ pub async fn adopt_orphans(repo: &Repository, dry_run: bool) -> Result<u64> {
         if PackId(*blake3::hash(&bytes).as_bytes()) != id {
             continue;
         }
-        let Ok((salt, blobs)) = crate::pack::read_header(repo.key(), &id.to_hex(), &bytes) else { continue };
-        adopted.push(crate::index::IndexPack { id, salt, size: bytes.len() as u64, blobs });
+        let Ok((salt, blobs)) = crate::format::pack::read_header(repo.key(), &id.to_hex(), &bytes) else { continue };
+        adopted.push(crate::format::index::IndexPack { id, salt, size: bytes.len() as u64, blobs });
     }
     if adopted.is_empty() || dry_run {
         return Ok(adopted.len() as u64);
     }
     let count = adopted.len() as u64;
-    let file = crate::index::IndexFile { packs: adopted };
+    let file = crate::format::index::IndexFile { packs: adopted };
     let id = crate::id::IndexId::random();
-    let sealed = crate::object::seal(repo.key(), crate::object::INDEX_MAGIC, &file.encode());
+    let sealed = crate::format::object::seal(repo.key(), crate::format::object::INDEX_MAGIC, &file.encode());
     repo.backend().put(&keys::index(&id), sealed.into(), crate::backend::WriteMode::Create).await?;
     repo.catalog().add_index(&id, &file)?;
     Ok(count)
@@ -177,7 +177,7 @@ async fn verify_pack(dst: &Repository, pack: &PackId) -> Result<()> {
             dst.backend().location()
         )));
     }
-    crate::pack::read_header(dst.key(), &pack.to_hex(), &bytes)?;
+    crate::format::pack::read_header(dst.key(), &pack.to_hex(), &bytes)?;
     Ok(())
 }
 

@@ -7,16 +7,16 @@
 //! reads the packs read longest ago first (never read before all others). When more than
 //! [`MAX_RECORDS`] records pile up, a check merges them into one.
 
-use crate::backend::{keys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{ErrorKind, Result};
 use crate::id::PackId;
-use crate::object;
+use crate::format::object;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-const PREFIX: &str = "coverage/";
-const MAGIC: &[u8; 8] = b"CAIRNcv1";
+use crate::format::layout::{COVERAGE as PREFIX, COVERAGE_MAGIC as MAGIC};
 /// Records kept before they are merged.
 pub const MAX_RECORDS: usize = 32;
 

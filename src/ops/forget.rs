@@ -14,7 +14,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
-use crate::snapshot::SnapshotFile;
+use crate::format::snapshot::SnapshotFile;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 use std::collections::BTreeMap;

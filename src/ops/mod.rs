@@ -11,6 +11,7 @@ pub mod pg;
 pub mod pitr;
 pub mod repair;
 pub mod restore;
+pub mod secrets;
 pub mod sqlite;
 pub mod stats;
 pub mod walexpiry;

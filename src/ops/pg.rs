@@ -11,7 +11,7 @@ use crate::ops::backup::{self, BackupOptions, BackupResult};
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::snapshot::SnapshotFile;
+use crate::format::snapshot::SnapshotFile;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
@@ -422,7 +422,7 @@ pub fn label_fields(text: &str) -> BTreeMap<String, String> {
 fn label_lsn(fields: &BTreeMap<String, String>, key: &str) -> Result<u64> {
     fields
         .get(key)
-        .and_then(|v| crate::wal::parse_lsn(v.split_whitespace().next()?))
+        .and_then(|v| crate::pg::wal::parse_lsn(v.split_whitespace().next()?))
         .ok_or_else(|| Error::source(format!("the backup label has no valid {key}")))
 }
 
@@ -486,7 +486,7 @@ async fn first_archived_segment(
     source: &str,
     timeout: std::time::Duration,
     cancel: &Cancel,
-) -> Result<crate::wal::SourceInfo> {
+) -> Result<crate::pg::wal::SourceInfo> {
     let mode = query_one(dbname, "show archive_mode")?;
     if mode == "off" {
         return Err(Error::invalid(format!(
@@ -495,7 +495,7 @@ async fn first_archived_segment(
         )));
     }
     let segment = query_one(dbname, "select pg_walfile_name(pg_switch_wal())")?;
-    let key = crate::wal::object_key(source, &segment);
+    let key = crate::pg::wal::object_key(source, &segment);
     let handle = tokio::runtime::Handle::current();
     let archived = tokio::task::block_in_place(|| {
         wait_for(timeout, cancel, || Ok(handle.block_on(repo.backend().head(&key))?.is_some()))
@@ -509,7 +509,7 @@ async fn first_archived_segment(
             archiver_state(dbname)
         )));
     }
-    crate::wal::source_info(repo.backend(), repo.key(), source).await?.ok_or_else(|| {
+    crate::pg::wal::source_info(repo.backend(), repo.key(), source).await?.ok_or_else(|| {
         Error::not_found(format!("{segment} is archived but WAL source {source:?} has no SOURCE record"))
     })
 }
@@ -611,10 +611,10 @@ pub async fn backup_base(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    crate::wal::check_source(source)?;
+    crate::pg::wal::check_source(source)?;
     let (version, database) = server_facts(dbname)?;
     let system_identifier = query_one(dbname, "select system_identifier from pg_control_system()")?;
-    let cluster = match crate::wal::source_info(repo.backend(), repo.key(), source).await? {
+    let cluster = match crate::pg::wal::source_info(repo.backend(), repo.key(), source).await? {
         Some(cluster) => cluster,
         None => first_archived_segment(repo, dbname, source, wal_timeout, cancel).await?,
     };
@@ -959,10 +959,10 @@ async fn backup_base_direct(
                         &crate::progress::Silent,
                     )?;
                     use std::os::unix::fs::MetadataExt;
-                    nodes.push(crate::snapshot::Node {
+                    nodes.push(crate::format::snapshot::Node {
                         name: name.into(),
                         name_raw: None,
-                        kind: crate::snapshot::NodeKind::File,
+                        kind: crate::format::snapshot::NodeKind::File,
                         mode: 0o600,
                         uid: owner.uid(),
                         gid: owner.gid(),
@@ -1013,10 +1013,10 @@ fn stop_facts(
     // The server archives a backup history file naming the stop point; wait for it and
     // for the segment holding the stop LSN.
     let history =
-        format!("{}.{:08X}.backup", crate::wal::segment_of(timeline, start_lsn, seg), start_lsn % u64::from(seg));
+        format!("{}.{:08X}.backup", crate::pg::wal::segment_of(timeline, start_lsn, seg), start_lsn % u64::from(seg));
     let mut history_text = String::new();
     let archived = wait_for(wal_timeout, cancel, || {
-        match handle.block_on(crate::wal::read(repo.backend(), repo.key(), source, &history)) {
+        match handle.block_on(crate::pg::wal::read(repo.backend(), repo.key(), source, &history)) {
             Ok(bytes) => {
                 history_text = String::from_utf8_lossy(&bytes).into_owned();
                 Ok(true)
@@ -1035,22 +1035,22 @@ fn stop_facts(
     let stop = label_fields(&history_text);
     let stop_lsn = label_lsn(&stop, "STOP WAL LOCATION")?;
     let stop_timeline: u32 = stop.get("STOP TIMELINE").and_then(|t| t.parse().ok()).unwrap_or(timeline);
-    let last_segment = crate::wal::segment_of(stop_timeline, stop_lsn.saturating_sub(1), seg);
-    let key = crate::wal::object_key(source, &last_segment);
+    let last_segment = crate::pg::wal::segment_of(stop_timeline, stop_lsn.saturating_sub(1), seg);
+    let key = crate::pg::wal::object_key(source, &last_segment);
     if !wait_for(wal_timeout, cancel, || Ok(handle.block_on(repo.backend().head(&key))?.is_some()))? {
         return Err(Error::source(format!(
             "WAL segment {last_segment} (holding the stop LSN {}) was not archived within {} s: check archive_command \
              and the server log ({}); no snapshot was written",
-            crate::wal::format_lsn(stop_lsn),
+            crate::pg::wal::format_lsn(stop_lsn),
             wal_timeout.as_secs(),
             archiver_state(dbname)
         )));
     }
     let mut learned = BTreeMap::new();
-    learned.insert("start_lsn".into(), crate::wal::format_lsn(start_lsn).into());
-    learned.insert("stop_lsn".into(), crate::wal::format_lsn(stop_lsn).into());
+    learned.insert("start_lsn".into(), crate::pg::wal::format_lsn(start_lsn).into());
+    learned.insert("stop_lsn".into(), crate::pg::wal::format_lsn(stop_lsn).into());
     learned.insert("timeline".into(), timeline.into());
-    learned.insert("start_wal".into(), crate::wal::segment_of(timeline, start_lsn, seg).into());
+    learned.insert("start_wal".into(), crate::pg::wal::segment_of(timeline, start_lsn, seg).into());
     learned.insert("stop_wal".into(), last_segment.into());
     learned.insert("backup_history".into(), history.into());
     if let Some(t) = stop.get("START TIME") {

@@ -11,9 +11,9 @@ use super::pg::{as_owner, is_root, log_tail, pg_bin, spawn_error};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::snapshot::SnapshotFile;
-use crate::timeline::{self, Timelines};
-use crate::wal::{format_lsn, parse_lsn, segment_of};
+use crate::format::snapshot::SnapshotFile;
+use crate::pg::timeline::{self, Timelines};
+use crate::pg::wal::{format_lsn, parse_lsn, segment_of};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -158,18 +158,18 @@ fn timeline_for(timelines: &Timelines, base: &Base, choice: TimelineChoice) -> O
 
 /// The archive's segments and timeline histories for `source`.
 async fn archive_state(repo: &Repository, source: &str) -> Result<(Timelines, BTreeSet<String>, u32)> {
-    let listing = crate::wal::list(repo.backend(), repo.key(), source).await?;
+    let listing = crate::pg::wal::list(repo.backend(), repo.key(), source).await?;
     let segment_size = listing.cluster.as_ref().map_or(16 << 20, |c| c.segment_size);
     let mut histories = Vec::new();
     for h in &listing.history {
-        let Ok(crate::wal::WalKind::History { timeline }) = crate::wal::classify(&h.name) else { continue };
-        let bytes = crate::wal::read(repo.backend(), repo.key(), source, &h.name).await?;
+        let Ok(crate::pg::wal::WalKind::History { timeline }) = crate::pg::wal::classify(&h.name) else { continue };
+        let bytes = crate::pg::wal::read(repo.backend(), repo.key(), source, &h.name).await?;
         histories.push((timeline, h.name.clone(), String::from_utf8_lossy(&bytes).into_owned()));
     }
     let mut have = BTreeSet::new();
-    for object in repo.backend().list(&format!("wal/{source}/")).await? {
-        let name = crate::backend::keys::name(&object.key);
-        if matches!(crate::wal::classify(name), Ok(crate::wal::WalKind::Segment { .. })) {
+    for object in repo.backend().list(&crate::format::layout::wal_source(source)).await? {
+        let name = crate::format::layout::name(&object.key);
+        if matches!(crate::pg::wal::classify(name), Ok(crate::pg::wal::WalKind::Segment { .. })) {
             have.insert(name.to_string());
         }
     }
@@ -181,7 +181,7 @@ async fn archive_state(repo: &Repository, source: &str) -> Result<(Timelines, BT
 /// prove the archived WAL it needs is there, restore, configure recovery, and (with
 /// `start`) run it and check that it reached its end.
 pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progress) -> Result<PitrReport> {
-    crate::wal::check_source(&options.source)?;
+    crate::pg::wal::check_source(&options.source)?;
     let pgdata = &options.pgdata;
     let existed = pgdata.exists();
     if existed {
@@ -281,7 +281,7 @@ pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progr
         needed = needed.max(l / seg);
     }
     let needed_name =
-        crate::wal::segment_name(timeline::timeline_of_segment(&path, needed, segment_size), needed, segment_size);
+        crate::pg::wal::segment_name(timeline::timeline_of_segment(&path, needed, segment_size), needed, segment_size);
     if number(&coverage.last) < needed {
         return Err(Error::not_found(match &coverage.gap {
             Some(missing) => format!(

@@ -15,12 +15,13 @@
 //! Its session acknowledges no mark, so a sweep that starts while repair runs waits for
 //! it and never deletes a pack or index file repair is reading.
 
-use crate::backend::{keys, WriteMode};
+use crate::backend::WriteMode;
+use crate::format::layout as keys;
 use crate::error::Result;
 use crate::id::{IndexId, PackId, SnapshotId};
-use crate::index::IndexFile;
+use crate::format::index::IndexFile;
 use crate::repo::Repository;
-use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
+use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};
 
@@ -79,7 +80,7 @@ async fn repair_in_session(repo: &Repository, dry_run: bool) -> Result<RepairInd
         let kept = IndexFile { packs: kept };
         if !kept.packs.is_empty() {
             let new = IndexId::random();
-            let sealed = crate::object::seal(key, crate::object::INDEX_MAGIC, &kept.encode());
+            let sealed = crate::format::object::seal(key, crate::format::object::INDEX_MAGIC, &kept.encode());
             backend.put(&keys::index(&new), sealed.into(), WriteMode::Create).await?;
             added.push((new, kept.packs.iter().map(|p| p.id).collect()));
         }
@@ -229,7 +230,7 @@ impl Cutter<'_> {
     fn store_tree(&self, tree: Tree) -> Result<crate::id::BlobId> {
         let bytes = tree.encode();
         match self.saver {
-            Some(saver) => crate::snapshot::MetaSink::save_meta(saver, bytes),
+            Some(saver) => crate::format::snapshot::MetaSink::save_meta(saver, bytes),
             None => Ok(self.repo.key().blob_id(&bytes)),
         }
     }

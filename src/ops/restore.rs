@@ -19,7 +19,7 @@ use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
 use crate::repo::load::{open_with_into, read_content, with_pack_range, LeafWalker};
 use crate::repo::Repository;
-use crate::snapshot::{Content, Node, NodeKind};
+use crate::format::snapshot::{Content, Node, NodeKind};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

@@ -15,7 +15,7 @@ use crate::progress::Cancel;
 use crate::error::{Error, ErrorKind, Result};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::snapshot::SnapshotFile;
+use crate::format::snapshot::SnapshotFile;
 use crate::source::stream;
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::OpenOptionsExt;
@@ -273,7 +273,7 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn ensure_sqlite(snapshot: &SnapshotFile) -> Result<&crate::snapshot::Content> {
+fn ensure_sqlite(snapshot: &SnapshotFile) -> Result<&crate::format::snapshot::Content> {
     match (&snapshot.content, snapshot.kind.as_str()) {
         (Some(content), "sqlite") => Ok(content),
         _ => Err(Error::invalid(format!("snapshot of kind {} is not a SQLite database", snapshot.kind))),

@@ -16,8 +16,8 @@
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::repo::Repository;
-use crate::snapshot::SnapshotFile;
-use crate::wal::{self, WalKind};
+use crate::format::snapshot::SnapshotFile;
+use crate::pg::wal::{self, WalKind};
 use serde::Serialize;
 
 /// A run of WAL kept, and why.
@@ -128,9 +128,9 @@ pub async fn plan(
     }
     let mut plan =
         WalPlan { source: source.into(), kept: Vec::new(), remove: Vec::new(), remove_bytes: 0, kept_files: 0 };
-    let listed = repo.backend().list(&format!("wal/{source}/")).await?;
+    let listed = repo.backend().list(&crate::format::layout::wal_source(source)).await?;
     for object in listed {
-        let name = crate::backend::keys::name(&object.key).to_string();
+        let name = crate::format::layout::name(&object.key).to_string();
         let keep = match position(&name) {
             // SOURCE, .history and anything unrecognised stay.
             None => true,

@@ -7,7 +7,8 @@
 //! itself (hex, mode 0600): it opens the repository in milliseconds, for WAL commands and
 //! the embedded default repository. Fuzzed by `fuzz/fuzz_targets/key_file.rs`.
 
-use crate::backend::{keys as objkeys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as objkeys;
 use crate::crypto::{self, derive_password_key, KdfParams, MasterKey, SealKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, RepoId};
@@ -28,7 +29,7 @@ pub struct SlotPlace {
 
 pub const REPOSITORY_SLOTS: SlotPlace = SlotPlace { prefix: objkeys::KEYS, aad: SLOT_AAD, what: "key slot" };
 pub const SECRETS_SLOTS: SlotPlace =
-    SlotPlace { prefix: "secrets/keys/", aad: b"cairn secrets slot v1", what: "secrets key slot" };
+    SlotPlace { prefix: objkeys::SECRETS_KEYS, aad: b"cairn secrets slot v1", what: "secrets key slot" };
 /// The most memory a key slot may ask Argon2id for (4 GiB).
 pub const MAX_KDF_MEMORY_KIB: u32 = 4 << 20;
 

@@ -14,14 +14,15 @@ pub mod reuse;
 pub mod walk;
 pub mod saver;
 
-use crate::backend::{keys as objkeys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as objkeys;
 use crate::catalog::Catalog;
 use crate::chunker::ChunkerParams;
 use crate::crypto::{KdfParams, MasterKey};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, RepoId, SnapshotId};
-use crate::object;
-use crate::snapshot::{Node, SnapshotFile, Tree};
+use crate::format::object;
+use crate::format::snapshot::{Node, SnapshotFile, Tree};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -512,10 +513,10 @@ pub async fn read_index(
     backend: &Backend,
     key: &MasterKey,
     id: &crate::id::IndexId,
-) -> Result<crate::index::IndexFile> {
+) -> Result<crate::format::index::IndexFile> {
     let name = objkeys::index(id);
     let plain = object::open(key, object::INDEX_MAGIC, &name, &backend.get(&name).await?)?;
-    crate::index::IndexFile::decode(&plain).map_err(|e| e.context(&name))
+    crate::format::index::IndexFile::decode(&plain).map_err(|e| e.context(&name))
 }
 
 /// Read and decrypt one snapshot manifest.
@@ -525,7 +526,7 @@ pub async fn read_snapshot(backend: &Backend, key: &MasterKey, id: &SnapshotId) 
     let plain = object::open(key, object::SNAPSHOT_MAGIC, &name, &bytes)?;
     let snapshot: SnapshotFile =
         serde_json::from_slice(&plain).map_err(|e| Error::corrupt(format!("{name} is not a valid snapshot: {e}")))?;
-    if snapshot.version > crate::snapshot::SNAPSHOT_VERSION {
+    if snapshot.version > crate::format::snapshot::SNAPSHOT_VERSION {
         return Err(Error::new(
             ErrorKind::Unsupported,
             format!("{name} has snapshot version {}, which this cairn does not read: upgrade cairn", snapshot.version),

@@ -7,7 +7,8 @@
 //! left out and noted ([`Catalog::damaged`]), so one bad object hides no other one;
 //! removal refuses to run while any is noted.
 
-use crate::backend::{keys, Backend};
+use crate::backend::Backend;
+use crate::format::layout as keys;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{ErrorKind, Result};

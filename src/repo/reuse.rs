@@ -86,7 +86,7 @@ impl Exclusions {
 mod tests {
     use super::*;
     use crate::catalog::tests::pack;
-    use crate::index::IndexFile;
+    use crate::format::index::IndexFile;
     use crate::id::IndexId;
 
     #[test]

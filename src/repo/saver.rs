@@ -19,16 +19,17 @@
 //! index file that lists them: per-pack fsyncs stalled the pipeline behind writeback.
 
 use super::gc::session::Session;
-use crate::backend::{keys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as keys;
 use crate::buffers::SpareBuffers;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, IndexId, PackId};
-use crate::index::{IndexFile, IndexPack};
-use crate::object;
-use crate::pack::{BlobKind, FinishedPack, PackWriter};
-use crate::snapshot::MetaSink;
+use crate::format::index::{IndexFile, IndexPack};
+use crate::format::object;
+use crate::format::pack::{BlobKind, FinishedPack, PackWriter};
+use crate::format::snapshot::MetaSink;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};

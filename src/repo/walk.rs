@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::id::BlobId;
 use crate::repo::Repository;
-use crate::snapshot::{decode_node, Content, SnapshotFile, Tree};
+use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use std::collections::HashSet;
 
 /// Where a walk of snapshots records the blobs it finds.

@@ -15,7 +15,7 @@ use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::repo::Repository;
-use crate::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
+use crate::format::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;

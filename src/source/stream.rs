@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
-use crate::snapshot::{Content, ContentBuilder};
+use crate::format::snapshot::{Content, ContentBuilder};
 use std::io::Read;
 
 /// Store everything `reader` yields; returns its content list.

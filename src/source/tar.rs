@@ -9,7 +9,7 @@ use crate::id::BlobId;
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
-use crate::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
+use crate::format::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 

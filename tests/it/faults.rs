@@ -149,7 +149,7 @@ async fn prune_scenario(memory: Arc<dyn ObjectStore>) -> Vec<Vec<u8>> {
     backup_stream(&repo, &b[..], &options("b"), &Cancel::new(), &Silent).await.unwrap();
     backup_stream(&repo, &c[..], &options("c"), &Cancel::new(), &Silent).await.unwrap();
     let a_id = repo.catalog().snapshots().unwrap().into_iter().find(|(_, s)| s.name == "a").unwrap().0;
-    repo.backend().delete(&cairn::backend::keys::snapshot(&a_id)).await.unwrap();
+    repo.backend().delete(&cairn::format::layout::snapshot(&a_id)).await.unwrap();
     drop(repo);
     for _ in 0..2 {
         cairn::repo::gc::collect(&open(memory.clone()).await, false).await.unwrap();
@@ -237,7 +237,7 @@ async fn marking_is_bounded_per_run_and_later_runs_take_the_rest() {
     backup_stream(&repo, &kept[..], &options("kept"), &Cancel::new(), &Silent).await.unwrap();
     for (id, snapshot) in repo.catalog().snapshots().unwrap() {
         if snapshot.name != "kept" {
-            repo.backend().delete(&cairn::backend::keys::snapshot(&id)).await.unwrap();
+            repo.backend().delete(&cairn::format::layout::snapshot(&id)).await.unwrap();
         }
     }
     drop(repo);

@@ -97,7 +97,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
                     let path = dir.join(&name);
                     std::fs::write(&path, &bytes).unwrap();
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    cairn::wal::push(repo.backend(), repo.key(), "race", &path).await.unwrap();
+                    cairn::pg::wal::push(repo.backend(), repo.key(), "race", &path).await.unwrap();
                 }
             })
         };
@@ -131,7 +131,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
             let repo = open(&store).await;
             if step == 0 && round % 2 == 1 {
                 for (id, _) in repo.catalog().snapshots().unwrap() {
-                    repo.backend().delete(&cairn::backend::keys::snapshot(&id)).await.unwrap();
+                    repo.backend().delete(&cairn::format::layout::snapshot(&id)).await.unwrap();
                     committed.lock().unwrap().remove(&id.to_hex());
                 }
             }
@@ -170,7 +170,7 @@ async fn writers_racing_removal_never_lose_committed_data() {
     let report = check(&repo, ReadData::All, &Silent).await.unwrap();
     assert!(report.is_ok(), "check after the races: {:?}", report.errors);
     for (name, bytes) in &pushed {
-        let stored = cairn::wal::read(repo.backend(), repo.key(), "race", name).await.unwrap();
+        let stored = cairn::pg::wal::read(repo.backend(), repo.key(), "race", name).await.unwrap();
         assert!(stored == *bytes, "WAL {name} reads back as pushed");
     }
     let committed = committed.lock().unwrap().clone();
@@ -216,7 +216,7 @@ fn wal_segment(n: u64) -> (String, Vec<u8>) {
     bytes[24..32].copy_from_slice(&7_000_000_000_000_000_001u64.to_le_bytes());
     bytes[32..36].copy_from_slice(&(1u32 << 20).to_le_bytes());
     bytes[36..40].copy_from_slice(&8192u32.to_le_bytes());
-    (cairn::wal::segment_name(1, n + 1, 1 << 20), bytes)
+    (cairn::pg::wal::segment_name(1, n + 1, 1 << 20), bytes)
 }
 
 async fn fresh_store() -> Arc<dyn ObjectStore> {
@@ -240,7 +240,7 @@ async fn backup(repo: &Repository, data: &[u8]) -> cairn::error::Result<cairn::o
 async fn forget_all(store: &Arc<dyn ObjectStore>) {
     let repo = open(store).await;
     for (id, _) in repo.catalog().snapshots().unwrap() {
-        repo.backend().delete(&cairn::backend::keys::snapshot(&id)).await.unwrap();
+        repo.backend().delete(&cairn::format::layout::snapshot(&id)).await.unwrap();
     }
 }
 

@@ -12,7 +12,7 @@ use crate::id::{BlobId, PackId};
 use crate::repo::saver::Saver;
 use crate::repo::walk::referenced_blobs;
 use crate::repo::Repository;
-use crate::snapshot::SnapshotFile;
+use crate::format::snapshot::SnapshotFile;
 use std::collections::HashSet;
 use std::sync::Arc;
 

@@ -27,13 +27,14 @@ use sets::{walk_all, NeededSink, Sets};
 use crate::repo::walk::referenced_blobs;
 use state::{advance, write_sealed, CANDIDATES};
 use super::Repository;
-use crate::backend::{keys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, IndexId, PackId, SnapshotId};
-use crate::index::IndexFile;
-use crate::object;
-use crate::snapshot::SnapshotFile;
+use crate::format::index::IndexFile;
+use crate::format::object;
+use crate::format::snapshot::SnapshotFile;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -155,7 +156,7 @@ impl Surveyed {
 /// Step 1: prove that create-only writes are still honoured (the fence depends on it) and
 /// read the storage's clock from the probe object.
 async fn probe(backend: &Backend) -> Result<i64> {
-    let key = format!("gc/probe/{}", hex::encode(crate::crypto::random_bytes::<8>()));
+    let key = format!("{}{}", crate::format::layout::GC_PROBES, hex::encode(crate::crypto::random_bytes::<8>()));
     backend.probe_create_only(&key).await?.ok_or_else(|| {
         Error::new(
             ErrorKind::Unsupported,
@@ -293,7 +294,7 @@ async fn removal_run(repo: &Repository, options: &CollectOptions, own: Option<&A
             report.waiting_bytes += stored_size[pack];
         }
     }
-    report.stale_staging_files = backend.remove_stale_staging("data/", STALE_STAGING_AGE, dry_run).await?;
+    report.stale_staging_files = backend.remove_stale_staging(keys::DATA, STALE_STAGING_AGE, dry_run).await?;
 
     // Step 6: repack, against the state after the sweep (in a dry run: as it would be,
     // the swept packs counted as gone), and the snapshots listed after the fence.
@@ -596,7 +597,7 @@ async fn pack_holds_any(repo: &Repository, pack: &PackId, blobs: &HashSet<BlobId
 /// The blob ids a pack's own header lists (unindexed packs are rare leftovers: read whole).
 async fn pack_blob_ids(repo: &Repository, pack: &PackId) -> Result<Vec<BlobId>> {
     let bytes = repo.backend().get(&keys::pack(pack)).await?;
-    let (_, entries) = crate::pack::read_header(repo.key(), &pack.to_hex(), &bytes)?;
+    let (_, entries) = crate::format::pack::read_header(repo.key(), &pack.to_hex(), &bytes)?;
     Ok(entries.into_iter().map(|e| e.id).collect())
 }
 

@@ -3,12 +3,13 @@
 //! every blob and every index entry in place.
 
 use super::session::Session;
-use crate::backend::{keys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::id::{IndexId, PackId};
-use crate::index::IndexFile;
-use crate::object;
+use crate::format::index::IndexFile;
+use crate::format::object;
 use super::sets::{PackStat, Sets};
 use crate::repo::Repository;
 use std::collections::{BTreeSet, HashSet};
@@ -59,7 +60,7 @@ pub(super) async fn repack(
                 let sealed = bytes.get(entry.offset as usize..end).ok_or_else(|| {
                     Error::corrupt(format!("pack {} is shorter than its index says (blob {})", pack.id, entry.id))
                 })?;
-                let data = crate::pack::open_blob(repo.key(), &pack_key, entry, sealed)
+                let data = crate::format::pack::open_blob(repo.key(), &pack_key, entry, sealed)
                     .map_err(|e| e.context(format!("repacking pack {}", pack.id)))?;
                 tokio::task::block_in_place(|| saver.store_claimed(entry.kind, entry.id, data))?;
             }

@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const SESSIONS: &str = "gc/sess/";
-pub const TOMBSTONES: &str = "gc/dead/";
+pub use crate::format::layout::{GC_SESSIONS as SESSIONS, GC_TOMBSTONES as TOMBSTONES};
 
 /// How often a writer rewrites its session object.
 pub const RENEW_INTERVAL: Duration = Duration::from_secs(60);
@@ -284,7 +283,7 @@ async fn view_of(
     own: Option<&str>,
     now_ms: i64,
 ) -> Result<Option<SessionView>> {
-    let id = crate::backend::keys::name(&object.key).to_string();
+    let id = crate::format::layout::name(&object.key).to_string();
     if own == Some(id.as_str()) {
         return Ok(None);
     }
@@ -316,7 +315,7 @@ pub async fn survey(
     dry_run: bool,
 ) -> Result<(Vec<SessionView>, Vec<SessionView>)> {
     let tombstones = backend.list(TOMBSTONES).await?;
-    let dead: std::collections::HashSet<&str> = tombstones.iter().map(|o| crate::backend::keys::name(&o.key)).collect();
+    let dead: std::collections::HashSet<&str> = tombstones.iter().map(|o| crate::format::layout::name(&o.key)).collect();
     let (mut live, mut stale) = (Vec::new(), Vec::new());
     for object in backend.list(SESSIONS).await? {
         let Some(view) = view_of(backend, key, &object, own, now_ms).await? else { continue };

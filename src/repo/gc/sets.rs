@@ -14,7 +14,7 @@ use crate::catalog::Catalog;
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
-use crate::pack::PackEntry;
+use crate::format::pack::PackEntry;
 use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet};
 
@@ -383,7 +383,7 @@ impl BlobSink for NeededSink<'_> {
 /// Walk every snapshot into the referenced set and seal it.
 pub async fn walk_all(
     repo: &Repository,
-    snapshots: &[(crate::id::SnapshotId, crate::snapshot::SnapshotFile)],
+    snapshots: &[(crate::id::SnapshotId, crate::format::snapshot::SnapshotFile)],
     sets: &mut Sets<'_>,
 ) -> Result<()> {
     for (id, snapshot) in snapshots {
@@ -399,7 +399,7 @@ mod tests {
     use super::*;
     use crate::catalog::tests::pack;
     use crate::id::IndexId;
-    use crate::index::IndexFile;
+    use crate::format::index::IndexFile;
 
     #[test]
     fn homes_prefer_the_pack_most_in_use_and_missing_blobs_are_found() {

@@ -3,16 +3,16 @@
 //! sealed JSON objects under the magic `CAIRNgc1`. Writers read it (sessions, the saver's
 //! watch, the checks around a commit); removal runs advance it.
 
-use crate::backend::{keys, Backend, WriteMode};
+use crate::backend::{Backend, WriteMode};
+use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, PackId, SnapshotId};
-use crate::object;
+use crate::format::object;
 use serde::{Deserialize, Serialize};
 
-pub const GC_MAGIC: &[u8; 8] = b"CAIRNgc1";
-pub(super) const GENERATIONS: &str = "gc/gen/";
-pub(super) const CANDIDATES: &str = "gc/cand/";
+pub use crate::format::layout::GC_MAGIC;
+pub(super) use crate::format::layout::{GC_CANDIDATES as CANDIDATES, GC_GENERATIONS as GENERATIONS};
 
 /// One GC generation: `gc/gen/<20-digit n>`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@
 //! `commit.rs`, the removal runs in `mod.rs`, sessions in `session.rs`.
 
 use super::state::{generation_of, read_candidates, CandidateSet, GcView, CANDIDATES};
-use crate::backend::{keys, Backend};
+use crate::backend::Backend;
+use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{BlobId, PackId};
@@ -55,7 +56,7 @@ pub async fn salvage(
     reused: &[BlobId],
     own_packs: &[PackId],
     marked: &HashSet<PackId>,
-) -> Result<Vec<(crate::pack::BlobKind, BlobId, Vec<u8>)>> {
+) -> Result<Vec<(crate::format::pack::BlobKind, BlobId, Vec<u8>)>> {
     let mut out = Vec::new();
     for pack in own_packs {
         let bytes = backend.get(&keys::pack(pack)).await;
@@ -69,11 +70,11 @@ pub async fn salvage(
             }
             Err(e) => return Err(e),
         };
-        let (salt, entries) = crate::pack::read_header(key, &pack.to_hex(), &bytes)?;
+        let (salt, entries) = crate::format::pack::read_header(key, &pack.to_hex(), &bytes)?;
         let pack_key = key.pack_key(&salt);
         for entry in entries.iter().filter(|e| doomed.contains(&e.id)) {
             let sealed = &bytes[entry.offset as usize..entry.end() as usize];
-            out.push((entry.kind, entry.id, crate::pack::open_blob(key, &pack_key, entry, sealed)?));
+            out.push((entry.kind, entry.id, crate::format::pack::open_blob(key, &pack_key, entry, sealed)?));
         }
     }
     for id in reused {

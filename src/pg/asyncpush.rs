@@ -11,7 +11,7 @@
 use crate::backend::Backend;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::prefetch::SpoolLock;
+use crate::pg::prefetch::SpoolLock;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -104,7 +104,7 @@ fn ready(pg_wal: &Path) -> Vec<String> {
             entries
                 .flatten()
                 .filter_map(|e| e.file_name().to_str()?.strip_suffix(".ready").map(str::to_string))
-                .filter(|n| crate::wal::classify(n).is_ok())
+                .filter(|n| crate::pg::wal::classify(n).is_ok())
                 .collect()
         })
         .unwrap_or_default();
@@ -144,9 +144,9 @@ pub async fn run_pusher(backend: &Backend, key: &MasterKey, source: &str, pg_wal
             continue;
         }
         idle_since = Instant::now();
-        let pushed: Vec<(String, Result<crate::wal::Pushed>)> = futures::stream::iter(todo)
+        let pushed: Vec<(String, Result<crate::pg::wal::Pushed>)> = futures::stream::iter(todo)
             .map(|name| async move {
-                let result = crate::wal::push(backend, key, source, &pg_wal.join(&name)).await;
+                let result = crate::pg::wal::push(backend, key, source, &pg_wal.join(&name)).await;
                 (name, result)
             })
             .buffer_unordered(PARALLEL)

@@ -7,41 +7,34 @@
 //!   `"cairn secrets slot v1"`). `secrets/config` (sealed under the repository key, so
 //!   nobody without it can swap the compartment) records the key's fingerprint.
 //! * A secrets snapshot is an ordinary stream snapshot of kind `secrets` whose bytes are a
-//!   sealed archive: `magic "CAIRNsc1" | salt (32) | frame...`, each frame
-//!   `length u32 | nonce | ciphertext | tag` holding up to 1 MiB of a tar stream of the
-//!   files, sealed with AES-256-GCM under a key derived from the compartment key and the
-//!   salt, nonce = frame counter, associated data `"cairn secrets frame" | counter u64 |
-//!   last u8`. The last frame is marked, so a cut-off archive is detected. The ciphertext
-//!   is fresh each time, so secrets never deduplicate against anything; the repository
-//!   key protects it a second time, and `check --read-data` verifies it like any data.
+//!   sealed archive of a tar stream of the files ([`crate::format::secrets`]). The
+//!   ciphertext is fresh each time, so secrets never deduplicate against anything; the
+//!   repository key protects it a second time, and `check --read-data` verifies it like
+//!   any data.
 //! * Restores create new files 0600 and new directories 0700, whatever they were; a file
 //!   they replace passes on its mode and owner.
 
 use crate::backend::WriteMode;
 use crate::beneath::{split, Beneath, InTheWay};
-use crate::crypto::{counter_nonce, KdfParams, MasterKey, SealKey};
+use crate::crypto::{KdfParams, MasterKey};
+use crate::format::layout::{SECRETS_CONFIG as CONFIG, SECRETS_CONFIG_MAGIC as CONFIG_MAGIC};
+use crate::format::secrets::{fingerprint, CompartmentConfig, OpenReader, SealWriter};
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::{KeyId, SnapshotId};
-use crate::object;
+use crate::format::object;
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
 use crate::ops::restore::{consume_stream, includes, selected, ChannelReader, RestoreStats};
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
 use crate::repo::Repository;
-use crate::snapshot::SnapshotFile;
+use crate::format::snapshot::SnapshotFile;
 use crate::source::stream;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-const CONFIG: &str = "secrets/config";
-const CONFIG_MAGIC: &[u8; 8] = b"CAIRNsk1";
-const STREAM_MAGIC: &[u8; 8] = b"CAIRNsc1";
-const FRAME: usize = 1 << 20;
-const FRAME_AAD: &[u8] = b"cairn secrets frame";
-const STREAM_KEY_CONTEXT: &str = "cairn 2026-11-29 secrets stream key v1";
 /// Snapshot kind of secrets snapshots.
 pub const KIND: &str = "secrets";
 
@@ -49,32 +42,6 @@ pub const KIND: &str = "secrets";
 pub struct SecretsKey {
     key: MasterKey,
     pub slot: Option<KeyId>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct CompartmentConfig {
-    version: u32,
-    /// BLAKE3 of the compartment key: slots holding any other key are refused.
-    fingerprint: String,
-    created: jiff::Timestamp,
-}
-
-fn fingerprint(key: &MasterKey) -> String {
-    hex::encode(blake3::derive_key("cairn 2026-11-29 secrets key fingerprint v1", &key.to_bytes()[..]))
-}
-
-fn stream_key(key: &MasterKey, salt: &[u8; 32]) -> SealKey {
-    let mut material = zeroize::Zeroizing::new([0u8; 96]);
-    material[..64].copy_from_slice(&key.to_bytes()[..]);
-    material[64..].copy_from_slice(salt);
-    SealKey::new(&zeroize::Zeroizing::new(blake3::derive_key(STREAM_KEY_CONTEXT, &*material)))
-}
-
-fn frame_aad(counter: u64, last: bool) -> Vec<u8> {
-    let mut aad = FRAME_AAD.to_vec();
-    aad.extend_from_slice(&counter.to_le_bytes());
-    aad.push(last as u8);
-    aad
 }
 
 fn no_compartment(repo: &Repository) -> Error {
@@ -92,18 +59,6 @@ impl SecretsKey {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         Ok(SecretsKey { key: MasterKey::from_bytes(bytes)?, slot: None })
     }
-}
-
-/// Open a whole sealed archive held in memory: the tar stream inside, or why not.
-/// Fuzzed by `fuzz/fuzz_targets/secrets_archive.rs`.
-pub fn unseal(secrets: &SecretsKey, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut reader = OpenReader::new(secrets, sealed)?;
-    let mut out = Vec::new();
-    reader.read_to_end(&mut out)?;
-    if !reader.done {
-        return Err(damaged("ends before its last frame"));
-    }
-    Ok(out)
 }
 
 /// Whether the repository has a secrets compartment.
@@ -179,122 +134,6 @@ pub async fn refuse_compartment_password(repo: &Repository, password: &str) -> R
              compartment's: choose another one",
         )),
         Err(_) => Ok(()),
-    }
-}
-
-/// Seals what is written into frames and hands each sealed frame on.
-struct SealWriter<F: FnMut(Vec<u8>) -> std::io::Result<()>> {
-    key: SealKey,
-    counter: u64,
-    buf: Vec<u8>,
-    out: F,
-}
-
-impl<F: FnMut(Vec<u8>) -> std::io::Result<()>> SealWriter<F> {
-    fn new(secrets: &SecretsKey, mut out: F) -> std::io::Result<Self> {
-        let salt: [u8; 32] = crate::crypto::random_bytes();
-        let mut head = STREAM_MAGIC.to_vec();
-        head.extend_from_slice(&salt);
-        out(head)?;
-        Ok(SealWriter { key: stream_key(&secrets.key, &salt), counter: 0, buf: Vec::with_capacity(FRAME), out })
-    }
-
-    fn emit(&mut self, last: bool) -> std::io::Result<()> {
-        let mut frame = Vec::with_capacity(self.buf.len() + 64);
-        frame.extend_from_slice(&[0; 4]);
-        self.key.seal_into(counter_nonce(self.counter), &frame_aad(self.counter, last), &self.buf, &mut frame);
-        let len = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&len.to_le_bytes());
-        self.counter += 1;
-        self.buf.clear();
-        (self.out)(frame)
-    }
-
-    fn finish(mut self) -> std::io::Result<()> {
-        self.emit(true)
-    }
-}
-
-impl<F: FnMut(Vec<u8>) -> std::io::Result<()>> Write for SealWriter<F> {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(FRAME - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == FRAME {
-            self.emit(false)?;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Opens a sealed archive read from `inner`, frame by frame.
-struct OpenReader<R: Read> {
-    inner: R,
-    key: SealKey,
-    counter: u64,
-    plain: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-fn damaged(what: impl std::fmt::Display) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("sealed secrets archive: {what}"))
-}
-
-impl<R: Read> OpenReader<R> {
-    fn new(secrets: &SecretsKey, mut inner: R) -> std::io::Result<Self> {
-        let mut head = [0u8; 40];
-        inner.read_exact(&mut head).map_err(|_| damaged("shorter than its header"))?;
-        if &head[..8] != STREAM_MAGIC {
-            return Err(damaged("bad magic"));
-        }
-        let salt: [u8; 32] = head[8..].try_into().unwrap();
-        Ok(OpenReader {
-            inner,
-            key: stream_key(&secrets.key, &salt),
-            counter: 0,
-            plain: Vec::new(),
-            pos: 0,
-            done: false,
-        })
-    }
-
-    fn next_frame(&mut self) -> std::io::Result<()> {
-        let mut len = [0u8; 4];
-        self.inner.read_exact(&mut len).map_err(|_| damaged(format!("cut off before frame {}", self.counter)))?;
-        let len = u32::from_le_bytes(len) as usize;
-        if len > FRAME + 64 {
-            return Err(damaged(format!("frame {} claims {len} bytes", self.counter)));
-        }
-        let mut sealed = vec![0u8; len];
-        self.inner.read_exact(&mut sealed).map_err(|_| damaged(format!("frame {} is cut off", self.counter)))?;
-        for last in [false, true] {
-            if let Ok(plain) = self.key.open(&frame_aad(self.counter, last), &sealed) {
-                self.plain = plain;
-                self.pos = 0;
-                self.done = last;
-                self.counter += 1;
-                return Ok(());
-            }
-        }
-        Err(damaged(format!("frame {} does not authenticate (wrong key or tampered data)", self.counter)))
-    }
-}
-
-impl<R: Read> Read for OpenReader<R> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.plain.len() {
-            if self.done {
-                return Ok(0);
-            }
-            self.next_frame()?;
-        }
-        let n = out.len().min(self.plain.len() - self.pos);
-        out[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
@@ -378,7 +217,7 @@ pub async fn backup_secrets(
                 let mut warnings = Vec::new();
                 let send = move |frame: Vec<u8>| tx.send(frame).map_err(|_| std::io::ErrorKind::BrokenPipe.into());
                 let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("cannot seal the secrets archive: {e}"));
-                let writer = SealWriter::new(secrets, send).map_err(io)?;
+                let writer = SealWriter::new(&secrets.key, send).map_err(io)?;
                 let (writer, files, bytes) = archive_paths(&paths, writer, cancel, &mut warnings)?;
                 writer.finish().map_err(io)?;
                 Ok((files, bytes, warnings))
@@ -409,7 +248,7 @@ async fn open_archive(
     let content = snapshot.content.clone().ok_or_else(|| Error::corrupt("secrets snapshot has no content"))?;
     consume_stream(repo, &content, move |sealed| {
         let io = |e: std::io::Error| Error::new(ErrorKind::Corrupt, e.to_string());
-        let mut opened = OpenReader::new(secrets, sealed).map_err(io)?;
+        let mut opened = OpenReader::new(&secrets.key, sealed).map_err(io)?;
         {
             let dyn_reader: &mut dyn Read = &mut opened;
             each(&mut tar::Archive::new(dyn_reader))?;
@@ -641,43 +480,3 @@ pub async fn verify(
     Ok((files, bytes))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key() -> SecretsKey {
-        SecretsKey { key: MasterKey::random(), slot: None }
-    }
-
-    fn seal(key: &SecretsKey, data: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut w = SealWriter::new(key, |f| {
-            out.extend(f);
-            Ok(())
-        })
-        .unwrap();
-        w.write_all(data).unwrap();
-        w.finish().unwrap();
-        out
-    }
-
-    fn open(key: &SecretsKey, sealed: &[u8]) -> std::io::Result<Vec<u8>> {
-        unseal(key, sealed)
-    }
-
-    #[test]
-    fn sealed_archives_round_trip_and_detect_cuts_and_tampering() {
-        let k = key();
-        let data: Vec<u8> = (0..(3 * FRAME + 17)).map(|i| (i * 7) as u8).collect();
-        let sealed = seal(&k, &data);
-        assert_eq!(open(&k, &sealed).unwrap(), data);
-        assert!(open(&key(), &sealed).is_err(), "another key must not open it");
-        // Cut at a frame boundary: the last frame is missing.
-        let first = 40 + 4 + u32::from_le_bytes(sealed[40..44].try_into().unwrap()) as usize;
-        assert!(open(&k, &sealed[..first]).is_err());
-        let mut tampered = sealed.clone();
-        tampered[first + 100] ^= 1;
-        assert!(open(&k, &tampered).is_err());
-        assert_eq!(open(&k, &seal(&k, b"")).unwrap(), b"");
-    }
-}

@@ -9,7 +9,7 @@
 //! of such a path that is missing from the archive.
 
 use crate::error::{Error, Result};
-use crate::wal::{format_lsn, segment_name};
+use crate::pg::wal::{format_lsn, segment_name};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One step of a timeline's ancestry: `timeline` was followed up to `end` (exclusive;
@@ -32,7 +32,7 @@ pub fn parse_history(timeline: u32, name: &str, text: &str) -> Result<Vec<Step>>
         let mut fields = line.split_whitespace();
         let bad = || Error::corrupt(format!("{name} line {}: {line:?} is not `timeline<TAB>LSN<TAB>reason`", n + 1));
         let tli: u32 = fields.next().and_then(|f| f.parse().ok()).ok_or_else(bad)?;
-        let end = fields.next().and_then(crate::wal::parse_lsn).ok_or_else(bad)?;
+        let end = fields.next().and_then(crate::pg::wal::parse_lsn).ok_or_else(bad)?;
         let begin = steps.last().map_or(0, |s| s.end);
         if steps.last().is_some_and(|s| s.timeline >= tli) || tli >= timeline || end < begin {
             return Err(Error::corrupt(format!(

@@ -14,7 +14,7 @@
 use crate::backend::Backend;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::wal::{self, WalKind};
+use crate::pg::wal::{self, WalKind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

@@ -14,9 +14,7 @@
 use crate::crypto::{self, MasterKey, SALT_LEN};
 use crate::error::{Error, Result};
 
-pub const CONFIG_MAGIC: &[u8; 8] = b"CAIRNcf1";
-pub const INDEX_MAGIC: &[u8; 8] = b"CAIRNix1";
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNsn1";
+pub use super::layout::{CONFIG_MAGIC, INDEX_MAGIC, SNAPSHOT_MAGIC};
 
 const HEADER_LEN: usize = 8 + SALT_LEN;
 /// Decompressed objects larger than this are refused as corrupt (1 GiB).

@@ -15,7 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
-use crate::wire::{put_u32, put_u64, Reader};
+use crate::format::wire::{put_u32, put_u64, Reader};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

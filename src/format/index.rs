@@ -1,6 +1,6 @@
 //! Index files: which blobs live in which pack, at which offset.
 //!
-//! An index file is an object file (`CAIRNix1`, see [`crate::object`]) whose plaintext is
+//! An index file is an object file (`CAIRNix1`, see [`crate::format::object`]) whose plaintext is
 //! (docs/format.md, "Index files"):
 //!
 //! ```text
@@ -15,8 +15,8 @@
 use crate::crypto::SALT_LEN;
 use crate::error::Result;
 use crate::id::PackId;
-use crate::pack::{PackEntry, ENTRY_LEN};
-use crate::wire::{put_u32, put_u64, Reader};
+use crate::format::pack::{PackEntry, ENTRY_LEN};
+use crate::format::wire::{put_u32, put_u64, Reader};
 
 const VERSION: u8 = 1;
 
@@ -84,7 +84,7 @@ impl IndexFile {
 mod tests {
     use super::*;
     use crate::id::BlobId;
-    use crate::pack::BlobKind;
+    use crate::format::pack::BlobKind;
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = PackEntry> {

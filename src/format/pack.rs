@@ -19,9 +19,9 @@ use crate::compress;
 use crate::crypto::{self, MasterKey, SealKey, SALT_LEN};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
-use crate::wire::{put_u32, put_u64, Reader};
+use crate::format::wire::{put_u32, put_u64, Reader};
 
-pub const PACK_MAGIC: &[u8; 8] = b"CAIRNpk1";
+pub use super::layout::PACK_MAGIC;
 const PREFIX_LEN: usize = 8 + SALT_LEN;
 const HEADER_VERSION: u8 = 1;
 /// No pack is larger than this (packs are at most 256 MiB plus one blob); an entry past it
@@ -199,7 +199,7 @@ fn header_aad(salt: &[u8; SALT_LEN]) -> Vec<u8> {
 pub fn read_header(master: &MasterKey, name: &str, pack: &[u8]) -> Result<([u8; SALT_LEN], Vec<PackEntry>)> {
     let what = |detail: &str| Error::corrupt(format!("pack {name}: {detail}"));
     if pack.len() >= 8 && pack[..7] == PACK_MAGIC[..7] && pack[7] != PACK_MAGIC[7] {
-        return Err(crate::object::newer_format(&format!("pack {name}"), &pack[..8]));
+        return Err(crate::format::object::newer_format(&format!("pack {name}"), &pack[..8]));
     }
     if pack.len() < PREFIX_LEN + 4 + crypto::SEAL_OVERHEAD || &pack[..8] != PACK_MAGIC {
         return Err(what("not a cairn pack (bad magic or too short)"));
@@ -312,7 +312,7 @@ mod tests {
         index.extend_from_slice(&u64::MAX.to_le_bytes());
         index.extend_from_slice(&1u32.to_le_bytes());
         index.extend_from_slice(&entry);
-        assert!(crate::index::IndexFile::decode(&index).is_err());
+        assert!(crate::format::index::IndexFile::decode(&index).is_err());
     }
 
     #[test]
