@@ -8,9 +8,9 @@ use cairn::backend::Backend;
 use cairn::catalog::Catalog;
 use cairn::chunker::{Chunker, ChunkerParams};
 use cairn::crypto::{KdfParams, MasterKey};
-use cairn::id::{BlobId, IndexId, PackId};
 use cairn::format::index::{IndexFile, IndexPack};
 use cairn::format::pack::{BlobKind, PackEntry};
+use cairn::id::{BlobId, IndexId, PackId};
 use std::time::Instant;
 
 fn data(len: usize) -> Vec<u8> {

@@ -10,10 +10,10 @@
 
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::format::index::IndexFile;
 use crate::format::pack::{BlobKind, PackEntry};
 use crate::format::snapshot::SnapshotFile;
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -132,11 +132,7 @@ impl Catalog {
         conn.execute_batch("PRAGMA temp.cache_size = -16384")?;
         conn.execute_batch(STAGING)?;
         conn.execute_batch(SESSION_REUSED)?;
-        Ok(Catalog {
-            conn: Mutex::new(conn),
-            reads_in_transaction: AtomicU32::new(0),
-            damaged: Default::default(),
-        })
+        Ok(Catalog { conn: Mutex::new(conn), reads_in_transaction: AtomicU32::new(0), damaged: Default::default() })
     }
 
     /// The connection, outside any read transaction [`Catalog::reader`] left open: what

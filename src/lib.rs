@@ -23,6 +23,7 @@ pub mod format;
 pub mod id;
 pub mod ops;
 pub mod pg;
+pub mod process;
 pub mod progress;
 pub mod repo;
 pub mod source;

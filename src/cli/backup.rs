@@ -254,9 +254,9 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
                 format,
                 &args.pg_dump_args,
                 match (args.globals, args.role_passwords) {
-                    (false, _) => cairn::ops::pg::Globals::Skip,
-                    (true, false) => cairn::ops::pg::Globals::WithoutPasswords,
-                    (true, true) => cairn::ops::pg::Globals::WithPasswords,
+                    (false, _) => cairn::pg::globals::Globals::Skip,
+                    (true, false) => cairn::pg::globals::Globals::WithoutPasswords,
+                    (true, true) => cairn::pg::globals::Globals::WithPasswords,
                 },
                 &options,
                 &ctx.cancel,

@@ -341,7 +341,7 @@ pub fn password_file(path: &std::path::Path) -> anyhow::Result<Zeroizing<String>
 }
 
 pub fn password_from_command(command: &str) -> anyhow::Result<String> {
-    let output = cairn::ops::child("sh")
+    let output = cairn::process::child("sh")
         .arg("-c")
         .arg(command)
         .stderr(std::process::Stdio::inherit())

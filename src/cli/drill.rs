@@ -12,10 +12,10 @@ use super::context::{usage, Context};
 use super::output::print_json;
 use super::Outcome;
 use cairn::config::{SourceConfig, SourceKind};
+use cairn::format::snapshot::SnapshotFile;
 use cairn::ops::sqlite::Scratch;
 use cairn::progress::Silent;
 use cairn::repo::Repository;
-use cairn::format::snapshot::SnapshotFile;
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -129,7 +129,7 @@ async fn drill_one(
             report.bytes
         }
         SourceKind::Pg => {
-            let cluster = cairn::ops::pg::ScratchCluster::create(&scratch.join("pgdata"))?;
+            let cluster = cairn::pg::scratch::ScratchCluster::create(&scratch.join("pgdata"))?;
             let database = snapshot.meta.get("database").and_then(|v| v.as_str()).unwrap_or("postgres").to_string();
             // With the snapshot's roles (never its tablespaces: their locations are
             // production's), owners and privileges are restored as well; without them,
@@ -158,7 +158,7 @@ async fn drill_one(
                 .map(str::to_string)
                 .unwrap_or_else(|| source.wal_source.clone().unwrap_or_else(|| source.name.clone()));
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            cairn::ops::pg::lend_to_server(scratch)?;
+            cairn::pg::client::lend_to_server(scratch)?;
             let pgdata = scratch.join("pgdata");
             let spool = cairn::ops::pitr::spool_beside(&pgdata);
             let (restore_command, probe) = super::pitr::restore_command(ctx, &wal_source, Some((8, &spool)))?;
@@ -192,7 +192,7 @@ async fn drill_one(
                     });
                 }
             };
-            let cluster = cairn::ops::pg::ScratchCluster::adopt(&pgdata, port)?;
+            let cluster = cairn::pg::scratch::ScratchCluster::adopt(&pgdata, port)?;
             details.push(format!(
                 "recovered base {} through archived WAL {}: {}",
                 id.short(),
@@ -217,7 +217,7 @@ async fn drill_one(
 
 /// Count every user table of `database` and run the source's checks there.
 fn pg_checks(
-    cluster: &cairn::ops::pg::ScratchCluster,
+    cluster: &cairn::pg::scratch::ScratchCluster,
     database: &str,
     source: &SourceConfig,
     details: &mut Vec<String>,

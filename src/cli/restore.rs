@@ -105,7 +105,7 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         };
         let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
         cairn::ops::pg::restore_to_db(repo, &snapshot, &target, &scratch, progress.as_ref()).await?;
-        ctx.info(format!("restored snapshot {} into {}", id.short(), cairn::ops::pg::redact_conninfo(conninfo)));
+        ctx.info(format!("restored snapshot {} into {}", id.short(), cairn::pg::client::redact_conninfo(conninfo)));
         return Ok(0);
     }
     if snapshot.kind == "sqlite" && (args.verify_only || args.to.is_some()) {
@@ -155,9 +155,16 @@ async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repositor
         };
         // Without the compartment's password nothing is read: exit 12 before any output.
         let secrets = ctx.open_secrets(repo).await?;
-        let stats =
-            cairn::ops::secrets::restore_secrets(repo, &id, &snapshot, secrets.as_ref(), dir, &options.includes, in_the_way)
-                .await?;
+        let stats = cairn::ops::secrets::restore_secrets(
+            repo,
+            &id,
+            &snapshot,
+            secrets.as_ref(),
+            dir,
+            &options.includes,
+            in_the_way,
+        )
+        .await?;
         for warning in &stats.warnings {
             eprintln!("cairn: warning: {warning}");
         }

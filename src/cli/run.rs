@@ -144,8 +144,11 @@ async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> any
     let result = match source.kind {
         SourceKind::Pg => {
             let format = cairn::ops::pg::DumpFormat::parse(source.format.as_deref().unwrap_or("custom"))?;
-            let globals =
-                if source.globals { cairn::ops::pg::Globals::WithoutPasswords } else { cairn::ops::pg::Globals::Skip };
+            let globals = if source.globals {
+                cairn::pg::globals::Globals::WithoutPasswords
+            } else {
+                cairn::pg::globals::Globals::Skip
+            };
             cairn::ops::pg::backup_dump(repo, source.dbname.as_deref(), format, &[], globals, &options, cancel, &Silent)
                 .await?
         }

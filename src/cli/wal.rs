@@ -3,8 +3,8 @@
 use super::context::Context;
 use super::output::{bytes, print_json};
 use super::{Exit, Outcome};
-use cairn::repo::Repository;
 use cairn::pg::wal;
+use cairn::repo::Repository;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -249,7 +249,9 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
                         .list(cairn::format::layout::WAL)
                         .await?
                         .iter()
-                        .filter_map(|o| o.key.strip_prefix(cairn::format::layout::WAL)?.split('/').next().map(str::to_string))
+                        .filter_map(|o| {
+                            o.key.strip_prefix(cairn::format::layout::WAL)?.split('/').next().map(str::to_string)
+                        })
                         .collect();
                     names.sort();
                     names.dedup();

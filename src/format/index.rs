@@ -14,9 +14,9 @@
 
 use crate::crypto::SALT_LEN;
 use crate::error::Result;
-use crate::id::PackId;
 use crate::format::pack::{PackEntry, ENTRY_LEN};
 use crate::format::wire::{put_u32, put_u64, Reader};
+use crate::id::PackId;
 
 const VERSION: u8 = 1;
 
@@ -83,8 +83,8 @@ impl IndexFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::BlobId;
     use crate::format::pack::BlobKind;
+    use crate::id::BlobId;
     use proptest::prelude::*;
 
     fn entry() -> impl Strategy<Value = PackEntry> {

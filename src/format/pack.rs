@@ -18,8 +18,8 @@
 use crate::compress;
 use crate::crypto::{self, MasterKey, SealKey, SALT_LEN};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
 use crate::format::wire::{put_u32, put_u64, Reader};
+use crate::id::{BlobId, PackId};
 
 pub use super::layout::PACK_MAGIC;
 const PREFIX_LEN: usize = 8 + SALT_LEN;

@@ -126,14 +126,7 @@ impl<R: Read> OpenReader<R> {
             return Err(damaged("bad magic"));
         }
         let salt: [u8; 32] = head[8..].try_into().unwrap();
-        Ok(OpenReader {
-            inner,
-            key: stream_key(key, &salt),
-            counter: 0,
-            plain: Vec::new(),
-            pos: 0,
-            done: false,
-        })
+        Ok(OpenReader { inner, key: stream_key(key, &salt), counter: 0, plain: Vec::new(), pos: 0, done: false })
     }
 
     fn next_frame(&mut self) -> std::io::Result<()> {

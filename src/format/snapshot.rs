@@ -14,8 +14,8 @@
 //! Fuzzed by `fuzz/fuzz_targets/snapshot.rs` and `fuzz/fuzz_targets/tree.rs`.
 
 use crate::error::{Error, Result};
-use crate::id::{BlobId, SnapshotId};
 use crate::format::wire::{put_u32, put_u64, Reader};
+use crate::id::{BlobId, SnapshotId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

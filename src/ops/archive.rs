@@ -10,8 +10,8 @@ use super::restore::{
     consume_stream, includes, node_header, restore_stream, selected, tar_error, RestoreOptions, RestoreStats,
 };
 use crate::error::{Error, Result};
-use crate::repo::Repository;
 use crate::format::snapshot::{Content, Node, NodeKind, SnapshotFile, Tree};
+use crate::repo::Repository;
 use crate::source::tar::{normalise, MemberRecord};
 use std::collections::HashMap;
 use std::io::Write;

@@ -6,13 +6,13 @@
 //! interrupts), the saver is still finished so the data that did land is indexed and the
 //! next run reuses it, but no snapshot is written.
 
-use crate::progress::Cancel;
 use crate::error::{Error, Result};
+use crate::format::snapshot::{Content, SnapshotFile, SnapshotStats, SNAPSHOT_VERSION};
 use crate::id::SnapshotId;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::{Saver, SaverStats};
 use crate::repo::{Repository, SnapshotFilter};
-use crate::format::snapshot::{Content, SnapshotFile, SnapshotStats, SNAPSHOT_VERSION};
 use crate::source::files::{self, FilesOptions};
 use crate::source::stream;
 use std::collections::BTreeMap;
@@ -181,7 +181,7 @@ pub async fn backup_command(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    let mut cmd = super::child("sh");
+    let mut cmd = crate::process::child("sh");
     cmd.arg("-c").arg(command);
     backup_process(repo, cmd, &format!("producer `{command}`"), options, cancel, progress).await
 }
@@ -293,7 +293,7 @@ pub async fn backup_tar_command(
     cancel: &Cancel,
     progress: &dyn Progress,
 ) -> Result<BackupResult> {
-    let mut cmd = super::child("sh");
+    let mut cmd = crate::process::child("sh");
     cmd.arg("-c").arg(command);
     run_process(repo, cmd, &format!("producer `{command}`"), options, |saver, stdout, stats, warnings| {
         store_archive(saver, stdout, repo.config().chunker, cancel, progress, stats, warnings)

@@ -10,15 +10,15 @@
 //! affected; snapshots referencing a damaged blob are named too.
 
 use crate::backend::Backend;
-use crate::format::layout as keys;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, PackId, SnapshotId};
+use crate::format::layout as keys;
 use crate::format::pack::{self, BlobKind};
+use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
 

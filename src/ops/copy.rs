@@ -14,15 +14,15 @@
 //! its name, and the new snapshot is walked in the destination: every blob it references
 //! must be indexed there.
 
-use crate::progress::Cancel;
-use crate::format::layout as keys;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SnapshotId};
+use crate::format::layout as keys;
 use crate::format::pack::BlobKind;
+use crate::format::snapshot::{decode_node, Content, ContentBuilder, MetaSink, SnapshotFile, Tree};
+use crate::id::{BlobId, PackId, SnapshotId};
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::repo::Repository;
-use crate::format::snapshot::{decode_node, Content, ContentBuilder, MetaSink, SnapshotFile, Tree};
 use serde::Serialize;
 use std::collections::HashSet;
 

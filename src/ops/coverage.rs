@@ -8,11 +8,11 @@
 //! [`MAX_RECORDS`] records pile up, a check merges them into one.
 
 use crate::backend::{Backend, WriteMode};
-use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{ErrorKind, Result};
-use crate::id::PackId;
+use crate::format::layout as keys;
 use crate::format::object;
+use crate::id::PackId;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

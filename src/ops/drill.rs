@@ -7,10 +7,10 @@
 
 use crate::chunker::Chunker;
 use crate::error::{Error, Result};
+use crate::format::snapshot::NodeKind;
 use crate::id::BlobId;
 use crate::repo::load::LeafWalker;
 use crate::repo::Repository;
-use crate::format::snapshot::NodeKind;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 

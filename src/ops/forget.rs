@@ -13,8 +13,8 @@
 //! A snapshot is kept if any rule keeps it, and every rule that does is reported.
 
 use crate::error::{Error, Result};
-use crate::id::SnapshotId;
 use crate::format::snapshot::SnapshotFile;
+use crate::id::SnapshotId;
 use jiff::tz::TimeZone;
 use serde::Serialize;
 use std::collections::BTreeMap;

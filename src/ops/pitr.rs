@@ -7,13 +7,14 @@
 //! the newest archived segment for `--latest`); after replay, the server must have reached
 //! that point. A restore that fails before the server starts leaves no data directory.
 
-use super::pg::{as_owner, is_root, log_tail, pg_bin, spawn_error};
 use crate::error::{Error, Result};
-use crate::progress::Progress;
-use crate::repo::Repository;
 use crate::format::snapshot::SnapshotFile;
+use crate::pg::client::{as_owner, log_tail, pg_bin, server_user, spawn_error};
 use crate::pg::timeline::{self, Timelines};
 use crate::pg::wal::{format_lsn, parse_lsn, segment_of};
+use crate::process::is_root;
+use crate::progress::Progress;
+use crate::repo::Repository;
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -487,10 +488,10 @@ fn prepare(pgdata: &Path, options: &PitrOptions, tli: u32) -> Result<u32> {
 /// root), so a repository, cache, key or password file that user cannot read is
 /// reported now, in cairn's words, rather than as "command not executable" in a log.
 fn probe_as_server(probe: &str) -> Result<()> {
-    let user = super::pg::server_user()?;
+    let user = server_user()?;
     let mut cmd = match user {
         Some(uid) => as_owner(uid, Path::new("/bin/sh")),
-        None => super::child("/bin/sh"),
+        None => crate::process::child("/bin/sh"),
     };
     let out =
         cmd.arg("-c").arg(probe).stdin(std::process::Stdio::null()).output().map_err(|e| spawn_error("/bin/sh", e))?;

@@ -16,12 +16,12 @@
 //! it and never deletes a pack or index file repair is reading.
 
 use crate::backend::WriteMode;
-use crate::format::layout as keys;
 use crate::error::Result;
-use crate::id::{IndexId, PackId, SnapshotId};
 use crate::format::index::IndexFile;
-use crate::repo::Repository;
+use crate::format::layout as keys;
 use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
+use crate::id::{IndexId, PackId, SnapshotId};
+use crate::repo::Repository;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashSet};
 

@@ -15,11 +15,11 @@ use crate::beneath::{split, Beneath, InTheWay};
 use crate::buffers::{with_huge_capacity, SpareBuffers};
 use crate::catalog::BlobLocation;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::snapshot::{Content, Node, NodeKind};
 use crate::id::{BlobId, PackId};
 use crate::progress::Progress;
 use crate::repo::load::{open_with_into, read_content, with_pack_range, LeafWalker};
 use crate::repo::Repository;
-use crate::format::snapshot::{Content, Node, NodeKind};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -328,7 +328,7 @@ pub async fn restore_tree_to_dir(
     let beneath = Arc::new(Beneath::create(target, options.in_the_way)?);
     let mut stats = RestoreStats::default();
     let mut plan = Plan::default();
-    let is_root = is_root();
+    let is_root = crate::process::is_root();
     let mut creator = Creator::start(beneath.clone(), is_root);
     let planned = plan_tree(repo, root, &beneath, options, &mut creator, &mut plan, &mut stats).await;
     if let Err(e) = planned {
@@ -1060,10 +1060,6 @@ impl Meta {
         use std::os::unix::fs::MetadataExt;
         current.mode() & 0o7777 != self.mode & 0o7777
     }
-}
-
-pub fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
 
 /// Write a tree as a tar stream (GNU format) to `out`.

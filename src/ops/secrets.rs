@@ -17,18 +17,18 @@
 use crate::backend::WriteMode;
 use crate::beneath::{split, Beneath, InTheWay};
 use crate::crypto::{KdfParams, MasterKey};
-use crate::format::layout::{SECRETS_CONFIG as CONFIG, SECRETS_CONFIG_MAGIC as CONFIG_MAGIC};
-use crate::format::secrets::{fingerprint, CompartmentConfig, OpenReader, SealWriter};
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{KeyId, SnapshotId};
+use crate::format::layout::{SECRETS_CONFIG as CONFIG, SECRETS_CONFIG_MAGIC as CONFIG_MAGIC};
 use crate::format::object;
+use crate::format::secrets::{fingerprint, CompartmentConfig, OpenReader, SealWriter};
+use crate::format::snapshot::SnapshotFile;
+use crate::id::{KeyId, SnapshotId};
 use crate::ops::backup::{self, BackupOptions, BackupResult, Root};
 use crate::ops::restore::{consume_stream, includes, selected, ChannelReader, RestoreStats};
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::keys::{add_slot_at, unlock_password_at, SECRETS_SLOTS};
 use crate::repo::Repository;
-use crate::format::snapshot::SnapshotFile;
 use crate::source::stream;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -292,7 +292,7 @@ pub async fn restore_secrets(
     let beneath = Beneath::create(target, in_the_way)?;
     let wanted =
         includes(&crate::ops::restore::RestoreOptions { includes: include.to_vec(), confine_links: true, in_the_way });
-    let root = crate::ops::restore::is_root();
+    let root = crate::process::is_root();
     let mut stats = RestoreStats::default();
     open_archive(repo, snapshot, secrets, |archive| {
         let bad = |e: std::io::Error| Error::corrupt(format!("secrets snapshot {}: {e}", id.short()));
@@ -479,4 +479,3 @@ pub async fn verify(
     .await?;
     Ok((files, bytes))
 }
-

@@ -11,11 +11,11 @@
 //! new file into place.
 
 use super::backup::{self, BackupOptions, BackupResult, Root};
-use crate::progress::Cancel;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::snapshot::SnapshotFile;
+use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::Repository;
-use crate::format::snapshot::SnapshotFile;
 use crate::source::stream;
 use rusqlite::{Connection, OpenFlags};
 use std::os::unix::fs::OpenOptionsExt;

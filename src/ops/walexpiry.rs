@@ -14,10 +14,10 @@
 //! of a source, nothing of it expires.
 
 use crate::error::{Error, Result};
-use crate::id::SnapshotId;
-use crate::repo::Repository;
 use crate::format::snapshot::SnapshotFile;
+use crate::id::SnapshotId;
 use crate::pg::wal::{self, WalKind};
+use crate::repo::Repository;
 use serde::Serialize;
 
 /// A run of WAL kept, and why.

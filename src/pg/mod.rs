@@ -5,6 +5,11 @@
 //! dumps, base backups, point-in-time recovery — are in `ops/`.
 
 pub mod asyncpush;
+pub mod client;
+pub mod globals;
+pub mod label;
 pub mod prefetch;
+pub mod scratch;
+pub mod session;
 pub mod timeline;
 pub mod wal;

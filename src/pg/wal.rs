@@ -12,13 +12,13 @@ use crate::format::object;
 use serde::Serialize;
 use std::path::Path;
 
+use crate::format::layout::WAL_MAGIC;
 /// The WAL vocabulary callers need with the archive: names, LSNs, the SOURCE record.
 pub use crate::format::wal::{
-    check_place, check_source, classify, format_lsn, object_key, parse_lsn, segment_name, segment_of, SourceInfo, WalKind,
+    check_place, check_source, classify, format_lsn, object_key, parse_lsn, segment_name, segment_of, SourceInfo,
+    WalKind,
 };
-use crate::format::layout::WAL_MAGIC;
 use crate::format::wal::{check_segment_place, open, open_payload, seal, segment_info, source_key};
-
 
 /// The source's recorded cluster, if any file was pushed.
 pub async fn source_info(backend: &Backend, key: &MasterKey, source: &str) -> Result<Option<SourceInfo>> {

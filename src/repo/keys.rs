@@ -8,9 +8,9 @@
 //! the embedded default repository. Fuzzed by `fuzz/fuzz_targets/key_file.rs`.
 
 use crate::backend::{Backend, WriteMode};
-use crate::format::layout as objkeys;
 use crate::crypto::{self, derive_password_key, KdfParams, MasterKey, SealKey};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::layout as objkeys;
 use crate::id::{KeyId, RepoId};
 use serde::{Deserialize, Serialize};
 use std::io::Write;

@@ -7,14 +7,14 @@
 //! length of the stream.
 
 use super::Repository;
-use crate::format::layout as keys;
 use crate::catalog::BlobLocation;
 use crate::crypto::{MasterKey, SealKey};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
+use crate::format::layout as keys;
 use crate::format::pack;
 use crate::format::pack::BlobKind;
 use crate::format::snapshot::{decode_node, Content, ContentEntry};
+use crate::id::{BlobId, PackId};
 use futures::{Stream, StreamExt};
 
 /// Largest ranged read that grouping builds.

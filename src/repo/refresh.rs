@@ -8,10 +8,10 @@
 //! removal refuses to run while any is noted.
 
 use crate::backend::Backend;
-use crate::format::layout as keys;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{ErrorKind, Result};
+use crate::format::layout as keys;
 use crate::id::{IndexId, SnapshotId};
 use futures::{StreamExt, TryStreamExt};
 use std::collections::HashSet;

@@ -20,16 +20,16 @@
 
 use super::gc::session::Session;
 use crate::backend::{Backend, WriteMode};
-use crate::format::layout as keys;
 use crate::buffers::SpareBuffers;
 use crate::catalog::Catalog;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, IndexId, PackId};
 use crate::format::index::{IndexFile, IndexPack};
+use crate::format::layout as keys;
 use crate::format::object;
 use crate::format::pack::{BlobKind, FinishedPack, PackWriter};
 use crate::format::snapshot::MetaSink;
+use crate::id::{BlobId, IndexId, PackId};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -321,12 +321,10 @@ impl Saver {
             let copies = watch.runtime.block_on(super::gc::writer::salvage(
                 &watch.backend,
                 key,
-                &self.shared.catalog,
-                &self.shared.exclusions,
-                &doomed,
+                (&self.shared.catalog, &self.shared.exclusions),
+                super::gc::writer::Doomed { blobs: &doomed, packs: &set.packs.iter().copied().collect() },
                 &reused,
                 &own,
-                &set.packs.iter().copied().collect(),
             ))?;
             for (kind, id, bytes) in copies {
                 self.store_copy(kind, id, bytes)?;

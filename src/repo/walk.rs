@@ -3,9 +3,9 @@
 //! and copy use it.
 
 use crate::error::Result;
+use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use crate::id::BlobId;
 use crate::repo::Repository;
-use crate::format::snapshot::{decode_node, Content, SnapshotFile, Tree};
 use std::collections::HashSet;
 
 /// Where a walk of snapshots records the blobs it finds.
@@ -71,4 +71,3 @@ pub async fn referenced_blobs<S: BlobSink + Send>(
         }
     }
 }
-

@@ -10,12 +10,12 @@
 use super::glob::Glob;
 use crate::chunker::Chunker;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use crate::id::BlobId;
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
 use crate::repo::Repository;
-use crate::format::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use std::collections::BTreeMap;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;

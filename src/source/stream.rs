@@ -2,10 +2,10 @@
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, Result};
+use crate::format::snapshot::{Content, ContentBuilder};
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
-use crate::format::snapshot::{Content, ContentBuilder};
 use std::io::Read;
 
 /// Store everything `reader` yields; returns its content list.

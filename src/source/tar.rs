@@ -5,11 +5,11 @@
 use super::sparse::Sparse;
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use crate::id::BlobId;
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::saver::Saver;
-use crate::format::snapshot::{text_and_raw, Content, ContentBuilder, MetaSink, Node, NodeKind, SnapshotStats, Tree};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 

@@ -19,29 +19,20 @@ const LAYERS: &[(&str, usize)] = &[
     ("compress", 0),
     ("buffers", 0),
     ("beneath", 0),
+    ("process", 0),
     ("format", 1),
-    ("object", 1),
-    ("pack", 1),
-    ("index", 1),
-    ("snapshot", 1),
-    ("wire", 1),
-    ("wal", 5),
-    ("timeline", 5),
-    ("prefetch", 5),
-    ("asyncpush", 5),
-    ("secrets", 5),
     ("backend", 2),
     ("catalog", 3),
     ("repo", 4),
     ("source", 5),
     ("pg", 5),
-    ("config", 5),
     ("ops", 6),
+    ("config", 6),
     ("cli", 7),
     ("main", 7),
 ];
 
-const LAYER_NAMES: &[&str] = &["ground", "format", "backend", "catalog", "repo", "source, pg", "ops", "cli"];
+const LAYER_NAMES: &[&str] = &["ground", "format", "backend", "catalog", "repo", "source, pg", "ops, config", "cli"];
 
 const BEGIN: &str = "<!-- module-graph:begin (tests/it/layers.rs writes this; CAIRN_BLESS=1 to renew) -->";
 const END: &str = "<!-- module-graph:end -->";
@@ -199,7 +190,7 @@ fn resolve(path: &[String], from: &str, modules: &BTreeSet<String>) -> Option<St
         "self" => from.split("::").map(String::from).chain(path[1..].iter().cloned()).collect(),
         "super" => {
             let mut base: Vec<String> = from.split("::").map(String::from).collect();
-            let mut rest = &path[..];
+            let mut rest = path;
             while rest.first().map(String::as_str) == Some("super") {
                 base.pop();
                 rest = &rest[1..];
@@ -233,8 +224,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     rust_files(&root().join("src"), &mut files);
-    let modules: BTreeSet<String> =
-        files.iter().map(|f| module_of(f)).filter(|m| m != "lib" && m != "main").collect();
+    let modules: BTreeSet<String> = files.iter().map(|f| module_of(f)).filter(|m| m != "lib" && m != "main").collect();
     let mut graph = BTreeMap::new();
     for file in &files {
         let module = module_of(file);
@@ -388,10 +378,8 @@ fn the_path_reader_expands_groups_and_resolves_super() {
     let modules: BTreeSet<String> = ["repo", "repo::gc", "repo::load"].iter().map(|s| s.to_string()).collect();
     let path: Vec<String> = ["super", "load", "X"].iter().map(|s| s.to_string()).collect();
     assert_eq!(resolve(&path, "repo::gc", &modules).as_deref(), Some("repo::load"));
-    let cycle: BTreeMap<String, BTreeSet<String>> = [
-        ("a".to_string(), BTreeSet::from(["b".to_string()])),
-        ("b".to_string(), BTreeSet::from(["a".to_string()])),
-    ]
-    .into();
+    let cycle: BTreeMap<String, BTreeSet<String>> =
+        [("a".to_string(), BTreeSet::from(["b".to_string()])), ("b".to_string(), BTreeSet::from(["a".to_string()]))]
+            .into();
     assert_eq!(cycles(&cycle), vec![vec!["a".to_string(), "b".to_string()]]);
 }

@@ -79,7 +79,9 @@ async fn writers_racing_removal_never_lose_committed_data() {
     // with a fixed 16, then 24, some loaded runs saw none at all (the race went
     // unexercised, not lost: every safety check passed).
     for round in 0..64u64 {
-        let exercised = rescued_packs + cairn::repo::reuse::copied_blobs() + cairn::repo::reuse::excluded_hits() + failed_cleanly > 0;
+        let exercised =
+            rescued_packs + cairn::repo::reuse::copied_blobs() + cairn::repo::reuse::excluded_hits() + failed_cleanly
+                > 0;
         if round >= 24 && exercised {
             break;
         }

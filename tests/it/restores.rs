@@ -227,7 +227,7 @@ fn a_damaged_or_missing_pack_leaves_no_wrong_file() {
 #[test]
 fn restores_keep_the_owner_and_mode_of_what_they_replace() {
     let env = Env::new();
-    let root = cairn::ops::restore::is_root();
+    let root = cairn::process::is_root();
     let give = |path: &Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         if root {

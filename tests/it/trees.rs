@@ -20,7 +20,7 @@ fn make_tree(root: &Path) {
     std::os::unix::fs::symlink("etc/app/app.toml", root.join("current.toml")).unwrap();
     std::fs::set_permissions(root.join("etc/app/conf.d/secret.env"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(root.join("etc/app/conf.d"), std::fs::Permissions::from_mode(0o750)).unwrap();
-    if cairn::ops::restore::is_root() {
+    if cairn::process::is_root() {
         // Ownership is restored only as root; the tests run as root in CI.
         std::os::unix::fs::chown(root.join("docker-compose.yml"), Some(1234), Some(5678)).unwrap();
         // Set-user-ID and set-group-ID survive the restore's chown (which clears them).

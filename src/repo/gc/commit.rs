@@ -8,11 +8,11 @@ use super::session::Session;
 use super::state::{read_view, GcView};
 use super::writer::{gone, sets_since};
 use crate::error::{Error, Result};
+use crate::format::snapshot::SnapshotFile;
 use crate::id::{BlobId, PackId};
 use crate::repo::saver::Saver;
 use crate::repo::walk::referenced_blobs;
 use crate::repo::Repository;
-use crate::format::snapshot::SnapshotFile;
 use std::collections::HashSet;
 use std::sync::Arc;
 

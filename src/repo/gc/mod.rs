@@ -23,19 +23,19 @@
 //! are never marked; an error that means another remover got there first is `Locked`
 //! (exit 11), damage is `Corrupt` (exit 13) and stops the run before any delete.
 
-use sets::{walk_all, NeededSink, Sets};
-use crate::repo::walk::referenced_blobs;
-use state::{advance, write_sealed, CANDIDATES};
 use super::Repository;
 use crate::backend::{Backend, WriteMode};
-use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{BlobId, IndexId, PackId, SnapshotId};
 use crate::format::index::IndexFile;
+use crate::format::layout as keys;
 use crate::format::object;
 use crate::format::snapshot::SnapshotFile;
+use crate::id::{BlobId, IndexId, PackId, SnapshotId};
+use crate::repo::walk::referenced_blobs;
 use serde::Serialize;
+use sets::{walk_all, NeededSink, Sets};
+use state::{advance, write_sealed, CANDIDATES};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -45,12 +45,11 @@ pub mod session;
 pub mod sets;
 pub mod state;
 pub mod writer;
+pub use commit::{confirm, guard};
 use repack::{consolidate, repack, repack_candidates};
 pub use session::Session;
 pub use state::{read_candidates, read_view, CandidateSet, GcView, GC_MAGIC};
-pub use commit::{confirm, guard};
 pub use writer::{salvage, sets_since};
-
 
 /// What a removal run did.
 #[derive(Debug, Clone, Default, Serialize)]

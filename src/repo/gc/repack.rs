@@ -3,14 +3,14 @@
 //! every blob and every index entry in place.
 
 use super::session::Session;
+use super::sets::{PackStat, Sets};
 use crate::backend::{Backend, WriteMode};
-use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
-use crate::id::{IndexId, PackId};
 use crate::format::index::IndexFile;
+use crate::format::layout as keys;
 use crate::format::object;
-use super::sets::{PackStat, Sets};
+use crate::id::{IndexId, PackId};
 use crate::repo::Repository;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

@@ -315,7 +315,8 @@ pub async fn survey(
     dry_run: bool,
 ) -> Result<(Vec<SessionView>, Vec<SessionView>)> {
     let tombstones = backend.list(TOMBSTONES).await?;
-    let dead: std::collections::HashSet<&str> = tombstones.iter().map(|o| crate::format::layout::name(&o.key)).collect();
+    let dead: std::collections::HashSet<&str> =
+        tombstones.iter().map(|o| crate::format::layout::name(&o.key)).collect();
     let (mut live, mut stale) = (Vec::new(), Vec::new());
     for object in backend.list(SESSIONS).await? {
         let Some(view) = view_of(backend, key, &object, own, now_ms).await? else { continue };

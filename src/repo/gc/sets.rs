@@ -8,13 +8,13 @@
 //! (a few dozen bytes for each 16 MiB pack) and SQLite's page caches (16 MiB each for
 //! the catalog and its temporary tables).
 
-use crate::repo::walk::{referenced_blobs, BlobSink};
-use crate::repo::Repository;
 use crate::catalog::Catalog;
 use crate::crypto::SALT_LEN;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId};
 use crate::format::pack::PackEntry;
+use crate::id::{BlobId, PackId};
+use crate::repo::walk::{referenced_blobs, BlobSink};
+use crate::repo::Repository;
 use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet};
 
@@ -398,8 +398,8 @@ pub async fn walk_all(
 mod tests {
     use super::*;
     use crate::catalog::tests::pack;
-    use crate::id::IndexId;
     use crate::format::index::IndexFile;
+    use crate::id::IndexId;
 
     #[test]
     fn homes_prefer_the_pack_most_in_use_and_missing_blobs_are_found() {

@@ -4,11 +4,11 @@
 //! watch, the checks around a commit); removal runs advance it.
 
 use crate::backend::{Backend, WriteMode};
-use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
-use crate::id::{BlobId, PackId, SnapshotId};
+use crate::format::layout as keys;
 use crate::format::object;
+use crate::id::{BlobId, PackId, SnapshotId};
 use serde::{Deserialize, Serialize};
 
 pub use crate::format::layout::GC_MAGIC;
@@ -99,4 +99,3 @@ pub(super) async fn advance(backend: &Backend, key: &MasterKey, from: &GcView, p
 pub async fn read_candidates(backend: &Backend, key: &MasterKey, name: &str) -> Result<CandidateSet> {
     read_sealed(backend, key, name).await
 }
-

@@ -5,9 +5,9 @@
 
 use super::state::{generation_of, read_candidates, CandidateSet, GcView, CANDIDATES};
 use crate::backend::Backend;
-use crate::format::layout as keys;
 use crate::crypto::MasterKey;
 use crate::error::{Error, ErrorKind, Result};
+use crate::format::layout as keys;
 use crate::id::{BlobId, PackId};
 use std::collections::{BTreeSet, HashSet};
 
@@ -44,19 +44,24 @@ pub(super) fn gone(id: &BlobId, e: &Error) -> Error {
     )
 }
 
+/// What one candidate set dooms: its packs, and the blobs every copy of which is in them.
+pub struct Doomed<'a> {
+    pub blobs: &'a HashSet<BlobId>,
+    pub packs: &'a HashSet<PackId>,
+}
+
 /// Read the blobs a writer must keep out of packs that are about to be removed: the
 /// doomed blobs in its own packs (read from the pack) and the doomed blobs it reused
 /// (read where the catalog places them). Fails with `Locked` if one is already gone.
 pub async fn salvage(
     backend: &Backend,
     key: &MasterKey,
-    catalog: &crate::catalog::Catalog,
-    exclusions: &crate::repo::reuse::Exclusions,
-    doomed: &HashSet<BlobId>,
+    (catalog, exclusions): (&crate::catalog::Catalog, &crate::repo::reuse::Exclusions),
+    doomed: Doomed<'_>,
     reused: &[BlobId],
     own_packs: &[PackId],
-    marked: &HashSet<PackId>,
 ) -> Result<Vec<(crate::format::pack::BlobKind, BlobId, Vec<u8>)>> {
+    let Doomed { blobs: doomed, packs: marked } = doomed;
     let mut out = Vec::new();
     for pack in own_packs {
         let bytes = backend.get(&keys::pack(pack)).await;
@@ -102,4 +107,3 @@ pub async fn salvage(
     }
     Ok(out)
 }
-
