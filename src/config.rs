@@ -213,7 +213,7 @@ pub struct RunConfig {
     pub metrics_file: Option<PathBuf>,
     /// The JSON report of the last run.
     pub report_file: Option<PathBuf>,
-    /// A lock file that keeps two runs apart [default: `<cache dir>/run.lock`].
+    /// A lock file that keeps two runs apart (default: `<cache dir>/run.lock`).
     pub lock_file: Option<PathBuf>,
 }
 

@@ -12,6 +12,7 @@
 //! sees a partial object.
 
 mod direct;
+#[cfg(any(test, feature = "test-util"))]
 pub mod faulty;
 mod io;
 mod url;

@@ -150,7 +150,7 @@ impl Catalog {
         conn
     }
 
-    /// End the read transaction lookups share, if one is open (see [`Catalog::reader`]):
+    /// End the read transaction lookups share, if one is open (see `Catalog::reader`):
     /// for a caller about to spend long without lookups.
     pub fn end_reads(&self) {
         drop(self.conn());

@@ -1,6 +1,6 @@
 //! The read side: locate blobs through the catalog, fetch them by range, open them.
 //!
-//! [`ContentReader`] streams a file's or stream's data in order while several range reads
+//! [`read_content`] streams a file's or stream's data in order while several range reads
 //! are in flight: consecutive blobs stored back to back in one pack are fetched with one
 //! ranged GET, groups are fetched and decrypted concurrently, and `buffered` keeps the
 //! output in order. Stream nodes are loaded lazily, so memory does not grow with the
@@ -292,7 +292,7 @@ pub(crate) async fn with_pack_range<T: Send + 'static>(
 }
 
 /// The data of `content`, in order, as a stream of blob plaintexts. Windows of about
-/// [`WINDOW_BYTES`] are planned and fetched one ahead of the consumer.
+/// `WINDOW_BYTES` are planned and fetched one ahead of the consumer.
 pub fn read_content<'a>(repo: &'a Repository, content: &Content) -> impl Stream<Item = Result<Vec<u8>>> + 'a {
     let walker = LeafWalker::new(repo, content);
     let windows = futures::stream::unfold((walker, false), move |(mut walker, done)| async move {

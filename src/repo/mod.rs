@@ -4,7 +4,7 @@
 //! (for `open`) only once it can be opened. `Repository::open` unlocks the master key from a
 //! key file or by trying each key slot with the password, decrypts the config, and refreshes
 //! the catalog. Saving goes through [`saver::Saver`]; reading through [`Repository::load_blob`]
-//! and [`load::ContentReader`].
+//! and [`load::read_content`]; the catalog is filled by [`refresh`].
 
 pub mod gc;
 pub mod keys;

@@ -7,6 +7,7 @@ mod crash;
 mod errors;
 mod faults;
 mod forget;
+mod golden;
 mod harness;
 mod inputs;
 mod layers;

@@ -1,5 +1,5 @@
 //! `cairn restore`: streams to a file or stdout ([`stream`]), trees to a directory
-//! ([`dir`], planned by [`plan`] and filled by [`data`]) or a tar stream ([`tar`]); which
+//! ([`dir`], planned by `plan` and filled by `data`) or a tar stream ([`tar`]); which
 //! paths a restore takes and which symlinks it may create ([`select`]).
 //!
 //! Streams are read in order with several ranged reads in flight

@@ -130,7 +130,7 @@ pub const MAX_DOOMED_PER_RUN: u64 = 1_000_000;
 /// One removal run with options; see [`collect`].
 ///
 /// Memory does not grow with the number of blobs: the referenced set and every blob's
-/// home live in the catalog's SQLite tables ([`super::gcsets`]); RAM holds per-pack
+/// home live in the catalog's SQLite tables ([`sets`]); RAM holds per-pack
 /// figures and the candidate sets' doomed lists.
 pub async fn collect_with(repo: &Repository, options: &CollectOptions) -> Result<CollectReport> {
     let backend = repo.backend();
