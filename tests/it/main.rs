@@ -6,6 +6,7 @@ mod copy;
 mod crash;
 mod errors;
 mod faults;
+mod fixture;
 mod forget;
 mod golden;
 mod harness;
