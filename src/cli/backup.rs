@@ -187,8 +187,8 @@ impl BackupCommand {
 /// The metrics of one backup (Prometheus text).
 fn backup_metrics(result: &BackupResult) -> String {
     let s = &result.snapshot;
-    let labels = format!("{{name=\"{}\",kind=\"{}\"}}", super::run::label(&s.name), super::run::label(&s.kind));
-    let mut m = super::run::Metrics::default();
+    let labels = format!("{{name=\"{}\",kind=\"{}\"}}", super::metrics::label(&s.name), super::metrics::label(&s.kind));
+    let mut m = super::metrics::Metrics::default();
     let mut family = |name: &str, help: &str, value: f64| m.family(name, help, vec![(labels.clone(), value)]);
     family(
         "cairn_backup_last_success_timestamp_seconds",
@@ -310,7 +310,7 @@ pub async fn run(ctx: &Context, command: BackupCommand) -> Outcome {
     };
     report(ctx, &result);
     if let Some(path) = metrics_file {
-        super::run::write_atomically(&path, backup_metrics(&result).as_bytes())?;
+        super::files::write_atomically(&path, backup_metrics(&result).as_bytes())?;
     }
     Ok(if result.warnings.is_empty() { 0 } else { 3 })
 }

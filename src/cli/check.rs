@@ -84,7 +84,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         repo.refresh().await?;
         let coverage = cairn::ops::coverage::Coverage::load(repo.backend(), repo.key()).await?;
         let packs: Vec<_> = repo.catalog().packs()?.iter().map(|p| p.id).collect();
-        let mut m = super::run::Metrics::default();
+        let mut m = super::metrics::Metrics::default();
         let one = |v: f64| vec![(String::new(), v)];
         m.family(
             "cairn_check_success",
@@ -103,7 +103,7 @@ pub async fn run(ctx: &Context, args: CheckArgs) -> Outcome {
         }
         m.family("cairn_check_last_timestamp_seconds", "When the last check started.", one(started.as_second() as f64));
         m.family("cairn_check_duration_seconds", "How long the last check took.", one(clock.elapsed().as_secs_f64()));
-        super::run::write_atomically(path, m.text.as_bytes())?;
+        super::files::write_atomically(path, m.text.as_bytes())?;
     }
     if ctx.args.json {
         print_json(&report);

@@ -297,14 +297,14 @@ pub async fn run(ctx: &Context, args: DrillArgs) -> Outcome {
     }
     let passed = reports.iter().all(|r| r.passed);
     if let Some(metrics) = args.metrics_file.as_ref().or(config.drill.metrics_file.as_ref()) {
-        super::run::write_atomically(metrics, drill_metrics(&reports, started).as_bytes())?;
+        super::files::write_atomically(metrics, drill_metrics(&reports, started).as_bytes())?;
     }
     if let Some(file) = &config.drill.report_file {
-        let bytes = match super::run::is_markdown(file) {
+        let bytes = match super::files::is_markdown(file) {
             true => drill_markdown(&reports, started).into_bytes(),
             false => serde_json::to_vec_pretty(&reports)?,
         };
-        super::run::write_atomically(file, &bytes)?;
+        super::files::write_atomically(file, &bytes)?;
     }
     if ctx.args.json {
         print_json(&reports);
@@ -313,8 +313,8 @@ pub async fn run(ctx: &Context, args: DrillArgs) -> Outcome {
 }
 
 fn drill_metrics(reports: &[DrillReport], started: jiff::Timestamp) -> String {
-    let mut m = super::run::Metrics::default();
-    let labels = |r: &DrillReport| format!("{{source=\"{}\",kind=\"{}\"}}", super::run::label(&r.source), r.kind);
+    let mut m = super::metrics::Metrics::default();
+    let labels = |r: &DrillReport| format!("{{source=\"{}\",kind=\"{}\"}}", super::metrics::label(&r.source), r.kind);
     m.family(
         "cairn_drill_success",
         "Whether the source's last drill restored and verified its latest snapshot (1) or not (0).",
@@ -344,7 +344,7 @@ fn drill_metrics(reports: &[DrillReport], started: jiff::Timestamp) -> String {
 }
 
 fn drill_markdown(reports: &[DrillReport], started: jiff::Timestamp) -> String {
-    use super::run::cell;
+    use super::files::cell;
     let passed = reports.iter().filter(|r| r.passed).count();
     let mut out = format!(
         "# cairn drill, {}\n\n{passed} of {} sources restored and verified.\n\n| source | kind | result | snapshot age | restore time | restored | details |\n| --- | --- | --- | --- | --- | --- | --- |\n",

@@ -10,6 +10,11 @@
 use super::context::{usage, Context, GlobalArgs};
 use super::output::print_json;
 use super::Outcome;
+use crate::cli::files::cell;
+use crate::cli::files::is_markdown;
+use crate::cli::files::write_atomically;
+use crate::cli::metrics::label;
+use crate::cli::metrics::Metrics;
 use cairn::config::{Config, SourceConfig, SourceKind};
 use cairn::ops::backup::{self, BackupOptions, BackupResult};
 use cairn::ops::forget::{Count, GroupBy, Policy};
@@ -17,7 +22,7 @@ use cairn::progress::Silent;
 use cairn::repo::Repository;
 use clap::Args;
 use serde::Serialize;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Args)]
@@ -108,28 +113,6 @@ pub(super) fn config_args(base: &GlobalArgs, config: &Config) -> GlobalArgs {
         args.connections = r.connections;
     }
     args
-}
-
-/// Hold the run lock for as long as the returned file lives.
-fn lock(path: &Path) -> anyhow::Result<std::fs::File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| cairn::Error::io("create", dir, e))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| cairn::Error::io("open the run lock", path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(cairn::Error::new(
-            cairn::ErrorKind::Locked,
-            format!("another `cairn run` holds {}; this one stops", path.display()),
-        )
-        .into()),
-        Err(std::fs::TryLockError::Error(e)) => Err(cairn::Error::io("lock", path, e).into()),
-    }
 }
 
 async fn back_up(ctx: &Context, repo: &Repository, source: &SourceConfig) -> anyhow::Result<BackupResult> {
@@ -283,7 +266,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
         cairn::repo::CacheMode::Dir(dir) => dir.join("run.lock"),
         cairn::repo::CacheMode::Temporary => std::env::temp_dir().join("cairn-run.lock"),
     });
-    let _lock = lock(&lock_path)?;
+    let _lock = super::files::lock(&lock_path)?;
     let repo = ctx.open_or_create().await?;
 
     let mut sources = Vec::new();
@@ -478,27 +461,6 @@ fn last_successes(repo: &Repository, config: &Config) -> anyhow::Result<Vec<(Str
         .collect())
 }
 
-/// A Prometheus label value: backslash, double quote and newline escaped.
-pub(super) fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-/// Prometheus text exposition, gauges only.
-#[derive(Default)]
-pub(super) struct Metrics {
-    pub text: String,
-}
-
-impl Metrics {
-    /// One metric family: HELP, TYPE, then each (labels, value) sample.
-    pub fn family(&mut self, name: &str, help: &str, samples: Vec<(String, f64)>) {
-        self.text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        for (labels, value) in samples {
-            self.text.push_str(&format!("{name}{labels} {value}\n"));
-        }
-    }
-}
-
 fn metrics_text(
     report: &RunReport,
     stats: &cairn::ops::stats::RepoStats,
@@ -586,26 +548,6 @@ fn metrics_text(
     family("cairn_run_duration_seconds", "How long the last run took.", vec![(String::new(), report.duration_seconds)]);
     family("cairn_run_exit_code", "The last run's exit code.", vec![(String::new(), f64::from(report.exit_code))]);
     metrics.text
-}
-
-/// Write through a temporary file beside `path`, renamed into place.
-pub(super) fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".cairn-{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(name);
-    std::fs::write(&tmp, bytes).map_err(|e| cairn::Error::io("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| cairn::Error::io("rename into place", path, e))?;
-    Ok(())
-}
-
-/// A report file named `*.md` is written as Markdown, for people; any other as JSON.
-pub(super) fn is_markdown(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "md" || e == "markdown")
-}
-
-/// A table cell: no line breaks, no column separators.
-pub(super) fn cell(text: &str) -> String {
-    text.replace('|', "\\|").replace('\n', " ")
 }
 
 fn run_markdown(report: &RunReport) -> String {
