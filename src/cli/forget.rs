@@ -74,13 +74,17 @@ pub async fn run(ctx: &Context, args: ForgetArgs) -> Outcome {
         weekly: args.keep_weekly,
         monthly: args.keep_monthly,
         yearly: args.keep_yearly,
-        within: args.keep_within.as_deref().map(forget::parse_within).transpose()?,
+        within: args
+            .keep_within
+            .as_deref()
+            .map(|t| forget::parse_within(t).map_err(|e| usage(format!("--keep-within: {}", e.message()))))
+            .transpose()?,
         tags: args.keep_tags.clone(),
     };
     let wal_within = args
         .keep_wal_within
         .as_deref()
-        .map(|t| forget::parse_within(t).map_err(|e| usage(e.message().replace("--keep-within", "--keep-wal-within"))))
+        .map(|t| forget::parse_within(t).map_err(|e| usage(format!("--keep-wal-within: {}", e.message()))))
         .transpose()?;
     if policy.is_empty() {
         return Err(usage("an empty policy would forget everything: give at least one --keep-* rule"));

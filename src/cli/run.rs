@@ -65,17 +65,31 @@ struct StepReport {
     error: Option<String>,
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     detail: serde_json::Value,
+    /// The library's kind of the error, when the step failed with one: the exit code is
+    /// chosen from it, never from the message.
+    #[serde(skip)]
+    kind: Option<cairn::ErrorKind>,
 }
 
 impl StepReport {
     fn from<T: Serialize>(result: &anyhow::Result<T>) -> Self {
         match result {
-            Ok(v) => StepReport { status: "ok", error: None, detail: serde_json::to_value(v).unwrap_or_default() },
-            Err(e) => StepReport { status: "failed", error: Some(format!("{e:#}")), detail: serde_json::Value::Null },
+            Ok(v) => StepReport {
+                status: "ok",
+                error: None,
+                detail: serde_json::to_value(v).unwrap_or_default(),
+                kind: None,
+            },
+            Err(e) => StepReport {
+                status: "failed",
+                error: Some(format!("{e:#}")),
+                detail: serde_json::Value::Null,
+                kind: e.downcast_ref::<cairn::Error>().map(|e| e.kind()),
+            },
         }
     }
     fn skipped(why: &str) -> Self {
-        StepReport { status: "skipped", error: Some(why.into()), detail: serde_json::Value::Null }
+        StepReport { status: "skipped", error: Some(why.into()), detail: serde_json::Value::Null, kind: None }
     }
 }
 
@@ -361,7 +375,7 @@ pub async fn run(ctx: &Context, args: RunArgs) -> Outcome {
         StepReport::from(&cairn::ops::check::check(&repo, part, &Silent).await.map_err(anyhow::Error::from))
     };
     let damage = check.detail.get("errors").and_then(|e| e.as_array()).is_some_and(|e| !e.is_empty())
-        || prune.error.as_deref().is_some_and(|e| e.contains("prune deletes nothing"));
+        || prune.kind == Some(cairn::ErrorKind::Corrupt);
 
     repo.refresh().await?;
     let stats = cairn::ops::stats::stats(&repo)?;

@@ -269,7 +269,7 @@ pub async fn run(ctx: &Context, command: WalCommand) -> Outcome {
                 .as_deref()
                 .map(|t| {
                     cairn::ops::forget::parse_within(t)
-                        .map_err(|e| super::context::usage(e.message().replace("--keep-within", "--keep-wal-within")))
+                        .map_err(|e| super::context::usage(format!("--keep-wal-within: {}", e.message())))
                 })
                 .transpose()?;
             {

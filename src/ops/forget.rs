@@ -103,8 +103,7 @@ pub struct GroupPlan {
 
 /// Parse a restic-style duration: `1y5m7d2h` (years, months, days, hours).
 pub fn parse_within(text: &str) -> Result<jiff::Span> {
-    let bad =
-        || Error::invalid(format!("--keep-within {text:?}: use a duration like 1y5m7d2h (years, months, days, hours)"));
+    let bad = || Error::invalid(format!("duration {text:?}: use one like 1y5m7d2h (years, months, days, hours)"));
     let mut span = jiff::Span::new();
     let mut digits = String::new();
     let mut any = false;

@@ -46,7 +46,7 @@ pub struct RepoConfig {
     pub created: jiff::Timestamp,
     /// Whether the storage refused to replace an object written create-only when `init`
     /// probed it. Without this, write-once objects are checked before they are written
-    /// and removing data requires `--exclusive` (docs/storage.md).
+    /// and removal is refused (docs/storage.md).
     #[serde(default = "yes")]
     pub conditional_writes: bool,
     /// The repository whose chunking settings and id key this one was created with

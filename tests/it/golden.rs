@@ -127,6 +127,11 @@ fn the_commonest_mistakes_get_the_recorded_one_line_errors() {
             c.arg("restor");
             c
         }),
+        ("bad-duration", {
+            let mut c = env.cmd();
+            c.args(["forget", "--keep-within", "2w"]);
+            c
+        }),
         ("empty-policy", {
             let mut c = env.cmd();
             c.arg("forget");
