@@ -4,8 +4,11 @@
 //! Nothing is ever encrypted under the master encryption key directly: every pack and every
 //! object file has a random 16-byte salt, and its key is BLAKE3 `derive_key` of the master
 //! encryption key and that salt. A derived key therefore encrypts one pack (a bounded number
-//! of blobs, each with its own counter nonce) or one object, so AES-GCM's nonce and volume
-//! limits never bind. Blob ids are BLAKE3 keyed with the id key, so ids reveal nothing about
+//! of blobs) or one object, so AES-GCM's nonce and volume limits never bind. A pack's blob
+//! nonces are a keyed PRF of the blob's position under a second key derived from the same
+//! salt ([`prf_nonce`], [`MasterKey::pack_nonce_key`]), so stored nonces do not reveal
+//! positions; an object's nonce is random; the secrets archive's frames count
+//! ([`counter_nonce`]) under a key of their own. Blob ids are BLAKE3 keyed with the id key, so ids reveal nothing about
 //! content to someone without the key.
 //!
 //! Sealed bytes are `nonce (12) | ciphertext | tag (16)`. Any failure to open is the single

@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! producer thread ──(id, chunk)──▶ worker threads ──FinishedPack──▶ async uploader
-//!  chunk, hash, dedup               compress, seal, own pack          PUT (write-once),
-//!  (metadata blobs sealed inline                                       then index files
-//!   into one shared meta pack)
+//!  chunk, hash, dedup               compress, then seal into        PUT (write-once),
+//!  (metadata blobs sealed inline    the one shared data pack        then index files
+//!   into one shared meta pack)      (seal_loop)                     (upload_loop, Indexer)
 //! ```
 //!
 //! Workers compress in parallel (the expensive step), then seal and append into one shared

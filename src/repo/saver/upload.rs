@@ -1,5 +1,5 @@
-//! The saver's back half: the sealing loop (full packs compressed blobs in, sealed packs
-//! out), the upload loop (create-only writes with a bounded number in flight) and the
+//! The saver's threads and tasks: the workers' loop (`seal_loop`: compress each blob, seal
+//! it into the shared data pack, hand a full pack on), the upload loop (create-only writes with a bounded number in flight) and the
 //! indexer that writes an index file once enough packs are stored, recording it in the
 //! catalog before the blobs it lists are forgotten by the session.
 
