@@ -12,7 +12,8 @@ use std::path::PathBuf;
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "stdout", "tar", "to_db", "verify_only"])))]
 pub struct RestoreArgs {
-    /// `latest` or a snapshot id prefix of at least 8 hex characters
+    /// `latest` (the newest snapshot; with several names in the repository, of `--name`) or a
+    /// snapshot id prefix of at least 8 hex characters
     snapshot: String,
     /// Restore a tree into this directory, or a stream into this file
     #[arg(long, value_name = "PATH")]
@@ -85,7 +86,21 @@ pub async fn run(ctx: &Context, args: RestoreArgs) -> Outcome {
 }
 
 async fn restore(ctx: &Context, args: RestoreArgs, repo: &cairn::repo::Repository) -> Outcome {
-    let (id, snapshot) = repo.find_snapshot(&args.snapshot, &args.filter.filter())?;
+    let filter = args.filter.filter();
+    if args.snapshot == "latest" && filter.name.is_none() {
+        // The newest snapshot of any source is rarely what was meant (a secrets snapshot
+        // taken last, restored over a database's directory).
+        let names: std::collections::BTreeSet<String> =
+            repo.catalog().snapshots()?.into_iter().filter(|(_, s)| filter.matches(s)).map(|(_, s)| s.name).collect();
+        if names.len() > 1 {
+            let list: Vec<&str> = names.iter().map(String::as_str).collect();
+            return Err(super::context::usage(format!(
+                "`latest` is ambiguous in a repository of several names: give --name ({})",
+                list.join(", ")
+            )));
+        }
+    }
+    let (id, snapshot) = repo.find_snapshot(&args.snapshot, &filter)?;
     let progress =
         Bar::boxed(ctx.progress_enabled() && !args.stdout && args.tar.as_deref() != Some(std::path::Path::new("-")));
     let archive = cairn::ops::archive::is_archive(&snapshot);

@@ -90,6 +90,7 @@ fn the_commonest_mistakes_get_the_recorded_one_line_errors() {
     std::fs::create_dir_all(&data).unwrap();
     std::fs::write(data.join("a"), b"a").unwrap();
     env.cmd().args(["backup", "files", "--name", "docs"]).arg(&data).assert().success();
+    env.cmd().args(["backup", "stdin", "--name", "notes"]).write_stdin("n").assert().success();
     let missing = Env::empty();
     let cases: Vec<(&str, assert_cmd::Command)> = vec![
         ("no-repository", {
@@ -130,6 +131,11 @@ fn the_commonest_mistakes_get_the_recorded_one_line_errors() {
         ("bad-duration", {
             let mut c = env.cmd();
             c.args(["forget", "--keep-within", "2w"]);
+            c
+        }),
+        ("latest-of-several-names", {
+            let mut c = env.cmd();
+            c.args(["restore", "latest", "--to"]).arg(env.path("out"));
             c
         }),
         ("empty-policy", {
