@@ -56,8 +56,14 @@ fn time_tags_kind_and_filters() {
     assert_eq!(list[0]["tags"], serde_json::json!(["nightly", "import"]));
     let old = env.cmd().args(["restore", "latest", "--name", "old", "--stdout"]).assert().success();
     assert_eq!(old.get_output().stdout, b"dump of march");
-    // The newest snapshot overall is "new", although "old" was written later.
-    assert_eq!(env.restore_stdout("latest"), b"dump of today");
+    // With two names, `latest` alone could mean either: refused, naming both.
+    env.cmd()
+        .args(["restore", "latest", "--stdout"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("give --name (new, old)"));
+    let new = env.cmd().args(["restore", "latest", "--name", "new", "--stdout"]).assert().success();
+    assert_eq!(new.get_output().stdout, b"dump of today");
     env.cmd()
         .args(["backup", "stdin", "--name", "x", "--time", "yesterday"])
         .assert()
