@@ -367,7 +367,16 @@ pub async fn pitr(repo: &Repository, options: &PitrOptions, progress: &dyn Progr
         }
     }
     if options.start {
-        let ran = run_recovery(pgdata, owner, options, &mut report);
+        // Recovery runs for as long as replay takes (up to an hour) and only waits on
+        // processes: a blocking thread of its own, not a worker of the async runtime.
+        let (dir, opts, mut rep) = (pgdata.to_path_buf(), options.clone(), report.clone());
+        let (ran, rep) = tokio::task::spawn_blocking(move || {
+            let ran = run_recovery(&dir, owner, &opts, &mut rep);
+            (ran, rep)
+        })
+        .await
+        .map_err(|e| Error::source(format!("the recovery task failed: {e}")))?;
+        report = rep;
         if let Some(spool) = &options.spool {
             let _ = std::fs::remove_dir_all(spool);
         }
