@@ -10,11 +10,8 @@
 use super::context::{usage, Context, GlobalArgs};
 use super::output::print_json;
 use super::Outcome;
-use crate::cli::files::cell;
-use crate::cli::files::is_markdown;
-use crate::cli::files::write_atomically;
-use crate::cli::metrics::label;
-use crate::cli::metrics::Metrics;
+use crate::cli::files::{cell, is_markdown, write_atomically};
+use crate::cli::metrics::{label, Metrics};
 use cairn::config::{Config, SourceConfig, SourceKind};
 use cairn::ops::backup::{self, BackupOptions, BackupResult};
 use cairn::ops::forget::{Count, GroupBy, Policy};

@@ -54,13 +54,6 @@ fn no_compartment(repo: &Repository) -> Error {
     )
 }
 
-impl SecretsKey {
-    /// A compartment key from its 64 bytes (tests and fuzzing; keys come from slots).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Ok(SecretsKey { key: MasterKey::from_bytes(bytes)?, slot: None })
-    }
-}
-
 /// Whether the repository has a secrets compartment.
 pub async fn exists(repo: &Repository) -> Result<bool> {
     Ok(repo.backend().head(CONFIG).await?.is_some())

@@ -2,12 +2,7 @@
 //! checks of a restored dump: initdb, start on a private socket, stop and remove on drop.
 
 use crate::error::{Error, Result};
-use crate::pg::client::as_owner;
-use crate::pg::client::lend_to_server;
-use crate::pg::client::log_tail;
-use crate::pg::client::pg_bin;
-use crate::pg::client::server_user;
-use crate::pg::client::spawn_error;
+use crate::pg::client::{as_owner, lend_to_server, log_tail, pg_bin, server_user, spawn_error};
 
 /// A PostgreSQL cluster in a scratch directory for restore drills: its socket in its
 /// data directory, no TCP, stopped (fast) when dropped.

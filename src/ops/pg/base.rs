@@ -8,15 +8,8 @@
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::ops::backup::{self, BackupOptions, BackupResult};
-use crate::pg::client::archiver_state;
-use crate::pg::client::query_one;
-use crate::pg::client::server_facts;
-use crate::pg::client::server_now;
-use crate::pg::client::spawn_error;
-use crate::pg::label::label_fields;
-use crate::pg::label::label_lsn;
-use crate::pg::label::label_time;
-use crate::pg::label::parse_epoch;
+use crate::pg::client::{archiver_state, query_one, server_facts, server_now, spawn_error};
+use crate::pg::label::{label_fields, label_lsn, label_time, parse_epoch};
 use crate::pg::session::BackupSession;
 use crate::progress::Cancel;
 use crate::progress::Progress;

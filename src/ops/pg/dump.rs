@@ -9,12 +9,8 @@
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::snapshot::SnapshotFile;
 use crate::ops::backup::{self, BackupOptions, BackupResult};
-use crate::pg::client::check_status;
-use crate::pg::client::server_facts;
-use crate::pg::client::spawn_error;
-use crate::pg::globals::apply_globals;
-use crate::pg::globals::dump_globals;
-use crate::pg::globals::Globals;
+use crate::pg::client::{check_status, server_facts, spawn_error};
+use crate::pg::globals::{apply_globals, dump_globals, Globals};
 use crate::progress::Cancel;
 use crate::progress::Progress;
 use crate::repo::Repository;

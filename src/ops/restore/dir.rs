@@ -4,15 +4,10 @@
 use crate::beneath::Beneath;
 use crate::error::{Error, ErrorKind, Result};
 use crate::id::BlobId;
-use crate::ops::restore::create::apply_metadata;
-use crate::ops::restore::create::Created;
-use crate::ops::restore::create::Creator;
+use crate::ops::restore::create::{apply_metadata, Created, Creator};
 use crate::ops::restore::data::write_data;
-use crate::ops::restore::plan::plan_tree;
-use crate::ops::restore::plan::Plan;
-use crate::ops::restore::plan::PlannedFile;
-use crate::ops::restore::RestoreOptions;
-use crate::ops::restore::RestoreStats;
+use crate::ops::restore::plan::{plan_tree, Plan, PlannedFile};
+use crate::ops::restore::{RestoreOptions, RestoreStats};
 use crate::progress::Progress;
 use crate::repo::Repository;
 use std::os::fd::AsFd;

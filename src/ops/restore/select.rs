@@ -5,8 +5,7 @@
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Node, NodeKind};
 use crate::id::BlobId;
-use crate::ops::restore::RestoreOptions;
-use crate::ops::restore::RestoreStats;
+use crate::ops::restore::{RestoreOptions, RestoreStats};
 use crate::repo::Repository;
 use std::path::Path;
 

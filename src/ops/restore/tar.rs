@@ -3,14 +3,9 @@
 use crate::error::{Error, Result};
 use crate::format::snapshot::{Node, NodeKind};
 use crate::id::BlobId;
-use crate::ops::restore::select::includes;
-use crate::ops::restore::select::join;
-use crate::ops::restore::select::safe_name;
-use crate::ops::restore::select::selected;
-use crate::ops::restore::stream::consume_stream;
-use crate::ops::restore::stream::restore_stream;
-use crate::ops::restore::RestoreOptions;
-use crate::ops::restore::RestoreStats;
+use crate::ops::restore::select::{includes, join, safe_name, selected};
+use crate::ops::restore::stream::{consume_stream, restore_stream};
+use crate::ops::restore::{RestoreOptions, RestoreStats};
 use crate::repo::Repository;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
